@@ -1,0 +1,42 @@
+# kws — see README.md. Every target creates the virtual environment if it is missing.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTHON := $(BIN)/python
+DATA ?= data
+export KWS_DATA_DIR ?= $(abspath $(DATA))
+
+.PHONY: help venv protos data train eval demo test server client payload coop bench clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(BIN)/activate: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[train,server,edge,dev]'
+	touch $(BIN)/activate
+
+venv: $(BIN)/activate  ## create .venv with everything (TensorFlow included, for training)
+
+protos: $(BIN)/activate  ## regenerate Python code from protos/ (grpcio-tools)
+	$(PYTHON) -m kws_rpc.protogen
+
+data: $(DATA)/mini_speech_commands/.complete  ## unpack Mini Speech Commands (../shared/data if present, else download)
+$(DATA)/mini_speech_commands/.complete:
+	@if [ -x ../shared/data/unpack.sh ]; then ../shared/data/unpack.sh $(DATA); \
+	else $(MAKE) venv && $(PYTHON) -m kws_rpc.data --download --dest $(DATA); fi
+
+train: venv data  ## retrain every shipped model (about 75 min on 2 cores)
+	$(PYTHON) -m trainers.train --all
+
+eval: venv data  ## evaluate every shipped model on the test split (table + bench/results/eval.json)
+	$(PYTHON) -m kws_rpc.evaluate
+
+demo: eval  ## the main job end to end on embedded defaults
+
+test: venv data  ## run the test suite
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf .pytest_cache build *.egg-info

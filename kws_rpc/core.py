@@ -1,0 +1,57 @@
+"""The transport-free inference core: audio or features in, probabilities out.
+
+The gRPC servicer, the REST gateway and the MQTT worker are thin adapters onto this class; it knows no
+proto, HTTP or MQTT type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+
+from kws_rpc.card import ModelCard
+from kws_rpc.errors import InvalidInput
+from kws_rpc.model import KwsModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    probabilities: np.ndarray  # (labels,) float32
+    card: ModelCard
+
+
+class InferenceCore:
+    """Holds the loaded models; validates inputs; runs inference."""
+
+    def __init__(self, models: Mapping[str, KwsModel], default: str) -> None:
+        if default not in models:
+            raise ValueError(f"default model {default!r} is not among {sorted(models)}")
+        self.models = dict(models)
+        self.default = default
+
+    def model(self, name: str = "") -> KwsModel:
+        try:
+            return self.models[name or self.default]
+        except KeyError:
+            raise InvalidInput(f"unknown model {name!r}; this server has {sorted(self.models)}") from None
+
+    def predict_audio(self, audio: np.ndarray, sample_rate: int, model: str = "") -> Result:
+        m = self.model(model)
+        x = np.asarray(audio, dtype=np.float32)
+        if x.ndim != 1 or x.size == 0:
+            raise InvalidInput("audio must be one non-empty mono clip")
+        if not np.all(np.isfinite(x)):
+            raise InvalidInput("audio contains NaN or infinite samples")
+        if not 8000 <= sample_rate <= 48000:
+            raise InvalidInput(f"sample rate {sample_rate} Hz is not supported: send 8-48 kHz "
+                               f"(the model uses {m.feature_config.sample_rate} Hz)")
+        return self.predict_features(m.features(x, sample_rate), model)
+
+    def predict_features(self, feats: np.ndarray, model: str = "") -> Result:
+        m = self.model(model)
+        return Result(m.predict(feats)[0], m.card)

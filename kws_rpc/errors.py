@@ -1,0 +1,56 @@
+"""Domain errors of kws. Each maps once to an HTTP status and a gRPC status name.
+
+The core raises these; the gRPC servicer, the REST gateway and the MQTT worker translate them (the
+gRPC code is kept as a name so this module imports no transport).
+"""
+
+from __future__ import annotations
+
+
+class KwsError(Exception):
+    """Base class: a message a user can act on."""
+
+    http_status = 500
+    grpc_code = "INTERNAL"
+
+
+class InvalidInput(KwsError):
+    """The request is malformed: bad JSON, base64, WAV, proto, shape, dtype, sample rate, NaNs."""
+
+    http_status = 400
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class PayloadTooLarge(InvalidInput):
+    http_status = 413
+
+
+class ModelMismatch(InvalidInput):
+    """Features that do not match the model card (config, shape or dtype)."""
+
+    http_status = 422
+
+
+class Unavailable(KwsError):
+    """The backend (model not loaded, gRPC server down, queue closed) cannot serve now; retry."""
+
+    http_status = 503
+    grpc_code = "UNAVAILABLE"
+
+
+class Overloaded(Unavailable):
+    http_status = 429
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class DeadlineExceeded(KwsError):
+    http_status = 504
+    grpc_code = "DEADLINE_EXCEEDED"
+
+
+class ModelIntegrityError(KwsError):
+    """A model file does not match its card (sha256) or its card is incomplete."""
+
+
+class DatasetError(KwsError):
+    """The dataset is missing or incomplete; the message says how to get it."""

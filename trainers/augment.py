@@ -1,0 +1,59 @@
+"""Data augmentation in numpy: time shift, background noise and gain on audio; SpecAugment-style masks
+on features. Seeded by the caller's Generator so a run is reproducible."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    time_shift: int = 1600
+    """Largest shift in samples, either way (100 ms at 16 kHz)."""
+    noise_prob: float = 0.8
+    noise_volume: float = 0.1
+    gain: tuple[float, float] = (0.8, 1.25)
+    time_masks: int = 2
+    time_mask_max: int = 5
+    freq_masks: int = 2
+    freq_mask_max: int = 4
+
+
+def augment_audio(x: np.ndarray, noise: list[np.ndarray], rng: np.random.Generator,
+                  cfg: AugmentConfig) -> np.ndarray:
+    n, length = x.shape
+    out = np.zeros_like(x)
+    shifts = rng.integers(-cfg.time_shift, cfg.time_shift + 1, size=n)
+    for i, s in enumerate(shifts):
+        if s >= 0:
+            out[i, s:] = x[i, : length - s]
+        else:
+            out[i, :s] = x[i, -s:]
+    out *= rng.uniform(*cfg.gain, size=(n, 1)).astype(np.float32)
+    if noise and cfg.noise_prob > 0:
+        for i in np.flatnonzero(rng.random(n) < cfg.noise_prob):
+            rec = noise[rng.integers(len(noise))]
+            start = rng.integers(0, len(rec) - length)
+            out[i] += rng.uniform(0, cfg.noise_volume) * rec[start : start + length]
+    return np.clip(out, -1.0, 1.0)
+
+
+def spec_augment(f: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig, fill: np.ndarray) -> np.ndarray:
+    """Masks random bands of frames and of coefficients with ``fill`` (the per-coefficient training mean,
+    which the model's normalisation maps to zero: SpecAugment's mean masking)."""
+    f = f.copy()
+    n, frames, coeffs = f.shape
+    for axis, count, width, size in ((1, cfg.time_masks, cfg.time_mask_max, frames),
+                                      (2, cfg.freq_masks, cfg.freq_mask_max, coeffs)):
+        for _ in range(count if width > 0 else 0):
+            w = rng.integers(0, width + 1, size=n)
+            s = rng.integers(0, np.maximum(size - w, 1))
+            idx = np.arange(size)[None, :]
+            mask = (idx >= s[:, None]) & (idx < (s + w)[:, None])
+            if axis == 1:
+                f[mask] = fill
+            else:
+                f.transpose(0, 2, 1)[mask] = fill[np.nonzero(mask)[1]][:, None]
+    return f

@@ -1,0 +1,79 @@
+"""Exports a trained Keras model to .tflite and writes its model card, measured with the kws runtime."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from kws_rpc.card import ModelCard, file_facts
+from kws_rpc.data import LABELS, load_split
+from kws_rpc.features import mfcc
+from kws_rpc.model import KwsModel
+from trainers.recipes import Recipe
+
+log = logging.getLogger("trainers.export")
+VERSION = "1"
+
+
+def to_tflite(model: tf.keras.Model, r: Recipe, calibration: np.ndarray) -> bytes:
+    infer = tf.keras.Model(model.input, tf.keras.layers.Softmax(name="p")(model.output))
+    conv = tf.lite.TFLiteConverter.from_keras_model(infer)
+    if r.quantization == "int8":
+        rng = np.random.default_rng(r.seed)
+        sample = calibration[rng.choice(len(calibration), size=min(500, len(calibration)), replace=False)]
+
+        def representative():
+            for x in sample:
+                yield [x[None].astype(np.float32)]
+
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = representative
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.int8
+        conv.inference_output_type = tf.int8
+    return conv.convert()
+
+
+def _accuracy(m: KwsModel, split: str, root: Path) -> tuple[float, np.ndarray]:
+    audio, labels, _ = load_split(split, root)
+    probs = m.predict(mfcc(audio, m.feature_config))
+    return float((probs.argmax(-1) == labels).mean()), probs
+
+
+def export(model: tf.keras.Model, r: Recipe, calibration: np.ndarray, root: Path, out_dir: Path,
+           training: dict, command: str) -> Path:
+    content = to_tflite(model, r, calibration)
+    path = out_dir / f"{r.name}.tflite"
+    path.write_bytes(content)
+    nonzero = int(sum(np.count_nonzero(w) for w in model.get_weights()))
+    card = ModelCard(
+        name=r.name, version=VERSION, architecture=r.architecture, params=_jsonable(r.params),
+        num_parameters=int(model.count_params()), feature=r.feature,
+        input_shape=[1, *r.feature.shape], input_dtype="int8" if r.quantization == "int8" else "float32",
+        labels=list(LABELS), quantization=r.quantization, metrics={}, train_command=command,
+        description=r.description, training={**training, "nonzero_weights": nonzero},
+        **file_facts(content),
+    )
+    card.save(path.with_suffix(".json"))
+    runtime = KwsModel(path)
+    val_acc, _ = _accuracy(runtime, "val", root)
+    test_acc, _ = _accuracy(runtime, "test", root)
+    # Keras vs TFLite agreement on val (a float model should agree almost exactly; int8 closely).
+    val_audio, _, _ = load_split("val", root)
+    feats = mfcc(val_audio, r.feature)
+    keras_pred = model.predict(feats, batch_size=256, verbose=0).argmax(-1)
+    agree = float((runtime.predict(feats).argmax(-1) == keras_pred).mean())
+    card.metrics = {"val_accuracy": round(val_acc, 5), "test_accuracy": round(test_acc, 5),
+                    "val_keras_tflite_agreement": round(agree, 5)}
+    card.save(path.with_suffix(".json"))
+    log.info("%s: val %.4f test %.4f size %d zlib %d", r.name, val_acc, test_acc, card.size_bytes, card.zlib_bytes)
+    return path
+
+
+def _jsonable(params: object) -> dict:
+    import dataclasses
+
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(params).items()}

@@ -1,0 +1,63 @@
+"""The shipped models: what each is, its features and how it is trained. `make train` trains them all."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from kws_rpc.features import FeatureConfig
+from trainers.architectures import cnn, dscnn, resnet
+from trainers.augment import AugmentConfig
+
+# The edge model: 10 MFCCs, as small as the Pi budget allows.
+LITTLE_FEATURES = FeatureConfig(num_mfcc=10, upper_hz=7600.0)
+# The server and ensemble models share one config, so one published tensor feeds every worker.
+SHARED_FEATURES = FeatureConfig(num_mfcc=0, upper_hz=7600.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    name: str
+    architecture: str
+    params: Any
+    feature: FeatureConfig
+    epochs: int
+    description: str
+    batch_size: int = 64
+    lr: float = 3e-3
+    label_smoothing: float = 0.1
+    seed: int = 0
+    quantization: str = "float32"  # or "int8": full-integer post-training quantization
+    prune_sparsity: float = 0.0  # magnitude pruning of Conv2D/Dense kernels, then fine-tuning
+    prune_epochs: int = 0
+    augment: AugmentConfig = AugmentConfig()
+
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in [
+        Recipe(
+            name="little", architecture="dscnn", feature=LITTLE_FEATURES, epochs=40, seed=1,
+            params=dscnn.Params(filters=64, blocks=4),
+            quantization="int8", prune_sparsity=0.7, prune_epochs=14,
+            augment=AugmentConfig(freq_masks=1, freq_mask_max=2),
+            description="Edge model: DS-CNN on 49x10 MFCCs, 70% magnitude-pruned 1x1/dense kernels, int8.",
+        ),
+        Recipe(
+            name="big", architecture="resnet", feature=SHARED_FEATURES, epochs=30, seed=2,
+            params=resnet.Params(stem=32, channels=(48, 96, 128), blocks_per_stage=1),
+            description="Server model: residual CNN on 49x40 log-mel, float32. Also ensemble member 1.",
+        ),
+        Recipe(
+            name="member_cnn", architecture="cnn", feature=SHARED_FEATURES, epochs=30, seed=3,
+            params=cnn.Params(channels=(32, 48, 96)),
+            description="Ensemble member 2: VGG-style CNN with max-pooling (no residuals) on 49x40 log-mel.",
+        ),
+        Recipe(
+            name="member_dscnn", architecture="dscnn", feature=SHARED_FEATURES, epochs=30, seed=4,
+            params=dscnn.Params(filters=96, blocks=5, first_kernel=(5, 5), first_stride=(2, 2)),
+            augment=AugmentConfig(time_masks=3, freq_masks=3, freq_mask_max=6),
+            description="Ensemble member 3: wide DS-CNN on 49x40 log-mel, heavier masking, float32.",
+        ),
+    ]
+}

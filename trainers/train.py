@@ -1,0 +1,154 @@
+"""Trains shipped models: `python -m trainers.train little big ...` (or `--all`).
+
+Trains on the train split only, keeps the epoch with the best val accuracy, exports .tflite and writes
+its model card (val and test accuracy measured on the exported model with the kws runtime).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import trainers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from kws_rpc.data import LABELS, find_dataset, load_noise, load_split
+from kws_rpc.features import mfcc
+from trainers.architectures import REGISTRY
+from trainers.augment import augment_audio, spec_augment
+from trainers.export import export
+from trainers.recipes import RECIPES, Recipe
+
+log = logging.getLogger("trainers")
+
+
+def build_model(r: Recipe, mean: np.ndarray, var: np.ndarray) -> tf.keras.Model:
+    """Keras model from raw features (frames, coeffs) to logits; normalisation is part of the model."""
+    inp = tf.keras.Input(shape=r.feature.shape, name="x")
+    x = tf.keras.layers.Normalization(axis=-1, mean=mean, variance=var, name="norm")(inp)
+    x = tf.keras.layers.Reshape((*r.feature.shape, 1), name="hw1")(x)
+    arch = REGISTRY[r.architecture]
+    return tf.keras.Model(inp, arch.build(r.params, x, len(LABELS)), name=r.name)
+
+
+def _prunable(layer: tf.keras.layers.Layer) -> bool:
+    return isinstance(layer, (tf.keras.layers.Conv2D, tf.keras.layers.Dense)) and not isinstance(
+        layer, tf.keras.layers.DepthwiseConv2D
+    )
+
+
+def _fit(model: tf.keras.Model, r: Recipe, epochs: int, data: dict, rng: np.random.Generator,
+         desc: str, callbacks: list | None = None, select_from: int = 0) -> list[float]:
+    """Trains epoch by epoch on freshly augmented features; restores the best val epoch >= select_from."""
+    best, best_w, history = -1.0, None, []
+    bar = tqdm(range(epochs), desc=desc, unit="epoch")
+    for epoch in bar:
+        audio = augment_audio(data["train_audio"], data["noise"], rng, r.augment)
+        feats = spec_augment(mfcc(audio, r.feature), rng, r.augment, data["mean"])
+        model.fit(feats, data["train_onehot"], batch_size=r.batch_size, epochs=1, shuffle=True,
+                  verbose=0, callbacks=callbacks or [])
+        pred = model.predict(data["val_feats"], batch_size=256, verbose=0).argmax(-1)
+        acc = float((pred == data["val_labels"]).mean())
+        history.append(acc)
+        if epoch >= select_from and acc >= best:
+            best, best_w = acc, model.get_weights()
+        bar.set_postfix(val=f"{acc:.4f}", best=f"{best:.4f}")
+    if best_w is not None:
+        model.set_weights(best_w)
+    return history
+
+
+def _compile(model: tf.keras.Model, r: Recipe, lr: float, steps: int) -> None:
+    schedule = tf.keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps, alpha=0.01)
+    model.compile(
+        optimizer=tf.keras.optimizers.Adam(schedule),
+        loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=r.label_smoothing),
+    )
+
+
+def train(r: Recipe, root: Path, out_dir: Path, epochs: int | None = None) -> Path:
+    t0 = time.time()
+    tf.keras.utils.set_random_seed(r.seed)
+    rng = np.random.default_rng(r.seed)
+    train_audio, train_labels, _ = load_split("train", root)
+    val_audio, val_labels, _ = load_split("val", root)
+    clean = mfcc(train_audio, r.feature)
+    data = {
+        "train_audio": train_audio, "noise": load_noise(root),
+        "train_onehot": np.eye(len(LABELS), dtype=np.float32)[train_labels],
+        "val_feats": mfcc(val_audio, r.feature), "val_labels": val_labels,
+        "mean": clean.mean(axis=(0, 1)), "var": clean.var(axis=(0, 1)),
+    }
+    epochs = epochs or r.epochs
+    steps = int(np.ceil(len(train_audio) / r.batch_size))
+    model = build_model(r, data["mean"], data["var"])
+    _compile(model, r, r.lr, steps * epochs)
+    history = _fit(model, r, epochs, data, rng, f"{r.name}: train")
+    prune_history: list[float] = []
+    if r.prune_sparsity > 0:
+        model, prune_history = _prune(model, r, data, rng, steps, epochs)
+    seconds = time.time() - t0
+    training = {
+        "seed": r.seed, "epochs": epochs, "batch_size": r.batch_size, "lr": r.lr,
+        "label_smoothing": r.label_smoothing, "augment": dataclasses.asdict(r.augment),
+        "prune_sparsity": r.prune_sparsity, "prune_epochs": r.prune_epochs if r.prune_sparsity else 0,
+        "val_history": [round(a, 4) for a in history], "prune_val_history": [round(a, 4) for a in prune_history],
+        "train_seconds": round(seconds, 1), "train_split": "kws_train_split.txt (6400 clips)",
+        "selection": "best val accuracy (kws_val_split.txt)",
+    }
+    command = "python -m trainers.train " + shlex.join(sys.argv[1:]) if sys.argv[1:] else f"python -m trainers.train {r.name}"
+    return export(model, r, clean, root, out_dir, training, command)
+
+
+def _prune(model: tf.keras.Model, r: Recipe, data: dict, rng: np.random.Generator, steps: int,
+           epochs: int) -> tuple[tf.keras.Model, list[float]]:
+    import tensorflow_model_optimization as tfmot
+
+    ramp = max(1, r.prune_epochs // 2) * steps
+    schedule = tfmot.sparsity.keras.PolynomialDecay(0.0, r.prune_sparsity, begin_step=0, end_step=ramp)
+
+    def wrap(layer: tf.keras.layers.Layer) -> tf.keras.layers.Layer:
+        return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule) if _prunable(layer) else layer
+
+    pruned = tf.keras.models.clone_model(model, clone_function=wrap)
+    for src, dst in zip(model.layers, pruned.layers):
+        inner = getattr(dst, "layer", dst)
+        inner.set_weights(src.get_weights())
+    _compile(pruned, r, r.lr / 5, steps * r.prune_epochs)
+    hist = _fit(pruned, r, r.prune_epochs, data, rng, f"{r.name}: prune", callbacks=[
+        tfmot.sparsity.keras.UpdatePruningStep()], select_from=r.prune_epochs // 2)
+    return tfmot.sparsity.keras.strip_pruning(pruned), hist
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", nargs="*", help=f"recipes to train: {', '.join(RECIPES)}")
+    ap.add_argument("--all", action="store_true", help="train every recipe")
+    ap.add_argument("--data-dir", help="folder holding mini_speech_commands/ (default: $KWS_DATA_DIR, ./data, ...)")
+    ap.add_argument("--download", action="store_true", help="download the official zip if no copy is found")
+    ap.add_argument("--out", default="models", help="where .tflite files and cards go (default: models/)")
+    ap.add_argument("--epochs", type=int, help="override the recipe's epoch count (for smoke tests)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    names = list(RECIPES) if args.all else args.models
+    unknown = [n for n in names if n not in RECIPES]
+    if not names or unknown:
+        ap.error(f"name recipes from {list(RECIPES)} or pass --all" + (f" (unknown: {unknown})" if unknown else ""))
+    root = find_dataset(args.data_dir, allow_download=args.download)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        path = train(RECIPES[name], root, out, args.epochs)
+        log.info("wrote %s", path)
+
+
+if __name__ == "__main__":
+    main()
