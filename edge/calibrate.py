@@ -1,0 +1,186 @@
+"""`make calibrate` / `make sweep`: choose the cascade threshold on VAL, and chart accuracy against cost.
+
+Little and big predictions of a split are computed once; every threshold is then a cheap vectorised
+replay (ask iff margin <= threshold). The threshold is picked on the val split only, so the test figures
+the client prints stay an honest estimate. Big runs on the server (REST or gRPC), or with ``--local-big``
+in-process from the same ``models/big.tflite`` the server loads: the same file, features and interpreter
+give the same answers without needing a server during calibration. Cost follows the reference rule: the
+bytes of the spec REST body of every asked clip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.client import CASCADE_FILE, ROOT, little_on_file, load_threshold
+from edge.report import MB, plot_sweep
+from edge.transports import GrpcTransport, RestSpecTransport, RetryPolicy, Transport, spec_body, spec_bytes
+from kws_rpc.data import DATASET_DIR, find_dataset, label_of, split_names
+from kws_rpc.model import KwsModel
+
+SWEEP_THRESHOLDS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5,
+                    0.6, 0.7, 0.8, 0.9, 1.0)
+# Default goal: at most the reference cascade's cost (0.245 MB on 800 clips), as accurate as possible.
+DEFAULT_BUDGET_MB = 0.245
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitPredictions:
+    """Everything a threshold needs, one entry per clip of a split (labels as indices of LABELS)."""
+
+    split: str
+    names: list[str]
+    true: np.ndarray
+    little: np.ndarray
+    margin: np.ndarray
+    big: np.ndarray  # -1 where the remote big call failed
+    request_bytes: np.ndarray  # spec body bytes if this clip were sent
+
+    def at(self, threshold: float) -> dict[str, Any]:
+        asked = self.margin <= threshold
+        final = np.where(asked & (self.big >= 0), self.big, self.little)
+        return {"threshold": float(threshold), "accuracy": float(np.mean(final == self.true)),
+                "cost_mb": float(self.request_bytes[asked].sum() / MB), "calls": int(asked.sum())}
+
+
+def predict_split(split: str, little_path: Path, big_local: Path | None, transport: Transport | None,
+                  data_dir: str | None = None, limit: int | None = None, device: str = hex(uuid.getnode()),
+                  progress: bool = True) -> SplitPredictions:
+    """Little on every clip read from disk as the Pi does; big on every clip, locally or remotely."""
+    from tqdm import tqdm
+
+    little = KwsModel(little_path)
+    big = KwsModel(big_local) if big_local is not None else None
+    labels = list(little.labels)
+    root = find_dataset(data_dir) / DATASET_DIR
+    names = split_names(split)[:limit]
+    n = len(names)
+    out = {k: np.zeros(n, dt) for k, dt in (("little", int), ("margin", float), ("big", int), ("bytes", int))}
+    for i, name in enumerate(tqdm(names, desc=f"predict {split}", unit="clip", disable=not progress)):
+        audio, out["little"][i], out["margin"][i], _ = little_on_file(little, root / name)
+        out["bytes"][i] = spec_bytes(spec_body(audio, device))
+        if big is not None:
+            out["big"][i] = int(np.argmax(big.predict_audio(audio, 16000)[0]))
+        else:
+            label = transport.ask(audio, name).label if transport is not None else None
+            out["big"][i] = labels.index(label) if label in labels else -1
+    true = np.array([label_of(nm) for nm in names])
+    return SplitPredictions(split, names, true, out["little"], out["margin"], out["big"], out["bytes"])
+
+
+def candidate_thresholds(margin: np.ndarray) -> np.ndarray:
+    """One threshold per distinct policy: midway between consecutive distinct margins (robust to the
+    small shifts between val and test), plus "never ask" (-1) and "always ask" (1)."""
+    m = np.unique(margin)
+    return np.concatenate([[-1.0], (m[:-1] + m[1:]) / 2, [1.0]])
+
+
+def pick_threshold(preds: SplitPredictions, target_accuracy: float | None = None,
+                   budget_mb: float | None = None) -> dict[str, Any]:
+    """Cheapest threshold reaching target_accuracy, or the most accurate within budget_mb (ties: cheaper)."""
+    points = [preds.at(t) for t in candidate_thresholds(preds.margin)]
+    if target_accuracy is not None:
+        ok = [p for p in points if p["accuracy"] >= target_accuracy]
+        if not ok:
+            best = max(points, key=lambda p: (p["accuracy"], -p["cost_mb"]))
+            raise ValueError(f"no threshold reaches {target_accuracy:.4f} on {preds.split}; best is "
+                             f"{best['accuracy']:.4f} at {best['threshold']:.4f}")
+        return min(ok, key=lambda p: (p["cost_mb"], p["threshold"]))
+    budget = DEFAULT_BUDGET_MB if budget_mb is None else budget_mb
+    within = [p for p in points if p["cost_mb"] <= budget]
+    return max(within, key=lambda p: (p["accuracy"], -p["cost_mb"]))
+
+
+def sweep(preds: SplitPredictions, thresholds: Sequence[float] = SWEEP_THRESHOLDS) -> list[dict[str, Any]]:
+    return [preds.at(t) for t in sorted(set(thresholds))]
+
+
+def make_transport(a: argparse.Namespace) -> Transport | None:
+    policy = RetryPolicy(timeout_s=a.timeout)
+    if a.local_big:
+        return None
+    if a.transport == "rest":
+        return RestSpecTransport(a.url, a.device, policy)
+    return GrpcTransport(a.grpc, a.payload, policy)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    goal = ap.add_mutually_exclusive_group()
+    goal.add_argument("--target-accuracy", type=float, help="cheapest threshold with val accuracy >= this (0-1)")
+    goal.add_argument("--budget-mb", type=float, help=f"most accurate within this val cost (default {DEFAULT_BUDGET_MB})")
+    ap.add_argument("--sweep", action="store_true", help="chart accuracy vs cost over thresholds instead")
+    ap.add_argument("--split", default=None, help="sweep split (default test); calibration always uses val")
+    ap.add_argument("--little", default=str(ROOT / "models" / "little.tflite"))
+    ap.add_argument("--big", default=str(ROOT / "models" / "big.tflite"), help="with --local-big")
+    ap.add_argument("--local-big", action="store_true", help="run big in-process instead of asking the server")
+    ap.add_argument("--transport", choices=("rest", "grpc"), default="grpc")
+    ap.add_argument("--url", default="http://127.0.0.1:8080/")
+    ap.add_argument("--grpc", default="127.0.0.1:50051")
+    ap.add_argument("--payload", default="wav")
+    ap.add_argument("--timeout", type=float, default=5.0)
+    ap.add_argument("--device", default=hex(uuid.getnode()))
+    ap.add_argument("--out", default=str(CASCADE_FILE), help="where the calibrated threshold goes")
+    ap.add_argument("--results", default=str(ROOT / "results"), help="folder for sweep JSON + PNG")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--data-dir", default=None)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    split = (a.split or "test") if a.sweep else "val"
+    if not a.sweep and a.split not in (None, "val"):
+        raise SystemExit("calibration picks the threshold on val only; use --sweep to look at other splits")
+    transport = make_transport(a)
+    try:
+        preds = predict_split(split, Path(a.little), Path(a.big) if a.local_big else None, transport,
+                              a.data_dir, a.limit, a.device)
+    finally:
+        if transport is not None:
+            transport.close()
+    big_source = f"local {a.big}" if a.local_big else f"{a.transport} {a.grpc if a.transport == 'grpc' else a.url}"
+    if a.sweep:
+        calibrated, source = load_threshold(Path(a.out))
+        rows = sweep(preds, [*SWEEP_THRESHOLDS, calibrated])
+        little_only, big_only = preds.at(-1.0), preds.at(1.0)
+        print(f"{'threshold':>9} {'accuracy %':>10} {'cost MB':>8} {'calls':>5}")
+        for r in rows:
+            mark = "  <- calibrated" if r["threshold"] == calibrated and source != "default" else ""
+            print(f"{r['threshold']:9.3f} {100 * r['accuracy']:10.3f} {r['cost_mb']:8.3f} {r['calls']:5d}{mark}")
+        print(f"little only {100 * little_only['accuracy']:.3f}%; big on every clip "
+              f"{100 * big_only['accuracy']:.3f}% at {big_only['cost_mb']:.3f} MB")
+        out = Path(a.results)
+        out.mkdir(parents=True, exist_ok=True)
+        doc = {"split": split, "big": big_source, "calibrated_threshold": calibrated, "threshold_source": source,
+               "little_only": little_only, "big_always": big_only, "rows": rows}
+        (out / f"sweep_{split}.json").write_text(json.dumps(doc, indent=1) + "\n")
+        plot_sweep(out / f"sweep_{split}.png", rows, split, calibrated if source != "default" else None,
+                   little_only, big_only)
+        print(f"wrote {out / f'sweep_{split}.json'} and {out / f'sweep_{split}.png'}")
+        return 0
+    chosen = pick_threshold(preds, a.target_accuracy, a.budget_mb)
+    target = ({"target_accuracy": a.target_accuracy} if a.target_accuracy is not None
+              else {"budget_mb": DEFAULT_BUDGET_MB if a.budget_mb is None else a.budget_mb})
+    doc = {"threshold": chosen["threshold"], "split": "val", "target": target,
+           "val_accuracy": chosen["accuracy"], "val_cost_mb": chosen["cost_mb"], "val_calls": chosen["calls"],
+           "val_clips": len(preds.names), "val_little_accuracy": preds.at(-1.0)["accuracy"],
+           "little": KwsModel(a.little).card.sha256, "big": big_source,
+           "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    Path(a.out).write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"threshold {chosen['threshold']:.4f}: val accuracy {100 * chosen['accuracy']:.3f}% at "
+          f"{chosen['cost_mb']:.3f} MB ({chosen['calls']} calls) -> {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,160 @@
+"""`make client` / `kws-edge`: the Big/Little cascade as the Raspberry Pi runs it.
+
+One clip at a time, read from disk: decode the WAV, pad to 1 s, run the little int8 model; when its score
+margin (top-1 minus top-2 probability) is at most the threshold, ask the big model over REST (the
+reference's SenML body) or gRPC. A failed ask keeps the little answer, so a dead or slow server degrades
+accuracy, never the run. Prints the reference's two lines and writes a per-clip JSON report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.report import ClipRecord, headline, summarize, write_report
+from edge.transports import PAYLOADS, GrpcTransport, RestSpecTransport, RetryPolicy, Transport
+from kws_rpc.audio import pad_or_trim, read_wav
+from kws_rpc.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
+from kws_rpc.model import KwsModel, softmax_margin
+
+ROOT = Path(__file__).resolve().parent.parent
+CASCADE_FILE = ROOT / "models" / "cascade.json"
+# Used only when models/cascade.json is missing (run `make calibrate`): a margin of 0.2 sends the clips
+# on which the little model is clearly unsure, a few percent of the test split for a decent little model.
+DEFAULT_THRESHOLD = 0.2
+
+
+def should_ask(margin: float | np.ndarray, threshold: float) -> bool | np.ndarray:
+    """The cascade rule of the reference: ask big when the margin is at most the threshold."""
+    return margin <= threshold
+
+
+def load_threshold(path: Path = CASCADE_FILE) -> tuple[float, str]:
+    """The calibrated threshold and where it came from."""
+    if path.is_file():
+        return float(json.loads(path.read_text())["threshold"]), str(path)
+    return DEFAULT_THRESHOLD, "default"
+
+
+def little_on_file(little: KwsModel, wav_path: Path) -> tuple[np.ndarray, int, float, float]:
+    """(padded audio, label index, margin, milliseconds) for one clip read from disk, like the Pi does."""
+    t0 = time.perf_counter()
+    audio, rate = read_wav(str(wav_path))
+    audio = pad_or_trim(audio, little.feature_config.clip_samples)
+    probs = little.predict(little.features(audio, rate))[0]
+    ms = 1000 * (time.perf_counter() - t0)
+    return audio, int(np.argmax(probs)), float(softmax_margin(probs)), ms
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientConfig:
+    little: Path
+    transport: str  # "rest" | "grpc"
+    url: str
+    grpc_target: str
+    payload: str
+    threshold: float
+    threshold_source: str
+    split: str
+    limit: int | None
+    data_dir: str | None
+    report: Path
+    device: str
+    policy: RetryPolicy
+    progress: bool = True
+
+
+def make_transport(cfg: ClientConfig) -> Transport:
+    if cfg.transport == "rest":
+        return RestSpecTransport(cfg.url, cfg.device, cfg.policy)
+    return GrpcTransport(cfg.grpc_target, cfg.payload, cfg.policy)
+
+
+def run(cfg: ClientConfig, transport: Transport | None = None) -> tuple[list[ClipRecord], dict[str, Any]]:
+    """Runs the cascade over a split; returns per-clip records and the summary."""
+    from tqdm import tqdm
+
+    little = KwsModel(cfg.little)
+    root = find_dataset(cfg.data_dir) / DATASET_DIR
+    names = split_names(cfg.split)[: cfg.limit]
+    own = transport is None
+    transport = transport or make_transport(cfg)
+    records: list[ClipRecord] = []
+    try:
+        bar = tqdm(names, desc=f"cascade {cfg.split}", unit="clip", disable=not cfg.progress)
+        for name in bar:
+            audio, idx, margin, little_ms = little_on_file(little, root / name)
+            little_label = little.labels[idx]
+            big, sent, remote_ms, attempts, error = None, 0, 0.0, 0, ""
+            asked = bool(should_ask(margin, cfg.threshold))
+            if asked:
+                t0 = time.perf_counter()
+                answer = transport.ask(audio, name)
+                remote_ms = 1000 * (time.perf_counter() - t0)
+                big, sent, attempts, error = answer.label, answer.bytes_sent, answer.attempts, answer.error
+                bar.set_postfix(calls=sum(r.asked for r in records) + 1, failures=transport.failures)
+            records.append(ClipRecord(name, LABELS[label_of(name)], little_label, margin, asked, big,
+                                      big or little_label, sent, little_ms, remote_ms, attempts, error))
+    finally:
+        if own:
+            transport.close()
+    return records, summarize(records)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--little", default=str(ROOT / "models" / "little.tflite"), help="edge model (.tflite + card)")
+    ap.add_argument("--transport", choices=("rest", "grpc"), default="rest")
+    ap.add_argument("--url", default="http://127.0.0.1:8080/", help="REST gateway (spec body, PUT)")
+    ap.add_argument("--grpc", default="127.0.0.1:50051", help="gRPC server target host:port")
+    ap.add_argument("--payload", choices=PAYLOADS, default="wav", help="gRPC payload (REST is always the spec)")
+    ap.add_argument("--threshold", type=float, default=None,
+                    help=f"ask big when margin <= this (default: {CASCADE_FILE.name}, else {DEFAULT_THRESHOLD})")
+    ap.add_argument("--cascade", default=str(CASCADE_FILE), help="calibrated threshold file")
+    ap.add_argument("--split", default="test", choices=("train", "val", "test"))
+    ap.add_argument("--limit", type=int, default=None, help="first N clips of the split only")
+    ap.add_argument("--data-dir", default=None, help="folder holding mini_speech_commands/ (else $KWS_DATA_DIR)")
+    ap.add_argument("--report", default=None, help="JSON report (default results/edge_<transport>.json)")
+    ap.add_argument("--device", default=hex(uuid.getnode()), help="SenML base name 'bn' (device id)")
+    ap.add_argument("--timeout", type=float, default=2.0, help="seconds per remote attempt")
+    ap.add_argument("--retries", type=int, default=2, help="extra attempts after a retryable failure")
+    ap.add_argument("--no-progress", action="store_true")
+    return ap.parse_args(argv)
+
+
+def config_from_args(a: argparse.Namespace) -> ClientConfig:
+    if a.threshold is None:
+        threshold, source = load_threshold(Path(a.cascade))
+    else:
+        threshold, source = a.threshold, "--threshold"
+    suffix = a.transport if a.transport == "rest" or a.payload == "wav" else f"grpc_{a.payload}"
+    report = Path(a.report) if a.report else ROOT / "results" / f"edge_{suffix}.json"
+    return ClientConfig(little=Path(a.little), transport=a.transport, url=a.url, grpc_target=a.grpc,
+                        payload=a.payload if a.transport == "grpc" else "spec", threshold=threshold,
+                        threshold_source=source, split=a.split, limit=a.limit, data_dir=a.data_dir,
+                        report=report, device=a.device,
+                        policy=RetryPolicy(timeout_s=a.timeout, retries=a.retries), progress=not a.no_progress)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cfg = config_from_args(parse_args(argv))
+    records, summary = run(cfg)
+    run_info = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()}
+    write_report(cfg.report, records, summary, run_info)
+    print(headline(summary))
+    print(f"(threshold {cfg.threshold:g} from {cfg.threshold_source}; {summary['calls']} calls, "
+          f"{summary['failures']} failed; little {summary['mean_little_ms']:.1f} ms/clip; report {cfg.report})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

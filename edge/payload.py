@@ -1,0 +1,148 @@
+"""`make payload`: bytes per big request for every transport and payload, and what each does to accuracy.
+
+Runs the cascade on the test split at the calibrated threshold and sends every asked clip through each
+way of reaching big: the reference REST spec body, and gRPC Predict with a WAV file, raw PCM, or the big
+model's own features as float32, float16 or int8 (computed on the edge from the server's metadata).
+Sizes are what goes on the wire per request: ``len(json.dumps(body))`` for REST, ``ByteSize()`` of the
+PredictRequest for gRPC (HTTP/2 and TCP framing excluded for both).
+
+Lossy payloads (float16, int8) may change big's answer. With a server the answers are the server's;
+with ``--local-big`` each request is decoded by the same ``kws_rpc.codec`` functions the server uses and
+fed to the same ``models/big.tflite``, so the figures equal the server's without running one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.client import ROOT, little_on_file, load_threshold, should_ask
+from edge.report import MB
+from edge.transports import (PAYLOADS, GrpcTransport, RestSpecTransport, RetryPolicy, Transport, build_request,
+                             spec_body, spec_bytes)
+from kws.v1 import kws_pb2 as pb
+from kws_rpc.audio import decode_wav
+from kws_rpc.codec import audio_from_proto, check_config, tensor_from_proto
+from kws_rpc.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
+from kws_rpc.model import KwsModel
+
+WAYS = ("rest-spec", *(f"grpc-{p}" for p in PAYLOADS))
+
+
+def local_answer(big: KwsModel, request: pb.PredictRequest | dict[str, Any]) -> str:
+    """Big's label for a request as the server would decode it (spec body dict or PredictRequest)."""
+    if isinstance(request, dict):
+        audio, rate = decode_wav(base64.b64decode(request["e"][0]["vd"]))
+        probs = big.predict_audio(audio, rate)
+    elif request.WhichOneof("input") == "audio":
+        probs = big.predict_audio(*audio_from_proto(request.audio))
+    else:
+        check_config(request.features.config, big.feature_config)
+        probs = big.predict(tensor_from_proto(request.features.tensor))
+    return big.labels[int(np.argmax(probs[0]))]
+
+
+def measure(way: str, clips: list[tuple[str, np.ndarray]], big: KwsModel | None, remote: Transport | None,
+            device: str) -> dict[str, Any]:
+    """Sends every clip one way; returns sizes and big's labels (None where a remote call failed)."""
+    payload = way.split("-", 1)[1]
+    sizes: list[int] = []
+    labels: list[str | None] = []
+    for name, audio in clips:
+        if remote is not None:
+            labels.append(remote.ask(audio, name).label)
+        if way == "rest-spec":
+            body = spec_body(audio, device)
+            sizes.append(spec_bytes(body))
+            request: pb.PredictRequest | dict[str, Any] = body
+        else:
+            config = big.feature_config if big is not None else getattr(remote, "config", None)
+            if payload.startswith("mfcc") and config is None:  # the server never answered metadata
+                labels[-1:] = [None]
+                continue
+            request = build_request(audio, payload, name, config)
+            sizes.append(request.ByteSize())
+        if big is not None:
+            labels.append(local_answer(big, request))
+    return {"sizes": sizes, "labels": labels}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--little", default=str(ROOT / "models" / "little.tflite"))
+    ap.add_argument("--big", default=str(ROOT / "models" / "big.tflite"), help="with --local-big")
+    ap.add_argument("--local-big", action="store_true", help="decode each request locally instead of a server")
+    ap.add_argument("--url", default="http://127.0.0.1:8080/", help="REST gateway")
+    ap.add_argument("--grpc", default="127.0.0.1:50051", help="gRPC server")
+    ap.add_argument("--threshold", type=float, default=None, help="default: models/cascade.json")
+    ap.add_argument("--split", default="test", choices=("val", "test"))
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--device", default=hex(uuid.getnode()))
+    ap.add_argument("--out", default=str(ROOT / "results" / "payload.json"))
+    a = ap.parse_args(argv)
+
+    from tqdm import tqdm
+
+    threshold, source = (a.threshold, "--threshold") if a.threshold is not None else load_threshold()
+    little = KwsModel(a.little)
+    big = KwsModel(a.big) if a.local_big else None
+    root = find_dataset(a.data_dir) / DATASET_DIR
+    names = split_names(a.split)[: a.limit]
+    true = [LABELS[label_of(n)] for n in names]
+    little_labels, asked = [], []
+    for name in tqdm(names, desc=f"little on {a.split}", unit="clip"):
+        audio, idx, margin, _ = little_on_file(little, root / name)
+        little_labels.append(little.labels[idx])
+        if should_ask(margin, threshold):
+            asked.append((name, audio))
+    if not asked:  # sizes still worth showing: measure on the first clips
+        print(f"no clip asked at threshold {threshold:g}; sizes from the first 20 clips, accuracy = little's")
+    sample = asked or [(n, little_on_file(little, root / n)[0]) for n in names[:20]]
+    index = {n: i for i, n in enumerate(names)}
+    rows = []
+    for way in tqdm(WAYS, desc="payloads", unit="way"):
+        remote: Transport | None = None
+        if big is None:
+            policy = RetryPolicy(timeout_s=5.0)
+            remote = (RestSpecTransport(a.url, a.device, policy) if way == "rest-spec"
+                      else GrpcTransport(a.grpc, way.split("-", 1)[1], policy))
+        try:
+            m = measure(way, sample, big, remote, a.device)
+        finally:
+            if remote is not None:
+                remote.close()
+        final = list(little_labels)
+        if asked:
+            for (name, _), label in zip(asked, m["labels"]):
+                final[index[name]] = label or final[index[name]]
+        sizes = np.array(m["sizes"] or [0])
+        rows.append({"way": way, "bytes_mean": float(sizes.mean()), "bytes_min": int(sizes.min()),
+                     "bytes_max": int(sizes.max()), "calls": len(asked),
+                     "failures": sum(lb is None for lb in m["labels"]) if asked else 0,
+                     "cost_mb": float(sizes.sum() / MB) if asked else 0.0,
+                     "accuracy": float(np.mean([f == t for f, t in zip(final, true)]))})
+    print(f"{a.split} split, {len(names)} clips, threshold {threshold:g} ({source}), big "
+          f"{'local ' + a.big if big is not None else 'remote'}")
+    print(f"{'way':<14} {'bytes/request':>13} {'x spec':>7} {'calls':>5} {'fail':>4} {'cost MB':>8} {'accuracy %':>10}")
+    spec = rows[0]["bytes_mean"] or 1.0
+    for r in rows:
+        print(f"{r['way']:<14} {r['bytes_mean']:13.0f} {r['bytes_mean'] / spec:7.3f} {r['calls']:5d} "
+              f"{r['failures']:4d} {r['cost_mb']:8.3f} {100 * r['accuracy']:10.3f}")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"split": a.split, "clips": len(names), "threshold": threshold,
+                               "threshold_source": source, "big": a.big if big is not None else
+                               {"rest": a.url, "grpc": a.grpc}, "rows": rows}, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,223 @@
+"""How the edge asks the big model: the spec's REST body or gRPC, behind one ``ask`` interface.
+
+A remote answer is an optimisation, never a dependency: every failure (refused, slow, bad answer) ends
+in ``Answer(None, ...)`` so the caller keeps the little model's label, and is counted. Retries are bounded
+and back off; after ``open_after`` consecutive failures a breaker skips the network for ``cooldown_s``, so
+a dead server costs a run seconds, not ``clips x timeout``.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+from kws.v1 import kws_pb2 as pb
+from kws_rpc.audio import encode_wav
+from kws_rpc.codec import audio_to_proto, config_from_proto, config_to_proto, tensor_to_proto
+from kws_rpc.features import FeatureConfig, mfcc
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+PAYLOADS = ("wav", "pcm", "mfcc-f32", "mfcc-f16", "mfcc-i8")
+_TENSOR_DTYPE = {"mfcc-f32": pb.FLOAT32, "mfcc-f16": pb.FLOAT16, "mfcc-i8": pb.INT8}
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """Per-attempt timeout, bounded retries with exponential backoff, and a failure breaker."""
+
+    timeout_s: float = 2.0
+    retries: int = 2  # extra attempts after the first
+    backoff_s: float = 0.1  # sleep before retry k is backoff_s * 2**k
+    open_after: int = 5  # consecutive failed asks that open the breaker
+    cooldown_s: float = 5.0  # how long an open breaker skips the network
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    label: str | None  # None: no usable remote answer, keep the little label
+    bytes_sent: int  # request bytes put on the wire, summed over attempts
+    attempts: int = 0
+    error: str = ""
+
+
+class Transport(Protocol):
+    failures: int
+
+    def ask(self, audio: np.ndarray, clip_id: str) -> Answer: ...
+
+    def close(self) -> None: ...
+
+
+class Retryable(Exception):
+    """An attempt failed in a way a retry may fix; ``sent`` says whether the request left the edge."""
+
+    def __init__(self, reason: str, sent: bool) -> None:
+        super().__init__(reason)
+        self.sent = sent
+
+
+class _Caller:
+    """Runs one attempt function under a RetryPolicy and a breaker; shared by both transports."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.failures = 0
+        self._streak = 0
+        self._open_until = 0.0
+
+    def call(self, attempt: Callable[[], str], size: int) -> Answer:
+        if time.monotonic() < self._open_until:
+            self.failures += 1
+            return Answer(None, 0, 0, "breaker open")
+        sent, error = 0, ""
+        for k in range(self.policy.retries + 1):
+            if k:
+                time.sleep(self.policy.backoff_s * 2 ** (k - 1))
+            try:
+                label = attempt()
+                self._streak = 0
+                return Answer(label, sent + size, k + 1)
+            except Retryable as e:
+                sent += size if e.sent else 0
+                error = str(e)
+            except Exception as e:  # a bad answer is not worth retrying; the little label stands
+                sent += size
+                error = f"{type(e).__name__}: {e}"
+                break
+        self.failures += 1
+        self._streak += 1
+        if self._streak >= self.policy.open_after:
+            self._open_until = time.monotonic() + self.policy.cooldown_s
+            log.warning("%d remote failures in a row (%s); local answers only for %.1f s",
+                        self._streak, error, self.policy.cooldown_s)
+        return Answer(None, sent, k + 1, error[:300])
+
+
+def spec_body(audio: np.ndarray, device: str, timestamp: int | None = None) -> dict[str, Any]:
+    """The reference SenML+JSON request: the 1 s clip as a base64 16 kHz WAV file."""
+    wav = encode_wav(audio, SAMPLE_RATE)
+    return {"bn": device, "bt": int(time.time() if timestamp is None else timestamp),
+            "e": [{"n": "audio", "u": "/", "t": 0, "vd": base64.b64encode(wav).decode("ascii")}]}
+
+
+def spec_bytes(body: dict[str, Any]) -> int:
+    """The reference's cost rule: the length of json.dumps(body), exactly what requests.put sends."""
+    return len(json.dumps(body))
+
+
+class RestSpecTransport:
+    """PUTs the spec body to the REST gateway; the reply's ``label`` is big's answer."""
+
+    def __init__(self, url: str, device: str, policy: RetryPolicy = RetryPolicy()) -> None:
+        import requests
+
+        self._requests = requests
+        self.url, self.device = url, device
+        self._session = requests.Session()
+        self._caller = _Caller(policy)
+
+    @property
+    def failures(self) -> int:
+        return self._caller.failures
+
+    def ask(self, audio: np.ndarray, clip_id: str) -> Answer:
+        data = json.dumps(spec_body(audio, self.device))
+        rq = self._requests
+
+        def attempt() -> str:
+            try:
+                r = self._session.put(self.url, data=data, timeout=self._caller.policy.timeout_s)
+            except rq.ConnectionError as e:  # includes ConnectTimeout: the body never left
+                raise Retryable(f"connection: {e}", sent=False) from None
+            except rq.Timeout as e:
+                raise Retryable(f"timeout: {e}", sent=True) from None
+            if r.status_code in (429, 502, 503, 504):
+                raise Retryable(f"HTTP {r.status_code}", sent=True)
+            r.raise_for_status()
+            return str(r.json()["label"])
+
+        return self._caller.call(attempt, len(data))
+
+    def close(self) -> None:
+        self._session.close()
+
+
+def build_request(audio: np.ndarray, payload: str, clip_id: str, config: FeatureConfig | None) -> pb.PredictRequest:
+    """A PredictRequest carrying the clip as ``payload``; MFCC payloads need the big model's config."""
+    if payload in ("wav", "pcm"):
+        return pb.PredictRequest(request_id=clip_id, audio=audio_to_proto(audio, SAMPLE_RATE, wav=payload == "wav"))
+    if payload not in _TENSOR_DTYPE:
+        raise ValueError(f"unknown payload {payload!r}; choose from {PAYLOADS}")
+    if config is None:
+        raise ValueError("MFCC payloads need the server model's feature config")
+    feats = mfcc(np.asarray(audio, np.float32), config)
+    return pb.PredictRequest(request_id=clip_id, features=pb.Features(
+        tensor=tensor_to_proto(feats, _TENSOR_DTYPE[payload]), config=config_to_proto(config)))
+
+
+_RETRY_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
+
+
+class GrpcTransport:
+    """Unary Predict over one channel; for MFCC payloads the features are computed here, as the
+    server's GetModelMetadata says, with the same ``kws_rpc.features.mfcc`` the server uses."""
+
+    def __init__(self, target: str, payload: str = "wav", policy: RetryPolicy = RetryPolicy()) -> None:
+        import grpc
+
+        from kws.v1 import kws_pb2_grpc
+
+        if payload not in PAYLOADS:
+            raise ValueError(f"unknown payload {payload!r}; choose from {PAYLOADS}")
+        self._grpc = grpc
+        self.target, self.payload = target, payload
+        self._channel = grpc.insecure_channel(target)
+        self._stub = kws_pb2_grpc.KeywordSpottingStub(self._channel)
+        self._caller = _Caller(policy)
+        self.config: FeatureConfig | None = None
+
+    @property
+    def failures(self) -> int:
+        return self._caller.failures
+
+    def _rpc_error(self, e: Any) -> Exception:
+        code = e.code().name if e.code() is not None else "UNKNOWN"
+        if code in _RETRY_CODES:
+            return Retryable(f"{code}: {e.details()}", sent=code != "UNAVAILABLE")
+        return RuntimeError(f"{code}: {e.details()}")
+
+    def _fetch_config(self) -> str:
+        try:
+            meta = self._stub.GetModelMetadata(pb.ModelMetadataRequest(), timeout=self._caller.policy.timeout_s)
+        except self._grpc.RpcError as e:
+            raise self._rpc_error(e) from None
+        self.config = config_from_proto(meta.feature_config)
+        return meta.name
+
+    def ask(self, audio: np.ndarray, clip_id: str) -> Answer:
+        if self.payload.startswith("mfcc") and self.config is None:
+            first = self._caller.call(self._fetch_config, 0)  # learnt once; a failure fails this ask
+            if self.config is None:
+                return first
+        request = build_request(audio, self.payload, clip_id, self.config)
+
+        def attempt() -> str:
+            try:
+                reply = self._stub.Predict(request, timeout=self._caller.policy.timeout_s)
+            except self._grpc.RpcError as e:
+                raise self._rpc_error(e) from None
+            return reply.prediction.label
+
+        return self._caller.call(attempt, request.ByteSize())
+
+    def close(self) -> None:
+        self._channel.close()
