@@ -194,3 +194,30 @@ def load_noise(root: Path) -> list[np.ndarray]:
     """The background-noise recordings (float32), or [] if the folder is absent."""
     d = root / NOISE_DIR
     return [read_wav(str(p))[0] for p in sorted(d.glob("*.wav"))] if d.is_dir() else []
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m kws_rpc.data`: fetch, unpack and verify Mini Speech Commands into --dest."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--dest", default="data", help="folder to fill with mini_speech_commands/ (default: data)")
+    ap.add_argument("--archive", help="a local mini_speech_commands.zip or .tar.xz instead of downloading")
+    ap.add_argument("--download", action="store_true", help=f"download {OFFICIAL_URL}")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    dest = Path(args.dest)
+    if not _has_dataset(dest):
+        if args.archive:
+            extract_archive(Path(args.archive), dest)
+        elif args.download:
+            download(dest)
+        else:
+            raise SystemExit(f"nothing to do: {dest} has no {DATASET_DIR}/. {HOW_TO_GET}")
+    _verify(dest)
+    (dest / DATASET_DIR / ".complete").touch()
+    print(f"Mini Speech Commands verified under {dest} ({NUM_CLIPS} clips)")
+
+
+if __name__ == "__main__":
+    main()

@@ -34,7 +34,16 @@ def to_tflite(model: tf.keras.Model, r: Recipe, calibration: np.ndarray) -> byte
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         conv.inference_input_type = tf.int8
         conv.inference_output_type = tf.int8
-    return conv.convert()
+    return strip_names(conv.convert())
+
+
+def strip_names(content: bytes) -> bytes:
+    """Drops tensor and signature names from the flatbuffer: bytes the edge budget can spend on weights."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    flatbuffer_utils.strip_strings(model)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def _accuracy(m: KwsModel, split: str, root: Path) -> tuple[float, np.ndarray]:

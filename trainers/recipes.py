@@ -38,10 +38,10 @@ RECIPES: dict[str, Recipe] = {
     for r in [
         Recipe(
             name="little", architecture="dscnn", feature=LITTLE_FEATURES, epochs=40, seed=1,
-            params=dscnn.Params(filters=64, blocks=4),
-            quantization="int8", prune_sparsity=0.7, prune_epochs=14,
+            params=dscnn.Params(filters=56, blocks=4),
+            quantization="int8", prune_sparsity=0.75, prune_epochs=14,
             augment=AugmentConfig(freq_masks=1, freq_mask_max=2),
-            description="Edge model: DS-CNN on 49x10 MFCCs, 70% magnitude-pruned 1x1/dense kernels, int8.",
+            description="Edge model: DS-CNN on 49x10 MFCCs, 75% magnitude-pruned 1x1/dense kernels, int8.",
         ),
         Recipe(
             name="big", architecture="resnet", feature=SHARED_FEATURES, epochs=30, seed=2,

@@ -1,0 +1,65 @@
+"""The numpy MFCC must equal tf.signal's pipeline (the reference implementation) within float tolerance."""
+
+import numpy as np
+import pytest
+
+from kws_rpc.features import FeatureConfig, mfcc, resample
+
+CONFIGS = [
+    FeatureConfig(),
+    FeatureConfig(num_mfcc=10, upper_hz=7600.0),
+    FeatureConfig(num_mfcc=0, upper_hz=7600.0),
+    FeatureConfig(frame_length=480, frame_step=160, fft_length=512, num_mfcc=40, lower_hz=60.0, upper_hz=7800.0),
+    FeatureConfig(sample_rate=8000, clip_samples=8000, frame_length=256, frame_step=128, fft_length=256,
+                  num_mel_bins=32, upper_hz=4000.0, num_mfcc=13),
+]
+
+
+def tf_reference(x: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    tf = pytest.importorskip("tensorflow")
+    stft = tf.signal.stft(x, cfg.frame_length, cfg.frame_step, cfg.fft_length)
+    weights = tf.signal.linear_to_mel_weight_matrix(cfg.num_mel_bins, cfg.fft_length // 2 + 1, cfg.sample_rate,
+                                                    cfg.lower_hz, cfg.upper_hz)
+    log_mel = tf.math.log(tf.tensordot(tf.abs(stft), weights, 1) + 1e-6)
+    if cfg.num_mfcc:
+        return tf.signal.mfccs_from_log_mel_spectrograms(log_mel)[..., : cfg.num_mfcc].numpy()
+    return log_mel.numpy()
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.shape}")
+def test_matches_tf_signal(cfg: FeatureConfig) -> None:
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((3, cfg.clip_samples)) * 0.1).astype(np.float32)
+    x[0, : cfg.clip_samples // 2] = 0.0  # silence: the log offset path
+    ours = mfcc(x, cfg)
+    assert ours.shape == (3, *cfg.shape)
+    np.testing.assert_allclose(ours, tf_reference(x, cfg), atol=2e-4, rtol=1e-4)
+
+
+def test_single_clip_equals_batch_row() -> None:
+    cfg = FeatureConfig()
+    x = np.random.default_rng(1).uniform(-1, 1, (2, cfg.clip_samples)).astype(np.float32)
+    np.testing.assert_array_equal(mfcc(x[1], cfg), mfcc(x, cfg)[1])
+
+
+def test_wrong_length_is_rejected() -> None:
+    with pytest.raises(ValueError, match="16000 samples"):
+        mfcc(np.zeros(15999, np.float32), FeatureConfig())
+
+
+def test_bad_config_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        FeatureConfig(num_mfcc=50, num_mel_bins=40)
+    with pytest.raises(ValueError):
+        FeatureConfig(upper_hz=9000.0)
+
+
+def test_resample_keeps_a_tone() -> None:
+    t = np.arange(16000) / 16000
+    tone = np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    down = resample(tone, 16000, 8000)
+    assert down.shape == (8000,)
+    spectrum = np.abs(np.fft.rfft(down))
+    assert abs(int(spectrum.argmax()) - 440) <= 1  # 1 Hz bins over 1 s
+    back = resample(down, 8000, 16000)
+    np.testing.assert_allclose(back[100:-100], tone[100:-100], atol=1e-3)

@@ -1,0 +1,58 @@
+"""Each architecture, on toy parameters, converts to TFLite and agrees with Keras (float within 1e-4,
+int8 within quantization error)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from trainers.architectures import REGISTRY, cnn, dscnn, resnet  # noqa: E402
+from trainers.export import to_tflite  # noqa: E402
+from trainers.recipes import LITTLE_FEATURES, RECIPES, SHARED_FEATURES, Recipe  # noqa: E402
+from trainers.train import build_model  # noqa: E402
+
+TOY = {
+    "dscnn": dscnn.Params(filters=8, blocks=1),
+    "resnet": resnet.Params(stem=4, channels=(4, 8), blocks_per_stage=1),
+    "cnn": cnn.Params(channels=(4, 8)),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(REGISTRY))
+@pytest.mark.parametrize("quant", ["float32", "int8"])
+def test_tflite_matches_keras(arch: str, quant: str, tmp_path) -> None:
+    feature = LITTLE_FEATURES if quant == "int8" else SHARED_FEATURES
+    r = Recipe(name="toy", architecture=arch, params=TOY[arch], feature=feature, epochs=1, description="toy",
+               quantization=quant)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, *feature.shape)).astype(np.float32)
+    tf.keras.utils.set_random_seed(0)
+    model = build_model(r, x.mean(axis=(0, 1)), x.var(axis=(0, 1)))
+    content = to_tflite(model, r, x)
+    interp = tf.lite.Interpreter(model_content=content)
+    interp.allocate_tensors()
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    keras_probs = tf.nn.softmax(model(x[:8], training=False)).numpy()
+    for i in range(8):
+        xi = x[i : i + 1]
+        if quant == "int8":
+            scale, zero = inp["quantization"]
+            xi = np.clip(np.round(xi / scale + zero), -128, 127).astype(np.int8)
+        interp.set_tensor(inp["index"], xi)
+        interp.invoke()
+        y = interp.get_tensor(out["index"])
+        if quant == "int8":
+            scale, zero = out["quantization"]
+            y = (y.astype(np.float32) - zero) * scale
+        np.testing.assert_allclose(y[0], keras_probs[i], atol=1e-4 if quant == "float32" else 0.06)
+
+
+def test_recipes_are_consistent() -> None:
+    assert RECIPES["little"].quantization == "int8"
+    for r in RECIPES.values():
+        assert r.architecture in REGISTRY
+        assert dataclasses.is_dataclass(r.params)
