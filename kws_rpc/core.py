@@ -1,7 +1,8 @@
 """The transport-free inference core: audio or features in, probabilities out.
 
 The gRPC servicer, the REST gateway and the MQTT worker are thin adapters onto this class; it knows no
-proto, HTTP or MQTT type.
+proto, HTTP or MQTT type. With a ``MicroBatcher`` concurrent calls share model invocations; without one
+each call runs the model directly.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from kws_rpc.card import ModelCard
-from kws_rpc.errors import InvalidInput
+from kws_rpc.batching import MicroBatcher
+from kws_rpc.errors import InvalidInput, UnknownModel
 from kws_rpc.model import KwsModel
 
 log = logging.getLogger(__name__)
@@ -28,17 +30,23 @@ class Result:
 class InferenceCore:
     """Holds the loaded models; validates inputs; runs inference."""
 
-    def __init__(self, models: Mapping[str, KwsModel], default: str) -> None:
+    def __init__(self, models: Mapping[str, KwsModel], default: str, batcher: MicroBatcher | None = None) -> None:
         if default not in models:
             raise ValueError(f"default model {default!r} is not among {sorted(models)}")
         self.models = dict(models)
         self.default = default
+        self.batcher = batcher
+
+    def close(self) -> None:
+        """Finishes queued batched work; later batched calls fail with Unavailable."""
+        if self.batcher is not None:
+            self.batcher.close()
 
     def model(self, name: str = "") -> KwsModel:
         try:
             return self.models[name or self.default]
         except KeyError:
-            raise InvalidInput(f"unknown model {name!r}; this server has {sorted(self.models)}") from None
+            raise UnknownModel(f"unknown model {name!r}; this server has {sorted(self.models)}") from None
 
     def predict_audio(self, audio: np.ndarray, sample_rate: int, model: str = "") -> Result:
         m = self.model(model)
@@ -54,4 +62,8 @@ class InferenceCore:
 
     def predict_features(self, feats: np.ndarray, model: str = "") -> Result:
         m = self.model(model)
+        if np.ndim(feats) == 3 and np.shape(feats)[0] != 1:
+            raise InvalidInput(f"one clip per request: got features of shape {np.shape(feats)}")
+        if self.batcher is not None:
+            return Result(self.batcher.predict(m, feats)[0], m.card)
         return Result(m.predict(feats)[0], m.card)

@@ -25,6 +25,13 @@ class PayloadTooLarge(InvalidInput):
     http_status = 413
 
 
+class UnknownModel(InvalidInput):
+    """The request names a model this server did not load."""
+
+    http_status = 404
+    grpc_code = "NOT_FOUND"
+
+
 class ModelMismatch(InvalidInput):
     """Features that do not match the model card (config, shape or dtype)."""
 
