@@ -1,0 +1,187 @@
+"""`kws-server`: the gRPC server (plus, optionally, the REST gateway and /metrics) around one core.
+
+``serve(config)`` wires everything and returns a handle (tests start it in-process on port 0);
+``main()`` builds the config from the command line and stops gracefully on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import FrameType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from kws_rpc.batching import MicroBatcher
+from kws_rpc.core import InferenceCore
+from kws_rpc.gateway import GatewayConfig, GatewayServer
+from kws_rpc.metrics import Metrics
+from kws_rpc.model import KwsModel
+from kws_rpc.servicer import SERVICE, KwsServicer, add_to_server
+
+log = logging.getLogger("kws_rpc.server")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    models: tuple[Path, ...]  # .tflite files, each with its card beside it; the first is the default
+    host: str = "127.0.0.1"
+    port: int = 0  # 0 = the OS picks a free port (logged)
+    max_batch_size: int = 32  # rows per model invocation; 1 = batching off (direct calls)
+    max_delay_ms: float = 2.0  # longest a request waits for companions
+    workers: int = 1  # micro-batcher threads
+    max_queue: int = 1024  # waiting requests beyond this are RESOURCE_EXHAUSTED
+    grpc_threads: int = 64  # concurrent RPCs in progress
+    max_message_bytes: int = 4 << 20
+    metrics_port: int | None = None  # None = no /metrics endpoint; 0 = a free port
+    gateway_port: int | None = None  # None = no REST gateway; 0 = a free port
+    grace_s: float = 5.0  # how long in-flight calls may finish at shutdown
+    log_level: str = "INFO"
+
+    @property
+    def batching(self) -> bool:
+        return self.max_batch_size > 1
+
+
+class ServerHandle:
+    """A running server; ``stop`` is idempotent."""
+
+    def __init__(self, config: ServerConfig, server: grpc.Server, port: int, core: InferenceCore,
+                 health_servicer: health.HealthServicer, metrics: Metrics, metrics_port: int | None,
+                 gateway: GatewayServer | None) -> None:
+        self.config, self.server, self.port, self.core = config, server, port, core
+        self.health, self.metrics, self.metrics_port, self.gateway = health_servicer, metrics, metrics_port, gateway
+        self.target = f"{_loopback(config.host)}:{port}"
+        self._stopped = threading.Event()
+
+    def stop(self, grace: float | None = None) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        grace = self.config.grace_s if grace is None else grace
+        log.info("shutting down: refusing new calls, %.1f s for calls in flight", grace)
+        self.health.enter_graceful_shutdown()
+        self.metrics.ready.set(0)
+        try:
+            if self.gateway is not None:
+                self.gateway.stop(timeout=grace + 1)
+        finally:
+            self.server.stop(grace).wait()
+            self.core.close()
+            self.metrics.stop()
+            log.info("stopped")
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def _loopback(host: str) -> str:
+    return {"0.0.0.0": "127.0.0.1", "::": "[::1]", "[::]": "[::1]"}.get(host, host)
+
+
+def load_core(config: ServerConfig, metrics: Metrics) -> InferenceCore:
+    models: dict[str, KwsModel] = {}
+    for path in config.models:
+        m = KwsModel(path)
+        if m.name in models:
+            raise ValueError(f"two models are named {m.name!r} ({models[m.name].path}, {path})")
+        models[m.name] = m
+        log.info("loaded model %s v%s (%s, %d labels, input %s) from %s", m.name, m.card.version,
+                 m.card.architecture, len(m.labels), m.card.feature.shape, path)
+    batcher = None
+    if config.batching:
+        batcher = MicroBatcher(config.max_batch_size, config.max_delay_ms, config.workers, config.max_queue,
+                               on_batch=metrics.observe_batch)
+    return InferenceCore(models, default=next(iter(models)), batcher=batcher)
+
+
+def serve(config: ServerConfig) -> ServerHandle:
+    """Loads the models, starts gRPC (+ gateway, + metrics) and reports SERVING."""
+    if not config.models:
+        raise ValueError("no model given: pass --model models/big.tflite")
+    metrics = Metrics()
+    core = load_core(config, metrics)
+    opts = [("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes), ("grpc.so_reuseport", 0)]
+    server = grpc.server(ThreadPoolExecutor(config.grpc_threads, thread_name_prefix="kws-grpc"), options=opts)
+    add_to_server(KwsServicer(core, metrics), server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    server.start()
+    gateway = metrics_port = None
+    try:
+        if config.metrics_port is not None:
+            metrics_port = metrics.serve(config.host, config.metrics_port)
+        if config.gateway_port is not None:
+            gateway = GatewayServer(GatewayConfig(f"{_loopback(config.host)}:{port}", config.host,
+                                                  config.gateway_port, log_level=config.log_level.lower()),
+                                    grace_s=config.grace_s)
+    except BaseException:
+        server.stop(0)
+        core.close()
+        metrics.stop()
+        raise
+    for name in ("", SERVICE):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    metrics.ready.set(1)
+    log.info("serving %s on grpc %s:%d (batching %s), gateway %s, metrics %s", sorted(core.models),
+             config.host, port,
+             f"max {config.max_batch_size} rows / {config.max_delay_ms} ms" if config.batching else "off",
+             gateway.url if gateway else "off",
+             f"http://{config.host}:{metrics_port}/metrics" if metrics_port is not None else "off")
+    return ServerHandle(config, server, port, core, health_servicer, metrics, metrics_port, gateway)
+
+
+def parse_args(argv: list[str] | None = None) -> ServerConfig:
+    d = ServerConfig(models=())
+    ap = argparse.ArgumentParser(description="kws gRPC server (optionally with the REST gateway)")
+    ap.add_argument("--model", action="append", required=True, type=Path,
+                    help="a .tflite with its card; repeat for more (the first is the default)")
+    ap.add_argument("--host", default=d.host)
+    ap.add_argument("--port", type=int, default=d.port, help="gRPC port; 0 = a free one (logged)")
+    ap.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="1 turns batching off")
+    ap.add_argument("--max-delay-ms", type=float, default=d.max_delay_ms)
+    ap.add_argument("--workers", type=int, default=d.workers, help="micro-batcher threads")
+    ap.add_argument("--max-queue", type=int, default=d.max_queue)
+    ap.add_argument("--grpc-threads", type=int, default=d.grpc_threads)
+    ap.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
+    ap.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here")
+    ap.add_argument("--gateway-port", type=int, default=None, help="also run the REST gateway here")
+    ap.add_argument("--grace", type=float, default=d.grace_s, help="seconds for in-flight calls at shutdown")
+    ap.add_argument("--log-level", default=d.log_level, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    a = ap.parse_args(argv)
+    return ServerConfig(tuple(a.model), a.host, a.port, a.max_batch_size, a.max_delay_ms, a.workers, a.max_queue,
+                        a.grpc_threads, a.max_message_bytes, a.metrics_port, a.gateway_port, a.grace, a.log_level)
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_args(argv)
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+
+    def on_signal(signum: int, _: FrameType | None) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    handle = serve(config)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        handle.stop()
+
+
+if __name__ == "__main__":
+    main()
