@@ -1,0 +1,225 @@
+"""The edge: spec body and its byte rule, the margin rule, calibration on val only, fallback when the
+server is down or slow, payload decoding, and (when the server exists) the cascade end to end."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge import calibrate
+from edge.client import ClientConfig, run, should_ask
+from edge.report import headline, summarize
+from edge.transports import GrpcTransport, RestSpecTransport, RetryPolicy, build_request, spec_body, spec_bytes
+from kws_rpc.audio import decode_wav, read_wav
+from kws_rpc.model import softmax_margin
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "clips"
+FAST = RetryPolicy(timeout_s=0.3, retries=1, backoff_s=0.05, open_after=3, cooldown_s=30.0)
+
+
+def fixture_clip(word: str = "yes") -> np.ndarray:
+    audio, rate = read_wav(str(FIXTURES / f"{word}.wav"))
+    assert rate == 16000
+    return np.pad(audio, (0, 16000 - len(audio)))[:16000]
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def little(little_path: Path) -> Path:
+    if not little_path.is_file():
+        pytest.skip(f"{little_path} not built yet (set KWS_TEST_LITTLE to a model)")
+    return little_path
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Records the request; answers like the gateway, optionally after a delay."""
+
+    delay_s = 0.0
+    seen: list[tuple[str, dict[str, str], bytes]] = []
+
+    def do_PUT(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).seen.append((self.command, dict(self.headers), body))
+        time.sleep(self.delay_s)
+        reply = json.dumps({"label": "yes"}).encode()
+        try:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+        except OSError:  # the client gave up first
+            pass
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def http_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, type[_Handler]]]:
+    handler = type("H", (_Handler,), {"delay_s": getattr(request, "param", 0.0), "seen": []})
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}/", handler
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_spec_body_shape_and_byte_rule() -> None:
+    audio = fixture_clip()
+    body = spec_body(audio, "0x1234", timestamp=1_700_000_000)
+    assert set(body) == {"bn", "bt", "e"} and body["bn"] == "0x1234" and body["bt"] == 1_700_000_000
+    (rec,) = body["e"]
+    assert {k: rec[k] for k in ("n", "u", "t")} == {"n": "audio", "u": "/", "t": 0}
+    wav = base64.b64decode(rec["vd"])
+    decoded, rate = decode_wav(wav)
+    assert rate == 16000 and len(wav) == 44 + 2 * 16000
+    np.testing.assert_array_equal(decoded, audio)  # 16-bit clips survive the round trip exactly
+    assert spec_bytes(body) == len(json.dumps(body))
+    # 1 s clip: base64 of 32044 bytes is 42728 characters, plus the JSON around it.
+    assert spec_bytes(body) == 42728 + len(json.dumps({**body, "e": [{**rec, "vd": ""}]}))
+
+
+def test_rest_transport_sends_the_spec_body_and_counts_its_bytes(http_server) -> None:
+    url, handler = http_server
+    t = RestSpecTransport(url, "0xabc", FAST)
+    answer = t.ask(fixture_clip(), "yes/x.wav")
+    (method, headers, body), = handler.seen
+    assert method == "PUT" and "Content-Type" not in headers
+    assert answer.label == "yes" and answer.bytes_sent == len(body) == spec_bytes(json.loads(body))
+    assert json.loads(body)["bn"] == "0xabc" and t.failures == 0
+
+
+def test_margin_rule() -> None:
+    probs = np.array([[0.6, 0.3, 0.1], [0.5, 0.5, 0.0]], np.float32)
+    np.testing.assert_allclose(softmax_margin(probs), [0.3, 0.0], atol=1e-6)
+    assert should_ask(0.2, 0.2) and should_ask(0.0, 0.2) and not should_ask(0.2001, 0.2)
+    assert not should_ask(0.0, -1.0)  # a negative threshold never asks
+
+
+def toy_predictions(split: str = "val") -> calibrate.SplitPredictions:
+    # clips 0-3: little right and sure; 4-5: little wrong and unsure, big right; 6: both wrong.
+    true = np.array([0, 1, 2, 3, 4, 5, 6])
+    little = np.array([0, 1, 2, 3, 0, 0, 0])
+    margin = np.array([0.9, 0.8, 0.7, 0.6, 0.05, 0.1, 0.3])
+    big = np.array([0, 1, 2, 3, 4, 5, 7])
+    return calibrate.SplitPredictions(split, [f"w/{i}.wav" for i in range(7)], true, little, margin, big,
+                                      np.full(7, 1 << 20))
+
+
+def test_cascade_replay_and_threshold_choice() -> None:
+    p = toy_predictions()
+    assert p.at(-1.0) == {"threshold": -1.0, "accuracy": 4 / 7, "cost_mb": 0.0, "calls": 0}
+    assert p.at(0.1)["accuracy"] == 6 / 7 and p.at(0.1)["cost_mb"] == 2.0
+    best = calibrate.pick_threshold(p, target_accuracy=6 / 7)
+    assert best["calls"] == 2 and 0.1 <= best["threshold"] < 0.3  # midway, robust to small shifts
+    assert calibrate.pick_threshold(p, budget_mb=1.5)["calls"] == 1
+    with pytest.raises(ValueError):
+        calibrate.pick_threshold(p, target_accuracy=1.0)
+
+
+def test_calibration_uses_val_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    splits: list[str] = []
+
+    def fake_predict_split(split: str, *args: object, **kw: object) -> calibrate.SplitPredictions:
+        splits.append(split)
+        return toy_predictions(split)
+
+    class FakeModel:
+        card = type("Card", (), {"sha256": "abc"})()
+
+    monkeypatch.setattr(calibrate, "predict_split", fake_predict_split)
+    monkeypatch.setattr(calibrate, "KwsModel", lambda path: FakeModel())
+    out = tmp_path / "cascade.json"
+    assert calibrate.main(["--local-big", "--target-accuracy", "0.8", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert splits == ["val"] and doc["split"] == "val" and doc["val_accuracy"] == 6 / 7
+    assert doc["target"] == {"target_accuracy": 0.8} and 0.1 <= doc["threshold"] < 0.3
+    with pytest.raises(SystemExit):
+        calibrate.main(["--local-big", "--split", "test", "--out", str(out)])
+    assert splits == ["val"]
+
+
+def client_config(little: Path, tmp_path: Path, transport: str, url: str, limit: int) -> ClientConfig:
+    return ClientConfig(little=little, transport=transport, url=url, grpc_target=url, payload="mfcc-f32",
+                        threshold=1.0, threshold_source="test", split="test", limit=limit, data_dir=None,
+                        report=tmp_path / "r.json", device="0x1", policy=FAST, progress=False)
+
+
+@pytest.mark.parametrize("transport", ["rest", "grpc"])
+def test_client_keeps_little_answers_when_server_is_down(transport: str, little: Path, tmp_path: Path,
+                                                         dataset_root: Path) -> None:
+    port = closed_port()
+    target = f"http://127.0.0.1:{port}/" if transport == "rest" else f"127.0.0.1:{port}"
+    t0 = time.monotonic()
+    records, summary = run(client_config(little, tmp_path, transport, target, limit=12))
+    assert time.monotonic() - t0 < 20
+    assert summary["calls"] == 12 and summary["failures"] == 12 and summary["cost_mb"] == 0.0
+    assert all(r.big_label is None and r.final_label == r.little_label for r in records)
+    assert summary["accuracy"] == summary["little_accuracy"]
+    assert headline(summary).splitlines()[1] == "Communication Cost: 0.000 MB"
+
+
+@pytest.mark.parametrize("http_server", [2.0], indirect=True)
+def test_client_survives_a_slow_server(http_server, little: Path, tmp_path: Path, dataset_root: Path) -> None:
+    url, _ = http_server
+    t0 = time.monotonic()
+    records, summary = run(client_config(little, tmp_path, "rest", url, limit=10))
+    # 3 asks time out (2 attempts of 0.3 s each), then the breaker answers locally for the rest.
+    assert time.monotonic() - t0 < 10
+    assert summary["failures"] == 10 and all(r.final_label == r.little_label for r in records)
+    assert sum(r.bytes_sent > 0 for r in records) == 3  # timed-out bodies did leave the edge
+
+
+def test_headline_format() -> None:
+    from edge.report import ClipRecord
+
+    recs = [ClipRecord("yes/a.wav", "yes", "no", 0.1, True, "yes", "yes", 2_972_712, 1.0, 2.0)] + \
+        [ClipRecord("yes/b.wav", "yes", "yes", 0.9, False, None, "yes", 0, 1.0, 0.0)] * 7
+    s = summarize(recs)
+    assert headline(s) == "Accuracy: 100.000%\nCommunication Cost: 2.835 MB"
+
+
+def test_payloads_decode_to_the_same_answer(little: Path) -> None:
+    """What payload.py feeds big locally: lossless payloads give big's own answer exactly."""
+    from edge.payload import local_answer
+    from kws_rpc.model import KwsModel
+
+    big = KwsModel(little)  # any model works to check the decoding path
+    for word in ("yes", "no", "go"):
+        audio = fixture_clip(word)
+        direct = big.labels[int(np.argmax(big.predict_audio(audio, 16000)[0]))]
+        assert local_answer(big, spec_body(audio, "0x1")) == direct
+        for payload in ("wav", "pcm", "mfcc-f32", "mfcc-f16", "mfcc-i8"):
+            req = build_request(audio, payload, word, big.feature_config)
+            label = local_answer(big, req)
+            if payload in ("wav", "pcm", "mfcc-f32"):
+                assert label == direct, payload
+        sizes = {p: build_request(audio, p, word, big.feature_config).ByteSize()
+                 for p in ("wav", "pcm", "mfcc-f32", "mfcc-f16", "mfcc-i8")}
+        assert sizes["mfcc-i8"] < sizes["mfcc-f16"] < sizes["mfcc-f32"] < sizes["pcm"] < sizes["wav"]
+
+
+def test_grpc_mfcc_needs_metadata_and_fails_softly() -> None:
+    t = GrpcTransport(f"127.0.0.1:{closed_port()}", "mfcc-i8", FAST)
+    try:
+        answer = t.ask(fixture_clip(), "yes/x.wav")
+    finally:
+        t.close()
+    assert answer.label is None and t.failures == 1 and t.config is None
