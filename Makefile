@@ -33,7 +33,8 @@ train: venv data  ## retrain every shipped model (about 75 min on 2 cores)
 eval: venv data  ## evaluate every shipped model on the test split (table + bench/results/eval.json)
 	$(PYTHON) -m kws_rpc.evaluate
 
-demo: eval  ## the main job end to end on embedded defaults
+demo: venv data  ## the whole system end to end: eval, server + edge cascade, MQTT cooperative inference
+	$(PYTHON) scripts/demo.py
 
 test: venv data  ## run the test suite
 	$(BIN)/pytest -q
