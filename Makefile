@@ -6,7 +6,7 @@ PYTHON := $(BIN)/python
 DATA ?= data
 export KWS_DATA_DIR ?= $(abspath $(DATA))
 
-.PHONY: help venv protos data train eval demo test server client payload coop bench clean
+.PHONY: help venv protos data train eval demo test server client calibrate sweep payload coop bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -35,6 +35,18 @@ eval: venv data  ## evaluate every shipped model on the test split (table + benc
 
 demo: venv data  ## the whole system end to end: eval, server + edge cascade, MQTT cooperative inference
 	$(PYTHON) scripts/demo.py
+
+client: venv data  ## Big/Little cascade on test as the Pi runs it (REST spec; ARGS="--transport grpc --payload mfcc-i8")
+	$(PYTHON) -m edge.client $(ARGS)
+
+calibrate: venv data  ## pick the cascade threshold on VAL (big run locally) -> models/cascade.json
+	$(PYTHON) -m edge.calibrate --local-big $(ARGS)
+
+sweep: venv data  ## accuracy vs cost over thresholds on test -> results/sweep_test.{json,png}
+	$(PYTHON) -m edge.calibrate --sweep --local-big $(ARGS)
+
+payload: venv data  ## bytes per request per transport/payload and test accuracy -> results/payload.json
+	$(PYTHON) -m edge.payload --local-big $(ARGS)
 
 test: venv data  ## run the test suite
 	$(BIN)/pytest -q

@@ -4,6 +4,7 @@ server is down or slow, payload decoding, and (when the server exists) the casca
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import socket
 import threading
@@ -223,3 +224,40 @@ def test_grpc_mfcc_needs_metadata_and_fails_softly() -> None:
     finally:
         t.close()
     assert answer.label is None and t.failures == 1 and t.config is None
+
+
+@pytest.fixture(scope="module")
+def real_server(little_path: Path) -> Iterator[object]:
+    """The real gRPC server + REST gateway on loopback, serving the little model as 'big' (the protocol
+    is what is under test; any carded model will do)."""
+    server = pytest.importorskip("kws_rpc.server")
+    if not little_path.is_file():
+        pytest.skip(f"{little_path} not built yet")
+    handle = server.serve(server.ServerConfig(models=(little_path,), port=0, gateway_port=0,
+                                              log_level="WARNING"))
+    try:
+        yield handle
+    finally:
+        handle.stop(0.5)
+
+
+@pytest.mark.parametrize("transport,payload", [("rest", "spec"), ("grpc", "wav"), ("grpc", "pcm"),
+                                               ("grpc", "mfcc-f32"), ("grpc", "mfcc-f16"), ("grpc", "mfcc-i8")])
+def test_cascade_end_to_end(real_server, transport: str, payload: str, little: Path, tmp_path: Path,
+                            dataset_root: Path) -> None:
+    from kws_rpc.model import KwsModel
+
+    url = real_server.gateway.url + "/" if transport == "rest" else real_server.target
+    cfg = dataclasses.replace(client_config(little, tmp_path, transport, url, limit=6), payload=payload,
+                              policy=RetryPolicy(timeout_s=10.0, retries=1, backoff_s=0.05))
+    records, summary = run(cfg)
+    assert summary["calls"] == 6 and summary["failures"] == 0
+    big = KwsModel(little)  # the server's model, run here on the same clips
+    for r in records:
+        audio, rate = read_wav(str(dataset_root / "mini_speech_commands" / r.name))
+        expected = big.labels[int(np.argmax(big.predict_audio(np.pad(audio, (0, 16000 - len(audio))), rate)[0]))]
+        assert r.final_label == r.big_label
+        if payload in ("spec", "wav", "pcm", "mfcc-f32"):  # lossless: exactly the server model's answer
+            assert r.big_label == expected, r
+    if transport == "rest":
+        assert all(r.bytes_sent == spec_bytes(spec_body(np.zeros(16000), "0x1")) for r in records)
