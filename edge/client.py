@@ -88,6 +88,7 @@ def run(cfg: ClientConfig, transport: Transport | None = None) -> tuple[list[Cli
     own = transport is None
     transport = transport or make_transport(cfg)
     records: list[ClipRecord] = []
+    calls = 0
     try:
         bar = tqdm(names, desc=f"cascade {cfg.split}", unit="clip", disable=not cfg.progress)
         for name in bar:
@@ -100,7 +101,8 @@ def run(cfg: ClientConfig, transport: Transport | None = None) -> tuple[list[Cli
                 answer = transport.ask(audio, name)
                 remote_ms = 1000 * (time.perf_counter() - t0)
                 big, sent, attempts, error = answer.label, answer.bytes_sent, answer.attempts, answer.error
-                bar.set_postfix(calls=sum(r.asked for r in records) + 1, failures=transport.failures)
+                calls += 1
+                bar.set_postfix(calls=calls, failures=transport.failures)
             records.append(ClipRecord(name, LABELS[label_of(name)], little_label, margin, asked, big,
                                       big or little_label, sent, little_ms, remote_ms, attempts, error))
     finally:

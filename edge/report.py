@@ -82,6 +82,7 @@ def plot_sweep(path: Path, rows: Sequence[dict[str, Any]], split: str, calibrate
     ax.axhline(100 * little_only["accuracy"], ls=":", c="gray", label="little only")
     ax.axhline(100 * big_only["accuracy"], ls="--", c="gray", label="big on every clip")
     ax.set_xscale("symlog", linthresh=0.1)
+    ax.set_xlim(left=0)
     ax.set_xlabel("communication cost (MB, spec REST body)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"Big/Little cascade: accuracy vs cost over margin thresholds ({split} split)")
