@@ -1,0 +1,311 @@
+"""Cooperative inference client: every live worker votes on every clip; an ensemble policy decides.
+
+    python -m edge.coop --split test                          # embedded broker + shipped members, in-process
+    python -m edge.coop --broker mqtt://host:1883 --split test  # workers already running (kws-worker)
+
+The client learns the live workers and their feature config from their retained status messages,
+preprocesses each clip once (features as FLOAT16 when all workers share a config, else audio), publishes
+every clip at QoS 2 without waiting, and decides each clip when every live worker has voted, a missing
+one goes OFFLINE, or the clip's timeout passes. The ensemble policy is chosen on the val split
+(``--policy auto``) and reported on the requested split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+
+from kws.v1 import kws_pb2 as pb
+from kws_rpc import ensemble
+from kws_rpc.codec import parse
+from kws_rpc.data import LABELS, find_dataset, load_split
+from kws_rpc.errors import KwsError
+from kws_rpc.features import FeatureConfig, mfcc
+from kws_rpc.mqtt.ballot import Ballot
+from kws_rpc.mqtt.broker import EmbeddedBroker
+from kws_rpc.mqtt.connection import BrokerSettings, connect, make_client
+from kws_rpc.mqtt.payloads import (audio_request, features_request, senml_prediction_reference, senml_reference,
+                                   shared_config)
+from kws_rpc.mqtt.report import clip_votes, summarize
+from kws_rpc.mqtt.topics import Topics
+from kws_rpc.mqtt.worker import Worker, WorkerConfig
+
+log = logging.getLogger(__name__)
+SAMPLE_RATE = 16000
+PAYLOADS = ("auto", "features", "audio")
+MODELS = Path(__file__).resolve().parent.parent / "models"
+MEMBERS = ("big", "member_cnn", "member_dscnn")  # the shipped ensemble; all take 49x40 log-mel
+
+
+@dataclasses.dataclass(frozen=True)
+class CoopConfig:
+    broker: BrokerSettings
+    deployment: str = "default"
+    client_id: str = "coop"
+    timeout_s: float = 10.0  # per clip, from its publication
+    min_workers: int = 1  # wait (up to discover_timeout_s) for at least this many live workers
+    discover_s: float = 0.5  # after min_workers are live, how long to keep listening for more
+    discover_timeout_s: float = 30.0
+    payload: str = "auto"
+    interval_s: float = 0.0  # pause between clips (0 = publish all at once); simulates a live stream
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class Run:
+    """What one pass over a set of clips produced: the ballot plus what it cost."""
+
+    ballot: Ballot
+    request_ids: list[str]
+    payload_kind: str
+    clip_bytes: list[int]
+    preprocess_s: float
+    publish_s: float
+    end_to_end_s: float  # preprocessing + publishing + collecting until the last clip is decided
+    vote_bytes: list[int] = dataclasses.field(default_factory=list)
+    feature_shape: tuple[int, ...] = ()
+
+
+class CoopClient:
+    """The MQTT participant: status and vote callbacks feed a Ballot; run() publishes and waits."""
+
+    def __init__(self, config: CoopConfig) -> None:
+        if config.payload not in PAYLOADS:
+            raise ValueError(f"payload must be one of {PAYLOADS}")
+        self.config = config
+        self.topics = Topics(config.deployment)
+        self.client = make_client(config.broker, f"kws-coop-{config.deployment}-{config.client_id}")
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.connected = threading.Event()
+        self.ballot = Ballot(config.timeout_s)
+        self.statuses: dict[str, pb.WorkerStatus] = {}
+        self.rejected = 0
+        self._vote_bytes: list[int] = []
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: mqtt.ReasonCode,
+                    props: object) -> None:
+        if reason.is_failure:
+            log.warning("coop: broker refused the connection: %s", reason)
+            return
+        client.subscribe([(self.topics.all_status, 1), (self.topics.predictions, 1)])
+        self.connected.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            if msg.topic == self.topics.predictions:
+                self._on_vote(parse(pb.PredictResponse, msg.payload), len(msg.payload))
+            elif (wid := self.topics.worker_of(msg.topic)) is not None:
+                self._on_status(wid, parse(pb.WorkerStatus, msg.payload))
+        except KwsError as e:
+            self.rejected += 1
+            log.warning("coop: skipped %d bytes on %s: %s", len(msg.payload), msg.topic, e)
+
+    def _on_status(self, wid: str, status: pb.WorkerStatus) -> None:
+        if status.worker_id != wid or status.state not in (pb.WorkerStatus.ONLINE, pb.WorkerStatus.OFFLINE):
+            raise KwsError(f"status of {status.worker_id!r} (state {status.state}) on the topic of {wid!r}")
+        if status.state == pb.WorkerStatus.ONLINE:
+            self.statuses[wid] = status
+            self.ballot.worker_online(wid, status)
+        else:
+            self.ballot.worker_offline(wid)
+        log.info("coop: worker %s is %s", wid, pb.WorkerStatus.State.Name(status.state))
+
+    def _on_vote(self, resp: pb.PredictResponse, size: int) -> None:
+        status = self.statuses.get(resp.worker_id)
+        probs = np.asarray(resp.prediction.probabilities, dtype=np.float32)
+        if status is not None and len(probs) != len(status.model.labels):
+            raise KwsError(f"vote of {resp.worker_id} has {len(probs)} probabilities, "
+                           f"its model has {len(status.model.labels)} labels")
+        if self.ballot.vote(resp.request_id, resp.worker_id, resp.prediction.model, probs):
+            self._vote_bytes.append(size)
+
+    def start(self, wait_s: float = 10.0) -> "CoopClient":
+        connect(self.client, self.config.broker)
+        if not self.connected.wait(wait_s):
+            raise TimeoutError(f"coop: no connection to {self.config.broker.url} in {wait_s} s")
+        return self
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def discover(self) -> dict[str, pb.WorkerStatus]:
+        """Live workers, after at least min_workers appeared and a short settle for the rest."""
+        live = self.ballot.wait_for_workers(self.config.min_workers, self.config.discover_timeout_s)
+        if len(live) < self.config.min_workers:
+            raise TimeoutError(f"only {len(live)} of {self.config.min_workers} workers online on "
+                               f"{self.topics.all_status} after {self.config.discover_timeout_s} s")
+        threading.Event().wait(self.config.discover_s)
+        return self.ballot.live()
+
+    def labels(self) -> list[str]:
+        names = {tuple(s.model.labels) for s in self.ballot.live().values()}
+        if len(names) != 1:
+            raise KwsError(f"live workers disagree on labels: {sorted(names)}")
+        return list(names.pop())
+
+    def label_indices(self, y: Sequence[int]) -> list[int]:
+        """Dataset label indices (kws_rpc.data.LABELS) as indices into the workers' label list."""
+        names = self.labels()
+        return [names.index(LABELS[int(i)]) for i in y]
+
+    def run(self, audio: np.ndarray) -> Run:
+        """Publishes every clip, then waits until each is decided."""
+        live = self.discover()
+        self.ballot.reset()
+        self._vote_bytes = []
+        tag = uuid.uuid4().hex[:8]
+        rids = [f"{tag}-{i:05d}" for i in range(len(audio))]
+        t0 = time.perf_counter()
+        cfg: FeatureConfig | None = None
+        if self.config.payload != "audio":
+            cfg = shared_config(list(live.values()))
+            if cfg is None and self.config.payload == "features":
+                raise KwsError("--payload features: the live workers do not share one feature config")
+        feats = mfcc(audio, cfg) if cfg is not None else None
+        t1 = time.perf_counter()
+        sizes = []
+        for i, rid in enumerate(rids):
+            data = (features_request(rid, feats[i], cfg) if feats is not None and cfg is not None
+                    else audio_request(rid, audio[i], SAMPLE_RATE))
+            self.ballot.open(rid, i)
+            self.client.publish(self.topics.clips, data, qos=2)
+            sizes.append(len(data))
+            if self.config.interval_s:
+                threading.Event().wait(self.config.interval_s)
+        t2 = time.perf_counter()
+        bar = None
+        if self.config.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(rids), desc=f"votes from {len(live)} workers", unit="clip")
+        self.ballot.wait(len(rids), progress=(lambda n: bar.update(n - bar.n)) if bar else None)
+        if bar:
+            bar.close()
+        t3 = time.perf_counter()
+        return Run(self.ballot, rids, "features-f16" if feats is not None else "audio-pcm16", sizes,
+                   t1 - t0, t2 - t1, t3 - t0, list(self._vote_bytes),
+                   tuple(feats.shape[1:]) if feats is not None else ())
+
+
+def report(run: Run, labels: Sequence[int], names: Sequence[str], label_names: Sequence[str],
+           policy: str) -> dict[str, Any]:
+    """The run's accuracies (every policy, every model), missing votes, timings and message sizes."""
+    clips = [run.ballot.clips[rid] for rid in run.request_ids]
+    out = summarize(clips, labels, names, label_names, policy)
+    first = next((c for c in clips if c.votes), None)
+    vote = next(iter(first.votes.values())) if first else None
+    feats = np.zeros(run.feature_shape, np.float32) if run.feature_shape else None
+    network_s = run.end_to_end_s - run.preprocess_s
+    out.update({
+        "payload": run.payload_kind,
+        "end_to_end_s": round(run.end_to_end_s, 4), "preprocess_s": round(run.preprocess_s, 4),
+        "publish_s": round(run.publish_s, 4),
+        "messages": len(clips) + out["votes_received"],
+        "messages_per_s": round((len(clips) + out["votes_received"]) / max(network_s, 1e-9), 1),
+        "clips_per_s": round(len(clips) / max(run.end_to_end_s, 1e-9), 1),
+        "bytes_per_clip_message": round(float(np.mean(run.clip_bytes)), 1) if run.clip_bytes else 0,
+        "bytes_per_prediction_message": round(float(np.mean(run.vote_bytes)), 1) if run.vote_bytes else 0,
+        "late_votes": run.ballot.late_votes, "duplicate_votes": run.ballot.duplicate_votes,
+        "foreign_votes": run.ballot.foreign_votes,
+    })
+    if feats is not None:
+        out["senml_json_base64_f32_clip_bytes"] = len(senml_reference(run.request_ids[0], feats))
+    if vote is not None:
+        out["senml_json_prediction_bytes"] = len(senml_prediction_reference(
+            run.request_ids[0], vote.probabilities, vote.model, vote.worker_id, list(label_names)))
+    return out
+
+
+def start_local(models: Sequence[str], deployment: str) -> tuple[EmbeddedBroker, list[Worker]]:
+    """The one-command demo: an embedded amqtt broker on loopback and one in-process worker per model."""
+    broker = EmbeddedBroker().start()
+    settings = BrokerSettings.from_url(broker.url)
+    workers = [Worker(WorkerConfig(m, settings, deployment, f"w{i}-{Path(m).stem}")).start()
+               for i, m in enumerate(models)]
+    return broker, workers
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Cooperative keyword spotting over MQTT (ensemble of workers).")
+    p.add_argument("--broker", help="mqtt://host:port of running workers; absent = embedded broker + in-process "
+                   "workers for --models")
+    p.add_argument("--models", nargs="+", default=[str(MODELS / f"{m}.tflite") for m in MEMBERS],
+                   help="members to start when --broker is absent")
+    p.add_argument("--deployment", default="default")
+    p.add_argument("--client-id", default="coop", help="fixed MQTT client id (persistent session)")
+    p.add_argument("--split", default="test", choices=("test", "val"))
+    p.add_argument("--limit", type=int, default=0, help="only the first N clips (0 = all)")
+    p.add_argument("--policy", default="auto", choices=("auto", *ensemble.POLICIES),
+                   help="auto = run the val split first and take the best policy there")
+    p.add_argument("--workers", type=int, default=0, help="wait for this many live workers (default 1, or "
+                   "all --models when embedded)")
+    p.add_argument("--timeout", type=float, default=10.0, help="per-clip timeout, s")
+    p.add_argument("--payload", default="auto", choices=PAYLOADS)
+    p.add_argument("--interval", type=float, default=0.0, help="seconds between clips (0 = all at once)")
+    p.add_argument("--username")
+    p.add_argument("--password")
+    p.add_argument("--tls-ca")
+    p.add_argument("--report", default="bench/results/coop_report.json")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--log-level", default="WARNING")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    broker, workers = (None, []) if args.broker else start_local(args.models, args.deployment)
+    url = args.broker or broker.url  # type: ignore[union-attr]
+    settings = BrokerSettings.from_url(url, username=args.username, password=args.password, tls_ca=args.tls_ca)
+    config = CoopConfig(settings, args.deployment, args.client_id, args.timeout,
+                        args.workers or len(workers) or 1, payload=args.payload, interval_s=args.interval,
+                        progress=not args.no_progress)
+    client = CoopClient(config).start()
+    try:
+        root = find_dataset()
+        result: dict[str, Any] = {"broker": url, "embedded": broker is not None}
+        policy = args.policy
+        if policy == "auto":
+            val_audio, val_y, val_names = load_split("val", root)
+            val_run = client.run(val_audio)
+            val_y = client.label_indices(val_y)
+            val = report(val_run, val_y, val_names, client.labels(), "mean")
+            policy, scores = ensemble.choose_policy(
+                clip_votes([val_run.ballot.clips[r] for r in val_run.request_ids]), val_y)
+            result["policy_choice"] = {"split": "val", "scores": scores, "chosen": policy,
+                                       "end_to_end_s": val["end_to_end_s"]}
+        audio, y, names = load_split(args.split, root)
+        if args.limit:
+            audio, y, names = audio[: args.limit], y[: args.limit], names[: args.limit]
+        run = client.run(audio)
+        y = client.label_indices(y)
+        result.update(report(run, y, names, client.labels(), policy))
+        result["workers"] = {w: s.model.name for w, s in client.statuses.items()}
+    finally:
+        client.stop()
+        for w in workers:
+            w.stop()
+        if broker is not None:
+            broker.stop()
+    out = Path(args.report)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"{len(names)} {args.split} clips, {len(result['workers'])} workers, policy {policy}, payload "
+          f"{result['payload']} ({result['bytes_per_clip_message']:.0f} B/clip), {result['end_to_end_s']:.2f} s, "
+          f"missing votes {result['missing_predictions']}; report: {out}")
+    for m, a in result["per_model_accuracy"].items():
+        print(f"  {m:<16} {100 * a['accuracy']:.3f}%")
+    print(f"Accuracy: {100 * result['accuracy']:.3f}%")
+
+
+if __name__ == "__main__":
+    main()

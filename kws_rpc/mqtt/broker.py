@@ -1,0 +1,198 @@
+"""Brokers for demos and tests, both on loopback only.
+
+``EmbeddedBroker`` runs amqtt (MQTT 3.1.1) in this process, in its own thread with its own asyncio loop,
+so the one-command demo needs no installed broker. ``Mosquitto`` runs the real ``mosquitto`` binary as a
+subprocess with persistence on, so tests can restart it and check that persistent sessions survive.
+
+``python -m kws_rpc.mqtt.broker [--port N]`` serves an embedded broker until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+LOOPBACK = "127.0.0.1"
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A port the OS reports free now (a tiny race remains; fine for loopback tests)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(host: str, port: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no broker listening on {host}:{port} after {timeout_s} s") from None
+            time.sleep(0.05)
+
+
+class EmbeddedBroker:
+    """amqtt in a daemon thread. start() returns once it listens; stop() shuts it down and joins."""
+
+    def __init__(self, host: str = LOOPBACK, port: int = 0) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._broker: object | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def _config(self) -> dict:
+        # Bind explicitly (amqtt's default is 0.0.0.0:1883); only the anonymous-auth plugin: the $SYS and
+        # packet-logging plugins cost time per message and are of no use here.
+        return {"listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+                "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}}
+
+    def _run(self) -> None:
+        from amqtt.broker import Broker
+
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            async def boot() -> None:
+                self._broker = Broker(self._config(), loop=loop)
+                await self._broker.start()
+
+            loop.run_until_complete(boot())
+        except BaseException as e:  # reported to start()'s caller
+            self._error = e
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        loop.run_forever()
+        loop.close()
+
+    def start(self, timeout_s: float = 10.0) -> "EmbeddedBroker":
+        for name in ("amqtt", "transitions"):
+            logging.getLogger(name).setLevel(max(logging.getLogger(name).level, logging.WARNING))
+        self._thread = threading.Thread(target=self._run, name="amqtt-broker", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise TimeoutError(f"embedded broker did not start in {timeout_s} s")
+        if self._error is not None:
+            raise RuntimeError(f"embedded broker failed to start on {self.url}: {self._error}") from self._error
+        log.info("embedded amqtt broker listening on %s", self.url)
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self._loop is None or self._thread is None or not self._thread.is_alive():
+            return
+        fut = asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop)  # type: ignore[union-attr]
+        try:
+            fut.result(timeout_s)
+        except Exception as e:  # shutting down anyway
+            log.warning("embedded broker shutdown: %s", e)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout_s)
+
+    def __enter__(self) -> "EmbeddedBroker":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Mosquitto:
+    """A real mosquitto on loopback with persistence, restartable on the same port (for tests)."""
+
+    def __init__(self, port: int = 0, workdir: str | Path | None = None) -> None:
+        binary = shutil.which("mosquitto") or next(
+            (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)), None)
+        if binary is None:
+            raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
+        self.binary = binary
+        self.port = port or free_port()
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix="kws-mosquitto-"))
+        self.proc: subprocess.Popen | None = None
+        conf = self.dir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} {LOOPBACK}\nallow_anonymous true\npersistence true\n"
+            f"user {getpass.getuser()}\n"  # as root mosquitto would switch to a user that cannot write here
+
+            f"persistence_location {self.dir}/\nautosave_interval 1\nmax_queued_messages 0\n"
+            "max_inflight_messages 100\nlog_dest stderr\nlog_type error\nlog_type warning\n")
+        self.conf = conf
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{LOOPBACK}:{self.port}"
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("mosquitto") is not None or os.path.exists("/usr/sbin/mosquitto")
+
+    def start(self) -> "Mosquitto":
+        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=open(self.dir / "mosquitto.log", "ab"))
+        wait_listening(LOOPBACK, self.port)
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM: mosquitto saves its sessions and queued messages to disk before exiting."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> "Mosquitto":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Serve an embedded amqtt broker (MQTT 3.1.1) until Ctrl-C.")
+    p.add_argument("--host", default=LOOPBACK, help="bind address (default loopback only)")
+    p.add_argument("--port", type=int, default=0, help="TCP port; 0 = a free one, printed")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    broker = EmbeddedBroker(args.host, args.port).start()
+    print(f"broker listening on {broker.url}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        broker.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""The inference worker: one model, one MQTT adapter onto InferenceCore.
+
+It receives every clip of its deployment (QoS 2, persistent session: clips sent while it is away are
+delivered once when it returns), runs its model and publishes a vote (PredictResponse, QoS 0, full
+probabilities). Its retained WorkerStatus says ONLINE; its last will says OFFLINE, so clients know how
+many votes to wait for. Anything it cannot use is logged and skipped; it never dies of a payload.
+
+``kws-worker --model models/member_cnn.tflite --broker mqtt://127.0.0.1:1883``. There is deliberately no
+built-in broker: a worker must not own the broker's lifetime. Use a real broker, ``python -m
+kws_rpc.mqtt.broker``, or ``python -m edge.coop`` without ``--broker`` for the all-in-one demo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import queue
+import signal
+import socket
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+
+from kws.v1 import kws_pb2 as pb
+from kws_rpc.codec import (audio_from_proto, check_config, metadata_to_proto, parse, prediction_to_proto,
+                           tensor_from_proto)
+from kws_rpc.core import InferenceCore
+from kws_rpc.errors import KwsError
+from kws_rpc.model import KwsModel
+from kws_rpc.mqtt.connection import BrokerSettings, connect, make_client
+from kws_rpc.mqtt.topics import Topics, check_segment
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerConfig:
+    model_path: str
+    broker: BrokerSettings
+    deployment: str = "default"
+    worker_id: str = ""  # empty = <model name>@<hostname>
+
+    def __post_init__(self) -> None:
+        check_segment(self.deployment, "deployment")
+
+
+class Worker:
+    """Network thread (paho) parses and queues clips; one inference thread answers them in order."""
+
+    def __init__(self, config: WorkerConfig, core: InferenceCore | None = None) -> None:
+        self.config = config
+        self.core = core or InferenceCore({"m": KwsModel(config.model_path)}, "m")
+        self.card = self.core.model().card
+        self.worker_id = check_segment(config.worker_id or f"{self.card.name}@{socket.gethostname()}", "worker id")
+        self.topics = Topics(config.deployment)
+        self.client = make_client(config.broker, f"kws-worker-{config.deployment}-{self.worker_id}")
+        self.client.will_set(self.topics.status(self.worker_id), self._status(pb.WorkerStatus.OFFLINE), 1, True)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_disconnect = self._on_disconnect
+        self._inbox: queue.Queue[pb.PredictRequest | None] = queue.Queue()
+        self._outbox: list[bytes] = []  # votes made while disconnected (QoS 0 would drop them)
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._serve, name=f"worker-{self.worker_id}", daemon=True)
+        self.connected = threading.Event()
+        self.answered: list[str] = []  # request ids, in order (tests check exactly-once delivery)
+        self.rejected = 0
+
+    def _status(self, state: int) -> bytes:
+        return pb.WorkerStatus(worker_id=self.worker_id, state=state, model=metadata_to_proto(self.card),
+                               timestamp_ms=int(time.time() * 1000)).SerializeToString()
+
+    # paho callbacks (network thread) -------------------------------------------------------------
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
+                    reason: mqtt.ReasonCode, props: object) -> None:
+        if reason.is_failure:
+            log.warning("%s: broker refused the connection: %s", self.worker_id, reason)
+            return
+        # Subscribing here (not once after connect) re-establishes the subscription after every reconnect,
+        # even if the broker lost the session.
+        client.subscribe(self.topics.clips, qos=2)
+        client.publish(self.topics.status(self.worker_id), self._status(pb.WorkerStatus.ONLINE), 1, True)
+        with self._lock:
+            pending, self._outbox = self._outbox, []
+            self.connected.set()
+        for vote in pending:
+            client.publish(self.topics.predictions, vote, qos=0)
+        log.info("%s: connected (session present: %s), %d held votes sent", self.worker_id,
+                 flags.session_present, len(pending))
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason: object,
+                       props: object) -> None:
+        with self._lock:
+            self.connected.clear()
+        log.info("%s: disconnected (%s); paho reconnects", self.worker_id, reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            req = parse(pb.PredictRequest, msg.payload)
+            if not req.request_id or req.WhichOneof("input") is None:
+                raise KwsError("a clip needs request_id and audio or features")
+        except KwsError as e:
+            self.rejected += 1
+            log.warning("%s: skipped a payload of %d bytes on %s: %s", self.worker_id, len(msg.payload),
+                        msg.topic, e)
+            return
+        self._inbox.put(req)
+
+    # inference thread -----------------------------------------------------------------------------
+    def _answer(self, req: pb.PredictRequest) -> bytes:
+        if req.WhichOneof("input") == "features":
+            check_config(req.features.config if req.features.HasField("config") else None,
+                         self.card.feature)
+            result = self.core.predict_features(tensor_from_proto(req.features.tensor))
+        else:
+            result = self.core.predict_audio(*audio_from_proto(req.audio))
+        return pb.PredictResponse(request_id=req.request_id, worker_id=self.worker_id,
+                                  prediction=prediction_to_proto(result.probabilities, result.card)
+                                  ).SerializeToString()
+
+    def _serve(self) -> None:
+        while (req := self._inbox.get()) is not None:
+            try:
+                vote = self._answer(req)
+            except KwsError as e:
+                self.rejected += 1
+                log.warning("%s: skipped clip %s: %s", self.worker_id, req.request_id, e)
+                continue
+            except Exception:  # a bug, but one foreign clip must not silence this worker for the rest
+                self.rejected += 1
+                log.exception("%s: failed on clip %s", self.worker_id, req.request_id)
+                continue
+            self.answered.append(req.request_id)
+            with self._lock:
+                if not self.connected.is_set():
+                    self._outbox.append(vote)
+                    continue
+            if self.client.publish(self.topics.predictions, vote, qos=0).rc == mqtt.MQTT_ERR_NO_CONN:
+                with self._lock:
+                    self._outbox.append(vote)
+
+    # lifecycle ------------------------------------------------------------------------------------
+    def start(self, wait_s: float | None = 10.0) -> "Worker":
+        """Connects in the background; with wait_s, blocks until connected (TimeoutError otherwise)."""
+        self._thread.start()
+        connect(self.client, self.config.broker)
+        if wait_s is not None and not self.connected.wait(wait_s):
+            raise TimeoutError(f"{self.worker_id}: no connection to {self.config.broker.url} in {wait_s} s")
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Clean shutdown: finish queued clips, then say OFFLINE (retained) and disconnect."""
+        self._inbox.put(None)
+        self._thread.join(timeout_s)
+        if self.connected.is_set():
+            info = self.client.publish(self.topics.status(self.worker_id), self._status(pb.WorkerStatus.OFFLINE),
+                                       1, True)
+            try:
+                info.wait_for_publish(timeout_s)
+            except (RuntimeError, ValueError) as e:
+                log.warning("%s: OFFLINE status not confirmed: %s", self.worker_id, e)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="kws MQTT inference worker (one model, one vote per clip).")
+    p.add_argument("--model", required=True, help="a .tflite with its .json card, e.g. models/member_cnn.tflite")
+    p.add_argument("--broker", required=True, help="mqtt://host:port or mqtts://host:port "
+                   "(no built-in broker: run one, or `python -m kws_rpc.mqtt.broker`)")
+    p.add_argument("--deployment", default="default", help="topic namespace: kws/<deployment>/...")
+    p.add_argument("--worker-id", default="", help="default: <model name>@<hostname>")
+    p.add_argument("--username")
+    p.add_argument("--password")
+    p.add_argument("--tls-ca", help="CA bundle; implies TLS")
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = BrokerSettings.from_url(args.broker, username=args.username, password=args.password,
+                                       tls_ca=args.tls_ca)
+    worker = Worker(WorkerConfig(args.model, settings, args.deployment, args.worker_id))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    worker.start(wait_s=None)
+    print(f"worker {worker.worker_id} ({worker.card.name}) on {settings.url}, deployment "
+          f"{args.deployment}", flush=True)
+    stop.wait()
+    worker.stop()
+
+
+if __name__ == "__main__":
+    main()
