@@ -193,10 +193,14 @@ def make_app(config: GatewayConfig) -> FastAPI:
         log.exception("unexpected gateway failure")
         return error_response(500, "INTERNAL", "internal gateway error; the gateway log has details")
 
-    @app.api_route("/", methods=["PUT", "POST"], summary="Classify a clip sent as the reference SenML body",
-                   openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"example": {
-                       "bn": "http://192.168.1.20/", "bt": 1700000000,
-                       "e": [{"n": "audio", "u": "/", "t": 0, "vd": "UklGRi..."}]}}}}})
+    spec_doc: dict[str, Any] = {
+        "summary": "Classify a clip sent as the reference SenML body (any or no content type)",
+        "openapi_extra": {"requestBody": {"required": True, "content": {"application/json": {"example": {
+            "bn": "http://192.168.1.20/", "bt": 1700000000, "e": [{"n": "audio", "u": "/", "t": 0, "vd": "UklGRi..."}]}}}}},
+    }
+
+    @app.put("/", operation_id="spec_put", **spec_doc)
+    @app.post("/", operation_id="spec_post", **spec_doc)
     async def spec_predict(request: Request, model: str = "") -> dict[str, Any]:
         wav, base = wav_from_senml(await read_body(request, config.max_body_bytes))
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
@@ -247,7 +251,7 @@ class GatewayServer:
         self.url = f"http://{config.host}:{self.port}"
         self._server = uvicorn.Server(uvicorn.Config(
             make_app(config), log_level=config.log_level, access_log=config.log_level == "debug",
-            timeout_graceful_shutdown=int(grace_s) or 1))
+            log_config=None, timeout_graceful_shutdown=int(grace_s) or 1))  # the host process owns logging
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
                                         name="kws-gateway", daemon=True)
         self._thread.start()
