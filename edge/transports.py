@@ -21,6 +21,7 @@ import numpy as np
 from kws.v1 import kws_pb2 as pb
 from kws_rpc.audio import encode_wav
 from kws_rpc.codec import audio_to_proto, config_from_proto, config_to_proto, tensor_to_proto
+from kws_rpc.errors import KwsError
 from kws_rpc.features import FeatureConfig, mfcc
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,10 @@ class RetryPolicy:
     backoff_s: float = 0.1  # sleep before retry k is backoff_s * 2**k
     open_after: int = 5  # consecutive failed asks that open the breaker
     cooldown_s: float = 5.0  # how long an open breaker skips the network
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0 or self.retries < 0 or self.backoff_s < 0 or self.open_after < 1:
+            raise ValueError(f"bad retry policy: {self}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +70,10 @@ class Retryable(Exception):
         self.sent = sent
 
 
+class Rejected(Exception):
+    """The server answered, but not with a label (4xx, INVALID_ARGUMENT, malformed reply): no retry."""
+
+
 class _Caller:
     """Runs one attempt function under a RetryPolicy and a breaker; shared by both transports."""
 
@@ -89,9 +98,9 @@ class _Caller:
             except Retryable as e:
                 sent += size if e.sent else 0
                 error = str(e)
-            except Exception as e:  # a bad answer is not worth retrying; the little label stands
+            except Rejected as e:  # resending the same request would get the same answer
                 sent += size
-                error = f"{type(e).__name__}: {e}"
+                error = str(e)
                 break
         self.failures += 1
         self._streak += 1
@@ -142,8 +151,11 @@ class RestSpecTransport:
                 raise Retryable(f"timeout: {e}", sent=True) from None
             if r.status_code in (429, 502, 503, 504):
                 raise Retryable(f"HTTP {r.status_code}", sent=True)
-            r.raise_for_status()
-            return str(r.json()["label"])
+            try:
+                r.raise_for_status()
+                return str(r.json()["label"])
+            except (rq.HTTPError, ValueError, KeyError, TypeError) as e:
+                raise Rejected(f"HTTP {r.status_code}: {r.text[:200]!r} ({type(e).__name__})") from None
 
         return self._caller.call(attempt, len(data))
 
@@ -193,14 +205,17 @@ class GrpcTransport:
         code = e.code().name if e.code() is not None else "UNKNOWN"
         if code in _RETRY_CODES:
             return Retryable(f"{code}: {e.details()}", sent=code != "UNAVAILABLE")
-        return RuntimeError(f"{code}: {e.details()}")
+        return Rejected(f"{code}: {e.details()}")
 
     def _fetch_config(self) -> str:
         try:
             meta = self._stub.GetModelMetadata(pb.ModelMetadataRequest(), timeout=self._caller.policy.timeout_s)
         except self._grpc.RpcError as e:
             raise self._rpc_error(e) from None
-        self.config = config_from_proto(meta.feature_config)
+        try:
+            self.config = config_from_proto(meta.feature_config)
+        except KwsError as e:
+            raise Rejected(f"unusable model metadata: {e}") from None
         return meta.name
 
     def ask(self, audio: np.ndarray, clip_id: str) -> Answer:

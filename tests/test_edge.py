@@ -52,15 +52,16 @@ class _Handler(BaseHTTPRequestHandler):
     """Records the request; answers like the gateway, optionally after a delay."""
 
     delay_s = 0.0
+    status = 200
     seen: list[tuple[str, dict[str, str], bytes]] = []
 
     def do_PUT(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         type(self).seen.append((self.command, dict(self.headers), body))
         time.sleep(self.delay_s)
-        reply = json.dumps({"label": "yes"}).encode()
+        reply = json.dumps({"label": "yes"} if self.status == 200 else {"error": "bad"}).encode()
         try:
-            self.send_response(200)
+            self.send_response(self.status)
             self.send_header("Content-Length", str(len(reply)))
             self.end_headers()
             self.wfile.write(reply)
@@ -73,7 +74,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def http_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, type[_Handler]]]:
-    handler = type("H", (_Handler,), {"delay_s": getattr(request, "param", 0.0), "seen": []})
+    handler = type("H", (_Handler,), {**getattr(request, "param", {}), "seen": []})
     srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     srv.daemon_threads = True
     threading.Thread(target=srv.serve_forever, daemon=True).start()
@@ -107,6 +108,15 @@ def test_rest_transport_sends_the_spec_body_and_counts_its_bytes(http_server) ->
     assert method == "PUT" and "Content-Type" not in headers
     assert answer.label == "yes" and answer.bytes_sent == len(body) == spec_bytes(json.loads(body))
     assert json.loads(body)["bn"] == "0xabc" and t.failures == 0
+
+
+@pytest.mark.parametrize("http_server", [{"status": 400}], indirect=True)
+def test_rest_transport_does_not_retry_a_rejected_request(http_server) -> None:
+    url, handler = http_server
+    t = RestSpecTransport(url, "0xabc", FAST)
+    answer = t.ask(fixture_clip(), "yes/x.wav")
+    assert answer.label is None and answer.attempts == 1 and len(handler.seen) == 1
+    assert answer.bytes_sent == len(handler.seen[0][2]) and t.failures == 1 and "HTTP 400" in answer.error
 
 
 def test_margin_rule() -> None:
@@ -179,7 +189,7 @@ def test_client_keeps_little_answers_when_server_is_down(transport: str, little:
     assert headline(summary).splitlines()[1] == "Communication Cost: 0.000 MB"
 
 
-@pytest.mark.parametrize("http_server", [2.0], indirect=True)
+@pytest.mark.parametrize("http_server", [{"delay_s": 2.0}], indirect=True)
 def test_client_survives_a_slow_server(http_server, little: Path, tmp_path: Path, dataset_root: Path) -> None:
     url, _ = http_server
     t0 = time.monotonic()
