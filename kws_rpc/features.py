@@ -115,8 +115,12 @@ def mfcc(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     idx = starts[:, None] + np.arange(cfg.frame_length)[None, :]
     frames = x[:, idx] * _window(cfg.frame_length)
     spectrum = np.abs(np.fft.rfft(frames, n=cfg.fft_length, axis=-1)).astype(np.float32)
-    log_mel = np.log(spectrum @ mel_matrix(cfg) + LOG_OFFSET)
+    # One 2-D matmul per batch: numpy's batched 3-D matmul calls a threaded BLAS once per clip, which
+    # on busy cores costs ~20x (290 ms instead of 3 ms for 32 clips).
+    batch, frames, bins = spectrum.shape
+    log_mel = np.log(spectrum.reshape(batch * frames, bins) @ mel_matrix(cfg) + LOG_OFFSET)
     out = log_mel @ dct_matrix(cfg.num_mel_bins, cfg.num_mfcc) if cfg.num_mfcc else log_mel
+    out = out.reshape(batch, frames, -1)
     out = out.astype(np.float32, copy=False)
     return out[0] if single else out
 
