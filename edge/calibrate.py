@@ -24,7 +24,8 @@ import numpy as np
 from edge.client import CASCADE_FILE, ROOT, little_on_file, load_threshold
 from edge.report import MB, plot_sweep
 from edge.transports import GrpcTransport, RestSpecTransport, RetryPolicy, Transport, spec_body, spec_bytes
-from kws_rpc.data import DATASET_DIR, find_dataset, label_of, split_names
+from kws_rpc.codec import prediction_to_proto
+from kws_rpc.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
 from kws_rpc.model import KwsModel
 
 SWEEP_THRESHOLDS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5,
@@ -60,19 +61,19 @@ def predict_split(split: str, little_path: Path, big_local: Path | None, transpo
 
     little = KwsModel(little_path)
     big = KwsModel(big_local) if big_local is not None else None
-    labels = list(little.labels)
     root = find_dataset(data_dir) / DATASET_DIR
     names = split_names(split)[:limit]
     n = len(names)
     out = {k: np.zeros(n, dt) for k, dt in (("little", int), ("margin", float), ("big", int), ("bytes", int))}
     for i, name in enumerate(tqdm(names, desc=f"predict {split}", unit="clip", disable=not progress)):
-        audio, out["little"][i], out["margin"][i], _ = little_on_file(little, root / name)
+        audio, idx, out["margin"][i], _ = little_on_file(little, root / name)
+        out["little"][i] = LABELS.index(little.labels[idx])
         out["bytes"][i] = spec_bytes(spec_body(audio, device))
-        if big is not None:
-            out["big"][i] = int(np.argmax(big.predict_audio(audio, 16000)[0]))
+        if big is not None:  # labelled as the server labels (same tie rule)
+            label: str | None = prediction_to_proto(big.predict_audio(audio, 16000)[0], big.card).label
         else:
             label = transport.ask(audio, name).label if transport is not None else None
-            out["big"][i] = labels.index(label) if label in labels else -1
+        out["big"][i] = LABELS.index(label) if label in LABELS else -1
     true = np.array([label_of(nm) for nm in names])
     return SplitPredictions(split, names, true, out["little"], out["margin"], out["big"], out["bytes"])
 

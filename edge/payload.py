@@ -28,7 +28,7 @@ from edge.transports import (PAYLOADS, GrpcTransport, RestSpecTransport, RetryPo
                              spec_body, spec_bytes)
 from kws.v1 import kws_pb2 as pb
 from kws_rpc.audio import decode_wav
-from kws_rpc.codec import audio_from_proto, check_config, tensor_from_proto
+from kws_rpc.codec import audio_from_proto, check_config, prediction_to_proto, tensor_from_proto
 from kws_rpc.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
 from kws_rpc.model import KwsModel
 
@@ -45,7 +45,7 @@ def local_answer(big: KwsModel, request: pb.PredictRequest | dict[str, Any]) -> 
     else:
         check_config(request.features.config, big.feature_config)
         probs = big.predict(tensor_from_proto(request.features.tensor))
-    return big.labels[int(np.argmax(probs[0]))]
+    return prediction_to_proto(probs[0], big.card).label  # the server's own labelling, ties included
 
 
 def measure(way: str, clips: list[tuple[str, np.ndarray]], big: KwsModel | None, remote: Transport | None,
@@ -55,21 +55,18 @@ def measure(way: str, clips: list[tuple[str, np.ndarray]], big: KwsModel | None,
     sizes: list[int] = []
     labels: list[str | None] = []
     for name, audio in clips:
-        if remote is not None:
-            labels.append(remote.ask(audio, name).label)
+        label = remote.ask(audio, name).label if remote is not None else None
+        config = big.feature_config if big is not None else getattr(remote, "config", None)
+        request: pb.PredictRequest | dict[str, Any] | None = None
         if way == "rest-spec":
-            body = spec_body(audio, device)
-            sizes.append(spec_bytes(body))
-            request: pb.PredictRequest | dict[str, Any] = body
-        else:
-            config = big.feature_config if big is not None else getattr(remote, "config", None)
-            if payload.startswith("mfcc") and config is None:  # the server never answered metadata
-                labels[-1:] = [None]
-                continue
+            request = spec_body(audio, device)
+        elif config is not None or not payload.startswith("mfcc"):  # else the server never sent metadata
             request = build_request(audio, payload, name, config)
-            sizes.append(request.ByteSize())
-        if big is not None:
-            labels.append(local_answer(big, request))
+        if request is not None:
+            sizes.append(spec_bytes(request) if isinstance(request, dict) else request.ByteSize())
+            if big is not None:
+                label = local_answer(big, request)
+        labels.append(label)
     return {"sizes": sizes, "labels": labels}
 
 
