@@ -244,7 +244,10 @@ class GatewayServer:
     def __init__(self, config: GatewayConfig, grace_s: float = 5.0) -> None:
         import uvicorn
 
-        sock = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)
+        # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say so; without it every
+        # keep-alive response waits ~40 ms for a delayed ACK (Nagle).
+        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((config.host, config.port))
         self.port: int = sock.getsockname()[1]
