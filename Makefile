@@ -36,6 +36,13 @@ eval: venv data  ## evaluate every shipped model on the test split (table + benc
 demo: venv data  ## the whole system end to end: eval, server + edge cascade, MQTT cooperative inference
 	$(PYTHON) scripts/demo.py
 
+server: venv  ## gRPC :50051 + REST gateway :8080 on models/big.tflite (Ctrl-C stops gracefully)
+	$(PYTHON) -m kws_rpc.server --model models/big.tflite --port 50051 --gateway-port 8080
+
+.PHONY: bench-server
+bench-server: venv  ## server throughput/latency: gRPC vs REST, batching on/off, 1-128 clients -> bench/results/server.json
+	$(PYTHON) -m bench.bench_server $(ARGS)
+
 client: venv data  ## Big/Little cascade on test as the Pi runs it (REST spec; ARGS="--transport grpc --payload mfcc-i8")
 	$(PYTHON) -m edge.client $(ARGS)
 
