@@ -26,7 +26,11 @@ if _version_not_supported:
 
 
 class KeywordSpottingStub:
-    """Missing associated documentation comment in .proto file."""
+    """Errors: INVALID_ARGUMENT (bad input, shape, dtype, NaN, feature config), NOT_FOUND (unknown model),
+    RESOURCE_EXHAUSTED (queue full or message too large), UNAVAILABLE (shutting down). Failures carry
+    the trailing metadata key "kws-error" naming the kws_rpc.errors class (e.g. PayloadTooLarge,
+    ModelMismatch), which the REST gateway turns into the exact HTTP status.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -52,7 +56,11 @@ class KeywordSpottingStub:
 
 
 class KeywordSpottingServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Errors: INVALID_ARGUMENT (bad input, shape, dtype, NaN, feature config), NOT_FOUND (unknown model),
+    RESOURCE_EXHAUSTED (queue full or message too large), UNAVAILABLE (shutting down). Failures carry
+    the trailing metadata key "kws-error" naming the kws_rpc.errors class (e.g. PayloadTooLarge,
+    ModelMismatch), which the REST gateway turns into the exact HTTP status.
+    """
 
     def Predict(self, request, context):
         """Unary: one clip (audio or features) in, one prediction out.
@@ -63,7 +71,9 @@ class KeywordSpottingServicer:
 
     def PredictStream(self, request_iterator, context):
         """Bidirectional streaming: many clips over one call; responses carry request_id and may come out
-        of order.
+        of order. A bad item ends the whole call with that item's status (e.g. INVALID_ARGUMENT) and a
+        message naming its position and request_id; answers already sent stand. Clients that want to
+        carry on after a bad clip open a new stream or use Predict.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -103,7 +113,11 @@ def add_KeywordSpottingServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class KeywordSpotting:
-    """Missing associated documentation comment in .proto file."""
+    """Errors: INVALID_ARGUMENT (bad input, shape, dtype, NaN, feature config), NOT_FOUND (unknown model),
+    RESOURCE_EXHAUSTED (queue full or message too large), UNAVAILABLE (shutting down). Failures carry
+    the trailing metadata key "kws-error" naming the kws_rpc.errors class (e.g. PayloadTooLarge,
+    ModelMismatch), which the REST gateway turns into the exact HTTP status.
+    """
 
     @staticmethod
     def Predict(request,
