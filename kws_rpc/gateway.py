@@ -90,7 +90,8 @@ def wav_from_senml(body: bytes) -> tuple[bytes, dict[str, Any]]:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InvalidInput(f"body is not JSON ({e}): {SENML_HINT}") from None
     records = doc.get("e") if isinstance(doc, dict) else doc
-    base = doc if isinstance(doc, dict) else (doc[0] if doc and isinstance(doc[0], dict) else {})
+    base = doc if isinstance(doc, dict) else (doc[0] if isinstance(doc, list) and doc else {})
+    base = base if isinstance(base, dict) else {}
     if not isinstance(records, list):
         raise InvalidInput(f'no SenML record list ("e"): {SENML_HINT}')
     audio = [r for r in records if isinstance(r, dict) and r.get("n") == "audio"]
@@ -216,7 +217,7 @@ def make_app(config: GatewayConfig) -> FastAPI:
         body = await read_body(request, config.max_body_bytes)
         try:
             req = json_format.Parse(body or b"{}", pb.PredictRequest())
-        except json_format.ParseError as e:
+        except (json_format.ParseError, UnicodeDecodeError) as e:
             raise InvalidInput(f"body is not a kws.v1.PredictRequest in proto3 JSON: {e}") from None
         return json_format.MessageToDict(await backend.call(backend.stub.Predict, req))
 

@@ -81,6 +81,8 @@ def test_bad_spec_bodies(url: str, clip_wavs: dict[str, bytes]) -> None:
         ("", 400, "empty body"),
         ("{not json", 400, "not JSON"),
         ("[1, 2]", 400, "no audio record"),
+        ("123", 400, "record list"),
+        (b"\xff\xfe{", 400, "not JSON"),
         (json.dumps({"bn": "x", "e": [{"n": "temperature", "v": 21}]}), 400, "no audio record"),
         (json.dumps({"bn": "x", "e": "audio"}), 400, "record list"),
         (json.dumps(senml("***not base64***")), 400, "base64"),
@@ -121,6 +123,7 @@ def test_v1_bad_inputs(url: str, served_model_path: Path) -> None:
     ok_t = {**nan_t, "data": base64.b64encode(np.zeros_like(nan).tobytes()).decode()}
     cases = [
         ("nope", 400, "proto3 JSON"),
+        (b"\xff\xfe{", 400, "proto3 JSON"),
         (json.dumps({"unknownField": 1}), 400, "proto3 JSON"),
         (json.dumps({"audio": {"wav": "%%%"}}), 400, "empty audio"),  # protobuf's base64 is lenient
         (json.dumps({}), 400, "no input"),
