@@ -55,6 +55,7 @@ class CoopConfig:
     deployment: str = "default"
     client_id: str = "coop"
     timeout_s: float = 10.0  # per clip, from its publication
+    offline_grace_s: float = 3.0  # an OFFLINE worker is still awaited this long (broker restarts)
     min_workers: int = 1  # wait (up to discover_timeout_s) for at least this many live workers
     discover_s: float = 0.5  # after min_workers are live, how long to keep listening for more
     discover_timeout_s: float = 30.0
@@ -90,7 +91,7 @@ class CoopClient:
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.connected = threading.Event()
-        self.ballot = Ballot(config.timeout_s)
+        self.ballot = Ballot(config.timeout_s, config.offline_grace_s)
         self.statuses: dict[str, pb.WorkerStatus] = {}
         self.rejected = 0
         self._vote_bytes: list[int] = []

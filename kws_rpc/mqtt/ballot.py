@@ -2,8 +2,12 @@
 network thread calls ``vote``/``worker_online``/``worker_offline``; the caller's thread blocks in ``wait``.
 
 A clip expects one vote from every worker live when it was opened. It is decided when all of those have
-voted, when the last missing one goes OFFLINE, or when its own deadline passes: ``wait`` sleeps on a
+voted, when the missing ones have gone OFFLINE, or when its own deadline passes: ``wait`` sleeps on a
 condition until the next event or the earliest deadline, so nothing polls for the last clip.
+
+OFFLINE takes effect after ``offline_grace_s``: a broker that restarts fires every worker's last will,
+yet the workers are back within a second and, thanks to their persistent sessions, still answer the
+clips they owe. A worker that really died costs its undecided clips the grace, not their timeout.
 """
 
 from __future__ import annotations
@@ -45,8 +49,11 @@ class Clip:
 
 
 class Ballot:
-    def __init__(self, timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, timeout_s: float, offline_grace_s: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.timeout_s = timeout_s
+        self.offline_grace_s = offline_grace_s
+        self._gone: dict[str, float] = {}  # worker id -> when its OFFLINE takes effect
         self.clock = clock
         self.workers: dict[str, Any] = {}  # live worker id -> its status (whatever the caller passes)
         self.clips: dict[str, Clip] = {}
@@ -61,17 +68,25 @@ class Ballot:
     def worker_online(self, worker_id: str, status: Any = None) -> None:
         with self._cond:
             self.workers[worker_id] = status
+            self._gone.pop(worker_id, None)  # back within the grace: still owes its votes
             self._cond.notify_all()
 
     def worker_offline(self, worker_id: str) -> None:
-        """Stops waiting for this worker's votes on every undecided clip."""
+        """New clips stop expecting this worker now; undecided ones after the grace."""
         with self._cond:
             self.workers.pop(worker_id, None)
+            self._gone.setdefault(worker_id, self.clock() + self.offline_grace_s)
+            self._drop_gone()
+            self._cond.notify_all()
+
+    def _drop_gone(self) -> None:
+        now = self.clock()
+        for worker_id in [w for w, t in self._gone.items() if t <= now]:
+            del self._gone[worker_id]
             for clip in self.clips.values():
                 if clip.decided_s is None and worker_id in clip.expected and worker_id not in clip.votes:
                     clip.expected.discard(worker_id)
                     self._maybe_decide(clip, "worker offline")
-            self._cond.notify_all()
 
     def live(self) -> dict[str, Any]:
         with self._cond:
@@ -90,6 +105,7 @@ class Ballot:
             self.clips.clear()
             self._by_deadline.clear()
             self.decided = self.late_votes = self.duplicate_votes = self.foreign_votes = 0
+            self._gone.clear()
 
     def open(self, request_id: str, index: int) -> Clip:
         """Call before publishing the clip, so an early vote finds it."""
@@ -141,6 +157,7 @@ class Ballot:
         seen = -1
         with self._cond:
             while True:
+                self._drop_gone()
                 self._expire()
                 if self.decided != seen:
                     seen = self.decided
@@ -148,8 +165,8 @@ class Ballot:
                         progress(seen)
                 if self.decided >= total:
                     return True
-                wake = [t for t in (end, self._by_deadline[0].deadline_s if self._by_deadline else None)
-                        if t is not None]
+                wake = [t for t in (end, self._by_deadline[0].deadline_s if self._by_deadline else None,
+                                    min(self._gone.values(), default=None)) if t is not None]
                 now = self.clock()
                 if end is not None and now >= end:
                     return False

@@ -137,6 +137,8 @@ class Mosquitto:
             f"user {getpass.getuser()}\n"  # as root mosquitto would switch to a user that cannot write here
 
             f"persistence_location {self.dir}/\nautosave_interval 1\nmax_queued_messages 0\n"
+            # votes are QoS 0; queue them for a client whose persistent session is briefly away
+            "queue_qos0_messages true\n"
             "max_inflight_messages 100\nlog_dest stderr\nlog_type error\nlog_type warning\n")
         self.conf = conf
 

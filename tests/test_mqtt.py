@@ -1,0 +1,304 @@
+"""Cooperative inference against real brokers on loopback: the embedded amqtt broker and mosquitto
+(skipped only if the binary is absent). Members: $KWS_TEST_MEMBERS (comma-separated .tflite paths) or
+the three shipped members. Each test uses a few dozen test clips so the file runs in about a minute."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+
+from edge.coop import PREPROCESS_CHUNK, CoopClient, CoopConfig, report
+from kws.v1 import kws_pb2 as pb
+from kws_rpc import ensemble
+from kws_rpc.features import mfcc
+from kws_rpc.model import KwsModel
+from kws_rpc.mqtt.ballot import Ballot
+from kws_rpc.mqtt.broker import EmbeddedBroker, Mosquitto
+from kws_rpc.mqtt.connection import BrokerSettings
+from kws_rpc.mqtt.topics import Topics
+from kws_rpc.mqtt.worker import Worker, WorkerConfig
+
+REPO = Path(__file__).resolve().parent.parent
+CLIPS = 48
+
+
+def member_paths() -> list[str]:
+    env = os.environ.get("KWS_TEST_MEMBERS")
+    paths = env.split(",") if env else [str(REPO / "models" / f"{m}.tflite")
+                                        for m in ("big", "member_cnn", "member_dscnn")]
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        pytest.skip(f"ensemble members not found: {missing} (set KWS_TEST_MEMBERS)")
+    return paths
+
+
+@pytest.fixture(scope="module")
+def members() -> list[str]:
+    return member_paths()
+
+
+@pytest.fixture(scope="module")
+def clips(test_audio: tuple[np.ndarray, np.ndarray, list[str]]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """CLIPS test clips spread over the split (every label)."""
+    audio, labels, names = test_audio
+    idx = np.linspace(0, len(audio) - 1, CLIPS).astype(int)
+    return audio[idx], labels[idx], [names[i] for i in idx]
+
+
+@pytest.fixture(params=["amqtt", "mosquitto"])
+def broker_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    yield from _broker(request.param)
+
+
+@pytest.fixture
+def mosquitto() -> Iterator[Mosquitto]:
+    if not Mosquitto.available():
+        pytest.skip("mosquitto is not installed")
+    with Mosquitto() as m:
+        yield m
+
+
+@pytest.fixture
+def any_broker() -> Iterator[str]:
+    """mosquitto when installed (faster), else the embedded broker."""
+    yield from _broker("mosquitto" if Mosquitto.available() else "amqtt")
+
+
+def _broker(kind: str) -> Iterator[str]:
+    if kind == "mosquitto":
+        if not Mosquitto.available():
+            pytest.skip("mosquitto is not installed")
+        with Mosquitto() as m:
+            yield m.url
+    else:
+        with EmbeddedBroker() as b:
+            yield b.url
+
+
+def deployment() -> str:
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+def start_workers(paths: list[str], url: str, dep: str, first: int = 0) -> list[Worker]:
+    settings = BrokerSettings.from_url(url)
+    return [Worker(WorkerConfig(p, settings, dep, f"w{first + i}")).start() for i, p in enumerate(paths)]
+
+
+def coop(url: str, dep: str, workers: int, **kw: object) -> CoopClient:
+    cfg = CoopConfig(BrokerSettings.from_url(url), dep, client_id="test", min_workers=workers,
+                     discover_s=0.2, discover_timeout_s=20, progress=False, **kw)  # type: ignore[arg-type]
+    return CoopClient(cfg).start()
+
+
+def offline_votes(paths: list[str], audio: np.ndarray) -> list[np.ndarray]:
+    """The same models on the same clips, without MQTT: features computed in the client's chunks and
+    rounded to float16 as on the wire."""
+    models = [KwsModel(p) for p in paths]
+    cfg = models[0].feature_config
+    feats = np.concatenate([mfcc(audio[i : i + PREPROCESS_CHUNK], cfg)
+                            for i in range(0, len(audio), PREPROCESS_CHUNK)])
+    feats = feats.astype(np.float16).astype(np.float32)
+    return ensemble.stack_models([m.predict(feats) for m in models])
+
+
+def stop_all(workers: list[Worker], client: CoopClient | None = None) -> None:
+    if client is not None:
+        client.stop()
+    for w in workers:
+        w.stop()
+
+
+# --- the ballot alone ---------------------------------------------------------------------------------
+
+def test_ballot_decides_on_votes_offline_and_timeout() -> None:
+    now = [0.0]
+    b = Ballot(timeout_s=5.0, offline_grace_s=1.0, clock=lambda: now[0])
+    for w in ("a", "b", "c"):
+        b.worker_online(w)
+    for i in range(3):
+        b.open(f"r{i}", i)
+    p = np.array([0.2, 0.8], np.float32)
+    for w in ("a", "b", "c"):
+        assert b.vote("r0", w, "m", p)
+    assert not b.vote("r0", "a", "m", p) and b.late_votes == 1  # decided already
+    assert b.clips["r0"].reason == "all voted" and b.decided == 1
+    assert b.vote("r1", "a", "m", p) and not b.vote("r1", "a", "m", p) and b.duplicate_votes == 1
+    b.vote("r1", "b", "m", p)
+    b.worker_offline("c")
+    assert b.clips["r1"].decided_s is None  # within the grace: c may be back (broker restart)
+    b.worker_online("c")
+    b.worker_offline("c")
+    now[0] = 1.5
+    assert not b.wait(3, timeout_s=0.0)
+    assert b.clips["r1"].reason == "worker offline" and b.clips["r1"].missing == ["c"]
+    assert not b.vote("zz", "a", "m", p) and b.foreign_votes == 1
+    b.vote("r2", "a", "m", p)
+    assert not b.wait(3, timeout_s=0.0)  # r2 still waits for b
+    now[0] = 6.0
+    assert b.wait(3, timeout_s=0.0)
+    assert "c" not in b.open("r3", 3).expected
+    assert b.clips["r2"].reason == "timeout" and b.clips["r2"].missing == ["b", "c"]
+
+
+# --- end to end -----------------------------------------------------------------------------------------
+
+def test_end_to_end_matches_offline_ensemble(broker_url: str, members: list[str], clips) -> None:
+    audio, labels, names = clips
+    dep = deployment()
+    workers = start_workers(members, broker_url, dep)
+    client = coop(broker_url, dep, len(workers))
+    try:
+        run = client.run(audio)
+        y = client.label_indices(labels)
+        rep = report(run, y, names, client.labels(), "mean")
+    finally:
+        stop_all(workers, client)
+    assert rep["clips"] == CLIPS and rep["decided_by"] == {"all voted": CLIPS}
+    assert rep["missing_predictions"] == 0 and rep["votes_received"] == CLIPS * len(members)
+    assert rep["payload"] == "features-f16" and rep["bytes_per_clip_message"] < 4200
+    offline = offline_votes(members, audio)
+    for policy in ensemble.POLICIES:
+        assert rep["per_policy_accuracy"][policy] == ensemble.accuracy(policy, offline, y), policy
+    decided = [c["decided"] for c in rep["per_clip"]]
+    assert decided == [client.labels()[d] for d in ensemble.decide_all("mean", offline)]
+
+
+def test_worker_killed_mid_run(any_broker: str, members: list[str], clips) -> None:
+    """A worker SIGKILLed mid-run: its last will says OFFLINE, the run finishes with the other votes
+    and counts the gap, without waiting for clip timeouts."""
+    audio, labels, names = clips
+    dep = deployment()
+    workers = start_workers(members[:2], any_broker, dep)
+    proc = subprocess.Popen([sys.executable, "-m", "kws_rpc.mqtt.worker", "--model", members[2], "--broker",
+                             any_broker, "--deployment", dep, "--worker-id", "victim", "--log-level", "WARNING"],
+                            cwd=REPO, stdout=subprocess.PIPE, text=True)
+    client = coop(any_broker, dep, 3, timeout_s=30.0, interval_s=0.04)
+    result: dict = {}
+
+    def run() -> None:
+        t0 = time.monotonic()
+        result["run"] = client.run(audio)
+        result["elapsed"] = time.monotonic() - t0
+
+    runner = threading.Thread(target=run)
+    try:
+        runner.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and sum(
+                "victim" in c.votes for c in list(client.ballot.clips.values())) < 3:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        runner.join(60)
+        rep = report(result["run"], client.label_indices(labels), names, client.labels(), "mean")
+        elapsed = result["elapsed"]
+    finally:
+        proc.kill()
+        proc.wait()
+        runner.join(60)
+        stop_all(workers, client)
+    assert elapsed < 20, "the run waited for clip timeouts instead of the last will"
+    assert "timeout" not in rep["decided_by"]
+    victim_votes = sum(1 for c in rep["per_clip"] if "victim" in c["votes"])
+    assert 0 < victim_votes < CLIPS
+    assert rep["missing_predictions"] == sum(1 for c in rep["per_clip"] if "victim" in c["missing"]) > 0
+    assert all({"w0", "w1"} <= set(c["votes"]) for c in rep["per_clip"])
+    assert rep["accuracy"] > 0.5
+
+
+def test_worker_joins_late(any_broker: str, members: list[str], clips) -> None:
+    """A worker that comes online mid-run is awaited for the clips published after it appeared."""
+    audio, labels, names = clips
+    dep = deployment()
+    workers = start_workers(members[:2], any_broker, dep)
+    client = coop(any_broker, dep, 2, interval_s=0.03)
+    late: list[Worker] = []
+    joiner = threading.Timer(0.5, lambda: late.extend(start_workers(members[2:3], any_broker, dep, first=2)))
+    try:
+        joiner.start()
+        run = client.run(audio)
+        joiner.join()
+        rep = report(run, client.label_indices(labels), names, client.labels(), "mean")
+    finally:
+        joiner.join()
+        stop_all(workers + late, client)
+    clips_ = [run.ballot.clips[r] for r in run.request_ids]
+    invited = [c for c in clips_ if "w2" in c.invited]
+    assert 0 < len(invited) < CLIPS and not any("w2" in c.invited for c in clips_[: 5])
+    assert all("w2" in c.votes for c in invited)
+    assert rep["decided_by"] == {"all voted": CLIPS} and rep["missing_predictions"] == 0
+
+
+def test_mosquitto_restart_mid_run(mosquitto: Mosquitto, members: list[str], clips) -> None:
+    """The broker restarts mid-run: everybody reconnects; with persistent sessions each worker gets every
+    QoS-2 clip exactly once and every clip is decided once."""
+    audio, labels, names = clips
+    dep = deployment()
+    workers = start_workers(members, mosquitto.url, dep)
+    client = coop(mosquitto.url, dep, len(workers), interval_s=0.03, timeout_s=4.0)
+    restarter = threading.Timer(0.5, mosquitto.restart)
+    try:
+        restarter.start()
+        run = client.run(audio)
+        restarter.join()
+        # votes of the last clips may still be in flight when the run ends by timeout; let workers finish
+        deadline = time.monotonic() + 10
+        while any(len(w.answered) < CLIPS for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        rep = report(run, client.label_indices(labels), names, client.labels(), "mean")
+    finally:
+        restarter.join()
+        stop_all(workers, client)
+    for w in workers:
+        assert sorted(w.answered) == sorted(run.request_ids), f"{w.worker_id} lost or repeated clips"
+    assert run.ballot.decided == CLIPS and len(run.ballot.clips) == CLIPS
+    assert rep["duplicate_votes"] == 0
+    # votes are QoS 0 (the contract): those in flight when the broker stops are lost, counted, and their
+    # clips decided by timeout
+    assert rep["missing_predictions"] <= 3 * len(members), rep["decided_by"]
+    assert rep["clips_without_votes"] <= 3
+
+
+def test_malformed_and_foreign_payloads_are_skipped(any_broker: str, members: list[str], clips) -> None:
+    audio, labels, names = clips
+    dep = deployment()
+    topics = Topics(dep)
+    workers = start_workers(members, any_broker, dep)
+    client = coop(any_broker, dep, len(workers))
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"vandal-{dep}", protocol=mqtt.MQTTv311)
+    settings = BrokerSettings.from_url(any_broker)
+    pub.connect(settings.host, settings.port)
+    pub.loop_start()
+    shape = list(workers[0].card.feature.shape)
+    wrong = pb.PredictRequest(request_id="x1", features=pb.Features(tensor=pb.Tensor(
+        dtype=pb.FLOAT32, shape=[shape[0], shape[1] + 1], data=b"\0" * 4 * shape[0] * (shape[1] + 1))))
+    nan = pb.PredictRequest(request_id="x2", features=pb.Features(tensor=pb.Tensor(
+        dtype=pb.FLOAT32, shape=shape, data=np.full(shape, np.nan, np.float32).tobytes())))
+    junk = [(topics.clips, b"\xff\x00garbage"), (topics.clips, b""), (topics.clips, wrong.SerializeToString()),
+            (topics.clips, nan.SerializeToString()), (topics.clips, b'{"json": "not a proto"}'),
+            (topics.predictions, b"\x0a\xff"), (topics.predictions, pb.PredictResponse(
+                request_id="nobody", worker_id="w0").SerializeToString()),
+            (topics.status("ghost"), b"\x12\x34garbage"),
+            (topics.status("ghost"), pb.WorkerStatus(worker_id="w0", state=1).SerializeToString())]
+    try:
+        for topic, data in junk:
+            pub.publish(topic, data, qos=1).wait_for_publish(5)
+        run = client.run(audio[:16])
+        rep = report(run, client.label_indices(labels[:16]), names[:16], client.labels(), "mean")
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        stop_all(workers, client)
+    assert rep["decided_by"] == {"all voted": 16} and rep["missing_predictions"] == 0
+    assert all(w.rejected >= 4 for w in workers), [w.rejected for w in workers]
+    assert "ghost" not in client.statuses and client.rejected >= 2
