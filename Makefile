@@ -55,6 +55,13 @@ sweep: venv data  ## accuracy vs cost over thresholds on test -> results/sweep_t
 payload: venv data  ## bytes per request per transport/payload and test accuracy -> results/payload.json
 	$(PYTHON) -m edge.payload --local-big $(ARGS)
 
+coop: venv data  ## cooperative inference over MQTT: embedded broker + the 3 members in-process, policy chosen on val
+	$(PYTHON) -m edge.coop --split test $(ARGS)
+
+.PHONY: bench-coop
+bench-coop: venv data  ## 800 test clips, 3 and 5 workers, amqtt and mosquitto -> bench/results/coop.json
+	$(PYTHON) -m bench.bench_coop $(ARGS)
+
 test: venv data  ## run the test suite
 	$(BIN)/pytest -q
 

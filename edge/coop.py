@@ -218,13 +218,12 @@ def report(run: Run, labels: Sequence[int], names: Sequence[str], label_names: S
     first = next((c for c in clips if c.votes), None)
     vote = next(iter(first.votes.values())) if first else None
     feats = np.zeros(run.feature_shape, np.float32) if run.feature_shape else None
-    network_s = run.end_to_end_s - run.preprocess_s
     out.update({
         "payload": run.payload_kind,
         "end_to_end_s": round(run.end_to_end_s, 4), "preprocess_s": round(run.preprocess_s, 4),
         "publish_s": round(run.publish_s, 4),
         "messages": len(clips) + out["votes_received"],
-        "messages_per_s": round((len(clips) + out["votes_received"]) / max(network_s, 1e-9), 1),
+        "messages_per_s": round((len(clips) + out["votes_received"]) / max(run.end_to_end_s, 1e-9), 1),
         "clips_per_s": round(len(clips) / max(run.end_to_end_s, 1e-9), 1),
         "bytes_per_clip_message": round(float(np.mean(run.clip_bytes)), 1) if run.clip_bytes else 0,
         "bytes_per_prediction_message": round(float(np.mean(run.vote_bytes)), 1) if run.vote_bytes else 0,
