@@ -66,7 +66,8 @@ class CoopConfig:
 
 @dataclasses.dataclass
 class Run:
-    """What one pass over a set of clips produced: the ballot plus what it cost."""
+    """What one pass over a set of clips produced: the ballot plus what it cost. The ballot is the
+    client's own, so read it (``report``) before the next run() resets it."""
 
     ballot: Ballot
     request_ids: list[str]

@@ -102,11 +102,15 @@ class Worker:
             if not req.request_id or req.WhichOneof("input") is None:
                 raise KwsError("a clip needs request_id and audio or features")
         except KwsError as e:
-            self.rejected += 1
+            self._reject()
             log.warning("%s: skipped a payload of %d bytes on %s: %s", self.worker_id, len(msg.payload),
                         msg.topic, e)
             return
         self._inbox.put(req)
+
+    def _reject(self) -> None:
+        with self._lock:
+            self.rejected += 1
 
     # inference thread -----------------------------------------------------------------------------
     def _answer(self, req: pb.PredictRequest) -> bytes:
@@ -125,11 +129,11 @@ class Worker:
             try:
                 vote = self._answer(req)
             except KwsError as e:
-                self.rejected += 1
+                self._reject()
                 log.warning("%s: skipped clip %s: %s", self.worker_id, req.request_id, e)
                 continue
             except Exception:  # a bug, but one foreign clip must not silence this worker for the rest
-                self.rejected += 1
+                self._reject()
                 log.exception("%s: failed on clip %s", self.worker_id, req.request_id)
                 continue
             self.answered.append(req.request_id)
