@@ -302,3 +302,57 @@ def test_malformed_and_foreign_payloads_are_skipped(any_broker: str, members: li
     assert rep["decided_by"] == {"all voted": 16} and rep["missing_predictions"] == 0
     assert all(w.rejected >= 4 for w in workers), [w.rejected for w in workers]
     assert "ghost" not in client.statuses and client.rejected >= 2
+
+
+def test_shared_config_decides_the_payload(members: list[str]) -> None:
+    from kws_rpc.codec import metadata_to_proto
+    from kws_rpc.features import FeatureConfig
+    from kws_rpc.mqtt.payloads import shared_config
+
+    card = KwsModel(members[0]).card
+    same = [pb.WorkerStatus(worker_id=f"w{i}", state=1, model=metadata_to_proto(card)) for i in range(2)]
+    assert shared_config(same) == card.feature
+    other = pb.WorkerStatus(worker_id="w9", state=1, model=metadata_to_proto(card))
+    other.model.feature_config.num_mel_bins += 1
+    assert shared_config([*same, other]) is None and shared_config([]) is None
+    assert isinstance(card.feature, FeatureConfig)
+
+
+def test_audio_payload_and_mixed_feature_configs(any_broker: str, members: list[str], little_path: Path,
+                                                 clips) -> None:
+    """Workers with different feature configs get audio (each computes its own features)."""
+    audio, labels, names = clips
+    paths = members[:2]
+    if little_path.is_file() and KwsModel(little_path).feature_config != KwsModel(members[0]).feature_config:
+        paths.append(str(little_path))
+        payload = "auto"  # must fall back to audio by itself
+    else:
+        payload = "audio"
+    dep = deployment()
+    workers = start_workers(paths, any_broker, dep)
+    client = coop(any_broker, dep, len(workers), payload=payload)
+    try:
+        run = client.run(audio[:12])
+        rep = report(run, client.label_indices(labels[:12]), names[:12], client.labels(), "mean")
+    finally:
+        stop_all(workers, client)
+    assert rep["payload"] == "audio-pcm16" and rep["bytes_per_clip_message"] > 32000
+    assert rep["decided_by"] == {"all voted": 12} and rep["missing_predictions"] == 0
+    assert rep["accuracy"] >= 0.5
+
+
+def test_cli_one_command_demo(members: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m edge.coop` without --broker: embedded broker, in-process workers, exact output line."""
+    import json
+    import re
+
+    from edge.coop import main
+
+    out = tmp_path / "coop.json"
+    main(["--models", *members, "--limit", "24", "--policy", "majority", "--report", str(out), "--no-progress"])
+    text = capsys.readouterr().out
+    assert re.search(r"^Accuracy: \d{1,3}\.\d{3}%$", text, re.M), text
+    rep = json.loads(out.read_text())
+    assert rep["clips"] == 24 and rep["embedded"] and len(rep["workers"]) == len(members)
+    assert rep["bytes_per_clip_message"] < rep["senml_json_base64_f32_clip_bytes"]
+    assert f"Accuracy: {100 * rep['accuracy']:.3f}%" in text
