@@ -35,12 +35,12 @@ from kws_rpc.features import FeatureConfig, mfcc
 from kws_rpc.mqtt.ballot import Ballot
 from kws_rpc.mqtt.broker import EmbeddedBroker
 from kws_rpc.mqtt.connection import BrokerSettings, connect, make_client
-from kws_rpc.mqtt.payloads import (audio_request, features_request, senml_prediction_reference, senml_reference,
-                                   shared_config)
-from kws_rpc.mqtt.report import clip_votes, summarize
+from kws_rpc.mqtt.payloads import audio_request, features_request, shared_config
+from kws_rpc.mqtt.report import Run, clip_votes, report
 from kws_rpc.mqtt.topics import Topics
 from kws_rpc.mqtt.worker import Worker, WorkerConfig
 
+__all__ = ["CoopClient", "CoopConfig", "Run", "report", "start_local", "main"]
 log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 PAYLOADS = ("auto", "features", "audio")
@@ -62,22 +62,6 @@ class CoopConfig:
     payload: str = "auto"
     interval_s: float = 0.0  # pause between clips (0 = publish all at once); simulates a live stream
     progress: bool = True
-
-
-@dataclasses.dataclass
-class Run:
-    """What one pass over a set of clips produced: the ballot plus what it cost. The ballot is the
-    client's own, so read it (``report``) before the next run() resets it."""
-
-    ballot: Ballot
-    request_ids: list[str]
-    payload_kind: str
-    clip_bytes: list[int]
-    preprocess_s: float
-    publish_s: float  # preprocessing + publishing (interleaved)
-    end_to_end_s: float  # preprocessing + publishing + collecting until the last clip is decided
-    vote_bytes: list[int] = dataclasses.field(default_factory=list)
-    feature_shape: tuple[int, ...] = ()
 
 
 class CoopClient:
@@ -209,34 +193,6 @@ class CoopClient:
         t3 = time.perf_counter()
         return Run(self.ballot, rids, "features-f16" if cfg is not None else "audio-pcm16", sizes,
                    preprocess_s, t2 - t0, t3 - t0, list(self._vote_bytes), tuple(shape))
-
-
-def report(run: Run, labels: Sequence[int], names: Sequence[str], label_names: Sequence[str],
-           policy: str) -> dict[str, Any]:
-    """The run's accuracies (every policy, every model), missing votes, timings and message sizes."""
-    clips = [run.ballot.clips[rid] for rid in run.request_ids]
-    out = summarize(clips, labels, names, label_names, policy)
-    first = next((c for c in clips if c.votes), None)
-    vote = next(iter(first.votes.values())) if first else None
-    feats = np.zeros(run.feature_shape, np.float32) if run.feature_shape else None
-    out.update({
-        "payload": run.payload_kind,
-        "end_to_end_s": round(run.end_to_end_s, 4), "preprocess_s": round(run.preprocess_s, 4),
-        "publish_s": round(run.publish_s, 4),
-        "messages": len(clips) + out["votes_received"],
-        "messages_per_s": round((len(clips) + out["votes_received"]) / max(run.end_to_end_s, 1e-9), 1),
-        "clips_per_s": round(len(clips) / max(run.end_to_end_s, 1e-9), 1),
-        "bytes_per_clip_message": round(float(np.mean(run.clip_bytes)), 1) if run.clip_bytes else 0,
-        "bytes_per_prediction_message": round(float(np.mean(run.vote_bytes)), 1) if run.vote_bytes else 0,
-        "late_votes": run.ballot.late_votes, "duplicate_votes": run.ballot.duplicate_votes,
-        "foreign_votes": run.ballot.foreign_votes,
-    })
-    if feats is not None:
-        out["senml_json_base64_f32_clip_bytes"] = len(senml_reference(run.request_ids[0], feats))
-    if vote is not None:
-        out["senml_json_prediction_bytes"] = len(senml_prediction_reference(
-            run.request_ids[0], vote.probabilities, vote.model, vote.worker_id, list(label_names)))
-    return out
 
 
 def start_local(models: Sequence[str], deployment: str) -> tuple[EmbeddedBroker, list[Worker]]:

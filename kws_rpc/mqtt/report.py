@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from kws_rpc import ensemble
-from kws_rpc.mqtt.ballot import Clip
+from kws_rpc.mqtt.ballot import Ballot, Clip
+from kws_rpc.mqtt.payloads import senml_prediction_reference, senml_reference
+
+
+@dataclasses.dataclass
+class Run:
+    """What one pass over a set of clips produced: the ballot plus what it cost. The ballot is the
+    client's own, so read it (``report``) before the next run() resets it."""
+
+    ballot: Ballot
+    request_ids: list[str]
+    payload_kind: str
+    clip_bytes: list[int]
+    preprocess_s: float
+    publish_s: float  # preprocessing + publishing (interleaved)
+    end_to_end_s: float  # preprocessing + publishing + collecting until the last clip is decided
+    vote_bytes: list[int] = dataclasses.field(default_factory=list)
+    feature_shape: tuple[int, ...] = ()
 
 
 def clip_votes(clips: Sequence[Clip]) -> list[np.ndarray]:
@@ -58,3 +76,31 @@ def summarize(clips: Sequence[Clip], labels: Sequence[int], names: Sequence[str]
         "decided_by": {r: sum(1 for c in clips if c.reason == r) for r in sorted({c.reason for c in clips})},
         "per_clip": per_clip,
     }
+
+
+def report(run: Run, labels: Sequence[int], names: Sequence[str], label_names: Sequence[str],
+           policy: str) -> dict[str, Any]:
+    """The run's accuracies (every policy, every model), missing votes, timings and message sizes."""
+    clips = [run.ballot.clips[rid] for rid in run.request_ids]
+    out = summarize(clips, labels, names, label_names, policy)
+    first = next((c for c in clips if c.votes), None)
+    vote = next(iter(first.votes.values())) if first else None
+    feats = np.zeros(run.feature_shape, np.float32) if run.feature_shape else None
+    out.update({
+        "payload": run.payload_kind,
+        "end_to_end_s": round(run.end_to_end_s, 4), "preprocess_s": round(run.preprocess_s, 4),
+        "publish_s": round(run.publish_s, 4),
+        "messages": len(clips) + out["votes_received"],
+        "messages_per_s": round((len(clips) + out["votes_received"]) / max(run.end_to_end_s, 1e-9), 1),
+        "clips_per_s": round(len(clips) / max(run.end_to_end_s, 1e-9), 1),
+        "bytes_per_clip_message": round(float(np.mean(run.clip_bytes)), 1) if run.clip_bytes else 0,
+        "bytes_per_prediction_message": round(float(np.mean(run.vote_bytes)), 1) if run.vote_bytes else 0,
+        "late_votes": run.ballot.late_votes, "duplicate_votes": run.ballot.duplicate_votes,
+        "foreign_votes": run.ballot.foreign_votes,
+    })
+    if feats is not None:
+        out["senml_json_base64_f32_clip_bytes"] = len(senml_reference(run.request_ids[0], feats))
+    if vote is not None:
+        out["senml_json_prediction_bytes"] = len(senml_prediction_reference(
+            run.request_ids[0], vote.probabilities, vote.model, vote.worker_id, list(label_names)))
+    return out
