@@ -51,6 +51,7 @@ class Worker:
 
     def __init__(self, config: WorkerConfig, core: InferenceCore | None = None) -> None:
         self.config = config
+        self._owns_core = core is None
         self.core = core or InferenceCore({"m": KwsModel(config.model_path)}, "m")
         self.card = self.core.model().card
         self.worker_id = check_segment(config.worker_id or f"{self.card.name}@{socket.gethostname()}", "worker id")
@@ -167,6 +168,8 @@ class Worker:
                 log.warning("%s: OFFLINE status not confirmed: %s", self.worker_id, e)
         self.client.disconnect()
         self.client.loop_stop()
+        if self._owns_core:
+            self.core.close()
 
 
 def main(argv: list[str] | None = None) -> None:
