@@ -33,7 +33,7 @@ from kws.v1 import kws_pb2_grpc as pb_grpc
 REPO = Path(__file__).resolve().parent.parent
 CLIPS = REPO / "tests" / "fixtures" / "clips"
 COLUMNS = ["batching", "transport", "clients", "requests", "req_per_s", "p50_ms", "p99_ms", "error_rate",
-           "wrong", "rss_mb"]
+           "wrong", "mean_batch", "rss_mb"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +54,8 @@ class ServerProcess:
 
     def __init__(self, model: Path, batch: int, delay_ms: float) -> None:
         cmd = [sys.executable, "-m", "kws_rpc.server", "--model", str(model), "--port", "0", "--gateway-port", "0",
-               "--max-batch-size", str(batch), "--max-delay-ms", str(delay_ms), "--log-level", "INFO"]
+               "--max-batch-size", str(batch), "--max-delay-ms", str(delay_ms), "--metrics-port", "0",
+               "--log-level", "INFO"]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True)
         self.log: list[str] = []
         ready = threading.Event()
@@ -65,6 +66,7 @@ class ServerProcess:
         line = next(x for x in self.log if "serving" in x)
         self.grpc_target = re.search(r"on grpc ([\d.]+:\d+)", line).group(1)  # type: ignore[union-attr]
         self.gateway_url = re.search(r"gateway (http://[\d.]+:\d+)", line).group(1)  # type: ignore[union-attr]
+        self.metrics_url = re.search(r"metrics (http://\S+/metrics)", line).group(1)  # type: ignore[union-attr]
         self.ps = psutil.Process(self.proc.pid)
 
     def _drain(self, ready: threading.Event) -> None:
@@ -74,6 +76,13 @@ class ServerProcess:
             if "serving" in line:
                 ready.set()
         ready.set()
+
+    def batches(self) -> tuple[float, float]:
+        """(model invocations, rows) so far, from the server's kws_batch_size histogram."""
+        text = requests.get(self.metrics_url, timeout=5).text
+        total = [sum(float(v) for v in re.findall(rf"^kws_batch_size_{k}{{[^}}]*}} (\S+)$", text, re.M))
+                 for k in ("count", "sum")]
+        return total[0], total[1]
 
     def rss_mb(self) -> float:
         return self.ps.memory_info().rss / 2**20
@@ -158,9 +167,11 @@ def run(config: BenchConfig) -> list[dict[str, Any]]:
             for transport in config.transports:
                 run_cell(clients[transport], clips, 4, 4 * len(clips), 10)  # warm-up: connections, interpreters
                 for n in config.concurrency:
+                    calls0, rows0 = server.batches()
                     cell = run_cell(clients[transport], clips, n, config.requests, config.seconds)
+                    calls, rows_run = (a - b for a, b in zip(server.batches(), (calls0, rows0)))
                     row = {"batching": batching, "transport": transport, "clients": n, **cell,
-                           "rss_mb": server.rss_mb()}
+                           "mean_batch": rows_run / calls if calls else 1.0, "rss_mb": server.rss_mb()}
                     rows.append(row)
                     print(format_table([row], COLUMNS, 10).splitlines()[-1], flush=True)
         finally:
