@@ -204,6 +204,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = run(config)
     path = write_results(config.out, {"config": {k: str(v) if isinstance(v, Path) else v
                                                  for k, v in dataclasses.asdict(config).items()},
+                                      "notes": "loopback; client threads and the server share the machine's "
+                                               "cores (see environment.loadavg_1m); requests are 1 s WAV clips "
+                                               "(MFCC on the server); mean_batch = rows per model invocation",
                                       "results": rows})
     print(f"\n{format_table(rows, COLUMNS)}\n\nwrote {path}")
     if any(r["errors"] for r in rows):
