@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kws_rpc.data import find_dataset, load_split
+from kws_rpc.ensemble import decide_all, stack_models
 from kws_rpc.model import KwsModel
 
 log = logging.getLogger("kws.eval")
@@ -76,9 +77,8 @@ def run(models_dir: Path, root: Path, split: str, latency_clips: int) -> dict:
         by_name = {r["model"]: r for r in rows}
         missing = [m for m in members if m not in by_name]
         if not missing:
-            from kws_rpc.ensemble import POLICIES
-
-            votes = POLICIES["majority"](np.stack([by_name[m]["probabilities"] for m in members], axis=1))
+            clips = stack_models([by_name[m]["probabilities"] for m in members])
+            votes = decide_all("majority", clips)
             result["ensemble"] = {"members": members, "policy": "majority (ties: summed probability)",
                                   "accuracy": float((votes == labels).mean())}
     return result

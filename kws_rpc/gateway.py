@@ -276,9 +276,10 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(description="kws REST/JSON gateway in front of a kws gRPC server")
     ap.add_argument("--grpc-target", required=True, help="host:port of the gRPC server")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8080)
-    ap.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    ap.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    ap.add_argument("--port", type=int, default=8080, help="HTTP port (default %(default)s)")
+    ap.add_argument("--max-body-bytes", type=int, default=1 << 20,
+                    help="larger bodies get 413 (default %(default)s)")
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds per forwarded call")
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     a = ap.parse_args(argv)

@@ -147,14 +147,18 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     ap = argparse.ArgumentParser(description="kws gRPC server (optionally with the REST gateway)")
     ap.add_argument("--model", action="append", required=True, type=Path,
                     help="a .tflite with its card; repeat for more (the first is the default)")
-    ap.add_argument("--host", default=d.host)
-    ap.add_argument("--port", type=int, default=d.port, help="gRPC port; 0 = a free one (logged)")
-    ap.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="1 turns batching off")
-    ap.add_argument("--max-delay-ms", type=float, default=d.max_delay_ms)
-    ap.add_argument("--workers", type=int, default=d.workers, help="micro-batcher threads")
-    ap.add_argument("--max-queue", type=int, default=d.max_queue)
-    ap.add_argument("--grpc-threads", type=int, default=d.grpc_threads)
-    ap.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
+    ap.add_argument("--host", default=d.host, help="address to bind (default %(default)s: loopback only; 0.0.0.0 for a LAN)")
+    ap.add_argument("--port", type=int, default=d.port, help="gRPC port (default %(default)s); 0 = a free one, logged")
+    ap.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="most requests run as one inference call (default %(default)s); 1 turns batching off")
+    ap.add_argument("--max-delay-ms", type=float, default=d.max_delay_ms,
+                    help="longest a request waits for others to share its batch (default %(default)s ms)")
+    ap.add_argument("--workers", type=int, default=d.workers, help="inference threads, each with its own interpreters (default %(default)s)")
+    ap.add_argument("--max-queue", type=int, default=d.max_queue,
+                    help="queued requests before new ones get RESOURCE_EXHAUSTED (default %(default)s)")
+    ap.add_argument("--grpc-threads", type=int, default=d.grpc_threads,
+                    help="threads handling gRPC calls concurrently (default %(default)s)")
+    ap.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes,
+                    help="largest gRPC message accepted (default %(default)s bytes)")
     ap.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here")
     ap.add_argument("--gateway-port", type=int, default=None, help="also run the REST gateway here")
     ap.add_argument("--grace", type=float, default=d.grace_s, help="seconds for in-flight calls at shutdown")

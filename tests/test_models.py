@@ -49,7 +49,7 @@ def test_big_beats_the_reference(evaluated, test_audio) -> None:
 
 
 def test_ensemble_members_and_vote(evaluated, test_audio) -> None:
-    from kws_rpc.ensemble import POLICIES
+    from kws_rpc.ensemble import decide_all, stack_models
 
     members = json.loads((MODELS / "ensemble.json").read_text())["members"]
     assert len(members) >= 3
@@ -58,5 +58,5 @@ def test_ensemble_members_and_vote(evaluated, test_audio) -> None:
     assert len(configs) == 1, "members share one feature config, so one published tensor feeds all"
     for n in members:
         assert accuracy(evaluated[n][1], labels) >= 0.94, n
-    votes = POLICIES["majority"](np.stack([evaluated[n][1] for n in members], axis=1))
+    votes = decide_all("majority", stack_models([evaluated[n][1] for n in members]))
     assert float((votes == labels).mean()) >= 0.965

@@ -31,6 +31,8 @@ class Recipe:
     prune_sparsity: float = 0.0  # magnitude pruning of Conv2D/Dense kernels, then fine-tuning
     prune_epochs: int = 0
     augment: AugmentConfig = AugmentConfig()
+    teacher: str | None = None  # a shipped model whose probabilities on the same augmented audio ...
+    distill_weight: float = 0.0  # ... are blended into the targets with this weight (distillation)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -40,8 +42,9 @@ RECIPES: dict[str, Recipe] = {
             name="little", architecture="dscnn", feature=LITTLE_FEATURES, epochs=40, seed=1,
             params=dscnn.Params(filters=56, blocks=4),
             quantization="int8", prune_sparsity=0.75, prune_epochs=14,
-            augment=AugmentConfig(freq_masks=1, freq_mask_max=2),
-            description="Edge model: DS-CNN on 49x10 MFCCs, 75% magnitude-pruned 1x1/dense kernels, int8.",
+            augment=AugmentConfig(freq_masks=1, freq_mask_max=2), teacher="big", distill_weight=0.5,
+            description="Edge model: DS-CNN on 49x10 MFCCs, distilled from big, 75% magnitude-pruned "
+                        "1x1/first-conv/dense kernels, int8 full-integer.",
         ),
         Recipe(
             name="big", architecture="resnet", feature=SHARED_FEATURES, epochs=30, seed=2,

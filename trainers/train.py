@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from kws_rpc.data import LABELS, find_dataset, load_noise, load_split
 from kws_rpc.features import mfcc
+from kws_rpc.model import KwsModel
 from trainers.architectures import REGISTRY
 from trainers.augment import augment_audio, spec_augment
 from trainers.export import export
@@ -53,7 +54,11 @@ def _fit(model: tf.keras.Model, r: Recipe, epochs: int, data: dict, rng: np.rand
     for epoch in bar:
         audio = augment_audio(data["train_audio"], data["noise"], rng, r.augment)
         feats = spec_augment(mfcc(audio, r.feature), rng, r.augment, data["mean"])
-        model.fit(feats, data["train_onehot"], batch_size=r.batch_size, epochs=1, shuffle=True,
+        targets = data["train_onehot"]
+        if data.get("teacher") is not None:
+            soft = data["teacher"].predict(data["teacher"].features(audio))
+            targets = (1 - r.distill_weight) * targets + r.distill_weight * soft
+        model.fit(feats, targets, batch_size=r.batch_size, epochs=1, shuffle=True,
                   verbose=0, callbacks=callbacks or [])
         pred = model.predict(data["val_feats"], batch_size=256, verbose=0).argmax(-1)
         acc = float((pred == data["val_labels"]).mean())
@@ -74,7 +79,7 @@ def _compile(model: tf.keras.Model, r: Recipe, lr: float, steps: int) -> None:
     )
 
 
-def train(r: Recipe, root: Path, out_dir: Path, epochs: int | None = None) -> Path:
+def train(r: Recipe, root: Path, out_dir: Path, epochs: int | None = None, teacher_dir: Path = Path("models")) -> Path:
     t0 = time.time()
     tf.keras.utils.set_random_seed(r.seed)
     rng = np.random.default_rng(r.seed)
@@ -86,6 +91,7 @@ def train(r: Recipe, root: Path, out_dir: Path, epochs: int | None = None) -> Pa
         "train_onehot": np.eye(len(LABELS), dtype=np.float32)[train_labels],
         "val_feats": mfcc(val_audio, r.feature), "val_labels": val_labels,
         "mean": clean.mean(axis=(0, 1)), "var": clean.var(axis=(0, 1)),
+        "teacher": KwsModel(teacher_dir / f"{r.teacher}.tflite") if r.teacher else None,
     }
     epochs = epochs or r.epochs
     steps = int(np.ceil(len(train_audio) / r.batch_size))
@@ -99,6 +105,7 @@ def train(r: Recipe, root: Path, out_dir: Path, epochs: int | None = None) -> Pa
     training = {
         "seed": r.seed, "epochs": epochs, "batch_size": r.batch_size, "lr": r.lr,
         "label_smoothing": r.label_smoothing, "augment": dataclasses.asdict(r.augment),
+        "teacher": r.teacher, "distill_weight": r.distill_weight,
         "prune_sparsity": r.prune_sparsity, "prune_epochs": r.prune_epochs if r.prune_sparsity else 0,
         "val_history": [round(a, 4) for a in history], "prune_val_history": [round(a, 4) for a in prune_history],
         "train_seconds": round(seconds, 1), "train_split": "kws_train_split.txt (6400 clips)",
@@ -136,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--download", action="store_true", help="download the official zip if no copy is found")
     ap.add_argument("--out", default="models", help="where .tflite files and cards go (default: models/)")
     ap.add_argument("--epochs", type=int, help="override the recipe's epoch count (for smoke tests)")
+    ap.add_argument("--teachers", default="models", help="folder of the shipped teacher models (distillation)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     names = list(RECIPES) if args.all else args.models
@@ -146,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in names:
-        path = train(RECIPES[name], root, out, args.epochs)
+        path = train(RECIPES[name], root, out, args.epochs, Path(args.teachers))
         log.info("wrote %s", path)
 
 
