@@ -96,43 +96,45 @@ def train(r: Recipe, root: Path, out_dir: Path, epochs: int | None = None, teach
     epochs = epochs or r.epochs
     steps = int(np.ceil(len(train_audio) / r.batch_size))
     model = build_model(r, data["mean"], data["var"])
-    _compile(model, r, r.lr, steps * epochs)
-    history = _fit(model, r, epochs, data, rng, f"{r.name}: train")
-    prune_history: list[float] = []
+    callbacks, select_from = [], 0
     if r.prune_sparsity > 0:
-        model, prune_history = _prune(model, r, data, rng, steps, epochs)
+        model, callbacks, select_from = _with_pruning(model, r, steps, epochs)
+    _compile(model, r, r.lr, steps * epochs)
+    history = _fit(model, r, epochs, data, rng, f"{r.name}: train", callbacks, select_from)
+    if r.prune_sparsity > 0:
+        import tensorflow_model_optimization as tfmot
+
+        model = tfmot.sparsity.keras.strip_pruning(model)
     seconds = time.time() - t0
     training = {
         "seed": r.seed, "epochs": epochs, "batch_size": r.batch_size, "lr": r.lr,
         "label_smoothing": r.label_smoothing, "augment": dataclasses.asdict(r.augment),
-        "teacher": r.teacher, "distill_weight": r.distill_weight,
-        "prune_sparsity": r.prune_sparsity, "prune_epochs": r.prune_epochs if r.prune_sparsity else 0,
-        "val_history": [round(a, 4) for a in history], "prune_val_history": [round(a, 4) for a in prune_history],
+        "teacher": r.teacher, "distill_weight": r.distill_weight, "prune_sparsity": r.prune_sparsity,
+        "prune_ramp_epochs": list(r.prune_ramp) if r.prune_sparsity else None,
+        "val_history": [round(a, 4) for a in history],
         "train_seconds": round(seconds, 1), "train_split": "kws_train_split.txt (6400 clips)",
-        "selection": "best val accuracy (kws_val_split.txt)",
+        "selection": "best val accuracy (kws_val_split.txt)"
+                     + (" among epochs at full sparsity" if r.prune_sparsity else ""),
     }
     command = "python -m trainers.train " + shlex.join(sys.argv[1:]) if sys.argv[1:] else f"python -m trainers.train {r.name}"
     return export(model, r, clean, root, out_dir, training, command)
 
 
-def _prune(model: tf.keras.Model, r: Recipe, data: dict, rng: np.random.Generator, steps: int,
-           epochs: int) -> tuple[tf.keras.Model, list[float]]:
+def _with_pruning(model: tf.keras.Model, r: Recipe, steps: int, epochs: int) -> tuple[tf.keras.Model, list, int]:
+    """Gradual magnitude pruning (Zhu & Gupta 2017) inside training: sparsity ramps from 0 at epoch
+    prune_ramp[0] to prune_sparsity at prune_ramp[1]; only epochs at full sparsity may be selected.
+    DepthwiseConv2D is left dense (tfmot cannot prune it; it is a small share of the weights)."""
     import tensorflow_model_optimization as tfmot
 
-    ramp = max(1, r.prune_epochs // 2) * steps
-    schedule = tfmot.sparsity.keras.PolynomialDecay(0.0, r.prune_sparsity, begin_step=0, end_step=ramp)
+    start, end = (min(e, epochs - 1) for e in r.prune_ramp)
+    schedule = tfmot.sparsity.keras.PolynomialDecay(0.0, r.prune_sparsity, begin_step=start * steps,
+                                                    end_step=max(end * steps, start * steps + steps // 4), frequency=steps // 4)
 
     def wrap(layer: tf.keras.layers.Layer) -> tf.keras.layers.Layer:
         return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule) if _prunable(layer) else layer
 
     pruned = tf.keras.models.clone_model(model, clone_function=wrap)
-    for src, dst in zip(model.layers, pruned.layers):
-        inner = getattr(dst, "layer", dst)
-        inner.set_weights(src.get_weights())
-    _compile(pruned, r, r.lr / 5, steps * r.prune_epochs)
-    hist = _fit(pruned, r, r.prune_epochs, data, rng, f"{r.name}: prune", callbacks=[
-        tfmot.sparsity.keras.UpdatePruningStep()], select_from=r.prune_epochs // 2)
-    return tfmot.sparsity.keras.strip_pruning(pruned), hist
+    return pruned, [tfmot.sparsity.keras.UpdatePruningStep()], end
 
 
 def main(argv: list[str] | None = None) -> None:
