@@ -5,7 +5,8 @@ replay (ask iff margin <= threshold). The threshold is picked on the val split o
 the client prints stay an honest estimate. Big runs on the server (REST or gRPC), or with ``--local-big``
 in-process from the same ``models/big.tflite`` the server loads: the same file, features and interpreter
 give the same answers without needing a server during calibration. Cost follows the reference rule: the
-bytes of the spec REST body of every asked clip.
+bytes of the spec REST body of every asked clip (``--cost-of`` counts another way's bytes, and then
+local big is fed that way's payload, so lossy features are accounted for).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from edge.client import CASCADE_FILE, ROOT, little_on_file, load_threshold
+from edge.payload import local_answer
 from edge.report import MB, plot_sweep
-from edge.transports import GrpcTransport, RestSpecTransport, RetryPolicy, Transport, spec_body, spec_bytes
-from kws_rpc.codec import prediction_to_proto
+from edge.transports import WAYS, GrpcTransport, RestSpecTransport, RetryPolicy, Transport, request_for, wire_bytes
 from kws_rpc.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
 from kws_rpc.model import KwsModel
 
@@ -44,7 +45,7 @@ class SplitPredictions:
     little: np.ndarray
     margin: np.ndarray
     big: np.ndarray  # -1 where the remote big call failed
-    request_bytes: np.ndarray  # spec body bytes if this clip were sent
+    request_bytes: np.ndarray  # bytes of this clip's request, for one way of asking big
 
     def at(self, threshold: float) -> dict[str, Any]:
         asked = self.margin <= threshold
@@ -55,8 +56,10 @@ class SplitPredictions:
 
 def predict_split(split: str, little_path: Path, big_local: Path | None, transport: Transport | None,
                   data_dir: str | None = None, limit: int | None = None, device: str = hex(uuid.getnode()),
-                  progress: bool = True) -> SplitPredictions:
-    """Little on every clip read from disk as the Pi does; big on every clip, locally or remotely."""
+                  progress: bool = True, ways: Sequence[str] = ("rest-spec",)) -> dict[str, SplitPredictions]:
+    """Little on every clip read from disk as the Pi does, then, for each way of asking big (see
+    transports.WAYS), big's label and the bytes that way would send. Local big is fed each way's payload
+    as the server would decode it; a remote big answers once per clip, over the given transport."""
     from tqdm import tqdm
 
     little = KwsModel(little_path)
@@ -64,18 +67,24 @@ def predict_split(split: str, little_path: Path, big_local: Path | None, transpo
     root = find_dataset(data_dir) / DATASET_DIR
     names = split_names(split)[:limit]
     n = len(names)
-    out = {k: np.zeros(n, dt) for k, dt in (("little", int), ("margin", float), ("big", int), ("bytes", int))}
+    little_idx, margin = np.zeros(n, int), np.zeros(n, float)
+    big_idx = {w: np.zeros(n, int) for w in ways}
+    size = {w: np.zeros(n, int) for w in ways}
     for i, name in enumerate(tqdm(names, desc=f"predict {split}", unit="clip", disable=not progress)):
-        audio, idx, out["margin"][i], _ = little_on_file(little, root / name)
-        out["little"][i] = LABELS.index(little.labels[idx])
-        out["bytes"][i] = spec_bytes(spec_body(audio, device))
-        if big is not None:  # labelled as the server labels (same tie rule)
-            label: str | None = prediction_to_proto(big.predict_audio(audio, 16000)[0], big.card).label
-        else:
-            label = transport.ask(audio, name).label if transport is not None else None
-        out["big"][i] = LABELS.index(label) if label in LABELS else -1
+        audio, idx, margin[i], _ = little_on_file(little, root / name)
+        little_idx[i] = LABELS.index(little.labels[idx])
+        label = transport.ask(audio, name).label if transport is not None else None
+        config = big.feature_config if big is not None else getattr(transport, "config", None)
+        for w in ways:
+            if w.startswith("grpc-mfcc") and config is None:
+                raise SystemExit(f"the cost of {w} needs big's feature config: use --local-big or "
+                                 "--transport grpc --payload mfcc-f32 with a reachable server")
+            request = request_for(w, audio, name, device, config)
+            size[w][i] = wire_bytes(request)
+            answer = local_answer(big, request) if big is not None else label
+            big_idx[w][i] = LABELS.index(answer) if answer in LABELS else -1
     true = np.array([label_of(nm) for nm in names])
-    return SplitPredictions(split, names, true, out["little"], out["margin"], out["big"], out["bytes"])
+    return {w: SplitPredictions(split, names, true, little_idx, margin, big_idx[w], size[w]) for w in ways}
 
 
 def candidate_thresholds(margin: np.ndarray) -> np.ndarray:
@@ -127,7 +136,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--transport", choices=("rest", "grpc"), default="grpc")
     ap.add_argument("--url", default="http://127.0.0.1:8080/")
     ap.add_argument("--grpc", default="127.0.0.1:50051")
-    ap.add_argument("--payload", default="wav")
+    ap.add_argument("--payload", default="wav", help="gRPC payload big is asked with (remote calibration)")
+    ap.add_argument("--cost-of", choices=WAYS, default="rest-spec",
+                    help="sweep: whose bytes the cost counts (default: the reference's REST spec body)")
+    ap.add_argument("--ways", nargs="+", choices=WAYS, default=None,
+                    help="calibration: ways to pick a threshold for (default all; rest-spec always)")
     ap.add_argument("--timeout", type=float, default=5.0)
     ap.add_argument("--device", default=hex(uuid.getnode()))
     ap.add_argument("--out", default=str(CASCADE_FILE), help="where the calibrated threshold goes")
@@ -142,44 +155,66 @@ def main(argv: list[str] | None = None) -> int:
     split = (a.split or "test") if a.sweep else "val"
     if not a.sweep and a.split not in (None, "val"):
         raise SystemExit("calibration picks the threshold on val only; use --sweep to look at other splits")
+    ways = [a.cost_of] if a.sweep else list(dict.fromkeys(["rest-spec", *(a.ways or WAYS)]))
+    if not a.local_big and a.transport == "rest" and not a.sweep and a.ways is None:
+        ways = ["rest-spec", "grpc-wav", "grpc-pcm"]  # MFCC sizes need the metadata only gRPC gives
     transport = make_transport(a)
     try:
         preds = predict_split(split, Path(a.little), Path(a.big) if a.local_big else None, transport,
-                              a.data_dir, a.limit, a.device)
+                              a.data_dir, a.limit, a.device, ways=ways)
     finally:
         if transport is not None:
             transport.close()
     big_source = f"local {a.big}" if a.local_big else f"{a.transport} {a.grpc if a.transport == 'grpc' else a.url}"
-    if a.sweep:
-        calibrated, source = load_threshold(Path(a.out))
-        rows = sweep(preds, [*SWEEP_THRESHOLDS, calibrated])
-        little_only, big_only = preds.at(-1.0), preds.at(1.0)
-        print(f"{'threshold':>9} {'accuracy %':>10} {'cost MB':>8} {'calls':>5}")
-        for r in rows:
-            mark = "  <- calibrated" if r["threshold"] == calibrated and source != "default" else ""
-            print(f"{r['threshold']:9.3f} {100 * r['accuracy']:10.3f} {r['cost_mb']:8.3f} {r['calls']:5d}{mark}")
-        print(f"little only {100 * little_only['accuracy']:.3f}%; big on every clip "
-              f"{100 * big_only['accuracy']:.3f}% at {big_only['cost_mb']:.3f} MB")
-        out = Path(a.results)
-        out.mkdir(parents=True, exist_ok=True)
-        doc = {"split": split, "big": big_source, "calibrated_threshold": calibrated, "threshold_source": source,
-               "little_only": little_only, "big_always": big_only, "rows": rows}
-        (out / f"sweep_{split}.json").write_text(json.dumps(doc, indent=1) + "\n")
-        plot_sweep(out / f"sweep_{split}.png", rows, split, calibrated if source != "default" else None,
-                   little_only, big_only)
-        print(f"wrote {out / f'sweep_{split}.json'} and {out / f'sweep_{split}.png'}")
-        return 0
-    chosen = pick_threshold(preds, a.target_accuracy, a.budget_mb)
+    return run_sweep(a, preds[a.cost_of], big_source) if a.sweep else write_calibration(a, preds, big_source)
+
+
+def run_sweep(a: argparse.Namespace, preds: SplitPredictions, big_source: str) -> int:
+    """Prints and saves accuracy vs cost at fixed thresholds (plus the calibrated one) for one split."""
+    split = preds.split
+    calibrated, source = load_threshold(Path(a.out), a.cost_of)
+    rows = sweep(preds, [*SWEEP_THRESHOLDS, calibrated])
+    little_only, big_only = preds.at(-1.0), preds.at(1.0)
+    print(f"{'threshold':>9} {'accuracy %':>10} {'cost MB':>8} {'calls':>5}")
+    for r in rows:
+        mark = "  <- calibrated" if r["threshold"] == calibrated and source != "default" else ""
+        print(f"{r['threshold']:9.3f} {100 * r['accuracy']:10.3f} {r['cost_mb']:8.3f} {r['calls']:5d}{mark}")
+    print(f"little only {100 * little_only['accuracy']:.3f}%; big on every clip "
+          f"{100 * big_only['accuracy']:.3f}% at {big_only['cost_mb']:.3f} MB")
+    out = Path(a.results)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"sweep_{split}" if a.cost_of == "rest-spec" else f"sweep_{split}_{a.cost_of}"
+    doc = {"split": split, "big": big_source, "cost_of": a.cost_of, "calibrated_threshold": calibrated,
+           "threshold_source": source, "little_only": little_only, "big_always": big_only, "rows": rows}
+    (out / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    plot_sweep(out / f"{stem}.png", rows, split, calibrated if source != "default" else None,
+               little_only, big_only, a.cost_of)
+    print(f"wrote {out / stem}.json and .png")
+    return 0
+
+
+def write_calibration(a: argparse.Namespace, preds: dict[str, SplitPredictions], big_source: str) -> int:
+    """Picks a threshold per way of asking on val (the same budget buys more clips with smaller requests)
+    and records them, with how they were chosen, in models/cascade.json; the top-level threshold is the
+    reference wire format's (rest-spec)."""
     target = ({"target_accuracy": a.target_accuracy} if a.target_accuracy is not None
               else {"budget_mb": DEFAULT_BUDGET_MB if a.budget_mb is None else a.budget_mb})
-    doc = {"threshold": chosen["threshold"], "split": "val", "target": target,
-           "val_accuracy": chosen["accuracy"], "val_cost_mb": chosen["cost_mb"], "val_calls": chosen["calls"],
-           "val_clips": len(preds.names), "val_little_accuracy": preds.at(-1.0)["accuracy"],
+    chosen: dict[str, dict[str, Any]] = {}
+    for way, p in preds.items():
+        if p.split != "val":
+            raise ValueError(f"thresholds are chosen on val, not {p.split}")
+        c = pick_threshold(p, a.target_accuracy, a.budget_mb)
+        chosen[way] = {"threshold": c["threshold"], "val_accuracy": c["accuracy"], "val_cost_mb": c["cost_mb"],
+                       "val_calls": c["calls"]}
+        print(f"{way:<14} threshold {c['threshold']:.4f}: val accuracy {100 * c['accuracy']:.3f}% at "
+              f"{c['cost_mb']:.3f} MB ({c['calls']} calls)")
+    spec = preds["rest-spec"]
+    doc = {**chosen["rest-spec"], "split": "val", "target": target, "val_clips": len(spec.names),
+           "val_little_accuracy": spec.at(-1.0)["accuracy"], "ways": chosen,
            "little": KwsModel(a.little).card.sha256, "big": big_source,
            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     Path(a.out).write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"threshold {chosen['threshold']:.4f}: val accuracy {100 * chosen['accuracy']:.3f}% at "
-          f"{chosen['cost_mb']:.3f} MB ({chosen['calls']} calls) -> {a.out}")
+    print(f"-> {a.out}")
     return 0
 
 

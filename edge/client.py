@@ -37,11 +37,15 @@ def should_ask(margin: float | np.ndarray, threshold: float) -> bool | np.ndarra
     return margin <= threshold
 
 
-def load_threshold(path: Path = CASCADE_FILE) -> tuple[float, str]:
-    """The calibrated threshold and where it came from."""
-    if path.is_file():
-        return float(json.loads(path.read_text())["threshold"]), str(path)
-    return DEFAULT_THRESHOLD, "default"
+def load_threshold(path: Path = CASCADE_FILE, way: str = "rest-spec") -> tuple[float, str]:
+    """The threshold calibrated for this way of asking big (smaller requests buy more asks within the
+    same budget), else the file's reference-format threshold, else DEFAULT_THRESHOLD; and its source."""
+    if not path.is_file():
+        return DEFAULT_THRESHOLD, "default"
+    doc = json.loads(path.read_text())
+    if way in doc.get("ways", {}):
+        return float(doc["ways"][way]["threshold"]), f"{path.name}, calibrated on val for {way}"
+    return float(doc["threshold"]), f"{path.name}, calibrated on val for rest-spec"
 
 
 def little_on_file(little: KwsModel, wav_path: Path) -> tuple[np.ndarray, int, float, float]:
@@ -134,7 +138,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def config_from_args(a: argparse.Namespace) -> ClientConfig:
     if a.threshold is None:
-        threshold, source = load_threshold(Path(a.cascade))
+        way = "rest-spec" if a.transport == "rest" else f"grpc-{a.payload}"
+        threshold, source = load_threshold(Path(a.cascade), way)
     else:
         threshold, source = a.threshold, "--threshold"
     suffix = a.transport if a.transport == "rest" or a.payload == "wav" else f"grpc_{a.payload}"

@@ -22,17 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from edge.client import ROOT, little_on_file, load_threshold, should_ask
+from edge.client import CASCADE_FILE, ROOT, little_on_file, load_threshold, should_ask
 from edge.report import MB
-from edge.transports import (PAYLOADS, GrpcTransport, RestSpecTransport, RetryPolicy, Transport, build_request,
-                             spec_body, spec_bytes)
+from edge.transports import WAYS, GrpcTransport, RestSpecTransport, RetryPolicy, Transport, request_for, wire_bytes
 from kws.v1 import kws_pb2 as pb
 from kws_rpc.audio import decode_wav
 from kws_rpc.codec import audio_from_proto, check_config, prediction_to_proto, tensor_from_proto
 from kws_rpc.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
 from kws_rpc.model import KwsModel
-
-WAYS = ("rest-spec", *(f"grpc-{p}" for p in PAYLOADS))
 
 
 def local_answer(big: KwsModel, request: pb.PredictRequest | dict[str, Any]) -> str:
@@ -51,23 +48,30 @@ def local_answer(big: KwsModel, request: pb.PredictRequest | dict[str, Any]) -> 
 def measure(way: str, clips: list[tuple[str, np.ndarray]], big: KwsModel | None, remote: Transport | None,
             device: str) -> dict[str, Any]:
     """Sends every clip one way; returns sizes and big's labels (None where a remote call failed)."""
-    payload = way.split("-", 1)[1]
     sizes: list[int] = []
     labels: list[str | None] = []
     for name, audio in clips:
         label = remote.ask(audio, name).label if remote is not None else None
         config = big.feature_config if big is not None else getattr(remote, "config", None)
-        request: pb.PredictRequest | dict[str, Any] | None = None
-        if way == "rest-spec":
-            request = spec_body(audio, device)
-        elif config is not None or not payload.startswith("mfcc"):  # else the server never sent metadata
-            request = build_request(audio, payload, name, config)
-        if request is not None:
-            sizes.append(spec_bytes(request) if isinstance(request, dict) else request.ByteSize())
-            if big is not None:
-                label = local_answer(big, request)
-        labels.append(label)
+        if way.startswith("grpc-mfcc") and config is None:  # the server never sent its metadata
+            labels.append(label)
+            continue
+        request = request_for(way, audio, name, device, config)
+        sizes.append(wire_bytes(request))
+        labels.append(local_answer(big, request) if big is not None else label)
     return {"sizes": sizes, "labels": labels}
+
+
+def outcome(threshold: float, margins: np.ndarray, little: list[str], true: list[str],
+            answers: dict[int, tuple[str | None, int]]) -> dict[str, Any]:
+    """Accuracy, cost and calls of the cascade at ``threshold`` given big's answers and request sizes."""
+    asked = [i for i in np.flatnonzero(should_ask(margins, threshold)) if i in answers]
+    final = list(little)
+    for i in asked:
+        final[i] = answers[i][0] or final[i]
+    return {"threshold": threshold, "calls": len(asked), "failures": sum(answers[i][0] is None for i in asked),
+            "cost_mb": sum(answers[i][1] for i in asked) / MB,
+            "accuracy": float(np.mean([f == t for f, t in zip(final, true)]))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--local-big", action="store_true", help="decode each request locally instead of a server")
     ap.add_argument("--url", default="http://127.0.0.1:8080/", help="REST gateway")
     ap.add_argument("--grpc", default="127.0.0.1:50051", help="gRPC server")
-    ap.add_argument("--threshold", type=float, default=None, help="default: models/cascade.json")
+    ap.add_argument("--threshold", type=float, default=None, help="one threshold for all (default: cascade.json)")
+    ap.add_argument("--cascade", default=str(CASCADE_FILE), help="calibrated thresholds")
     ap.add_argument("--split", default="test", choices=("val", "test"))
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--data-dir", default=None)
@@ -87,22 +92,21 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
-    threshold, source = (a.threshold, "--threshold") if a.threshold is not None else load_threshold()
+    common, source = ((a.threshold, "--threshold") if a.threshold is not None
+                      else load_threshold(Path(a.cascade), "rest-spec"))
+    own = {w: common if a.threshold is not None else load_threshold(Path(a.cascade), w)[0] for w in WAYS}
     little = KwsModel(a.little)
     big = KwsModel(a.big) if a.local_big else None
     root = find_dataset(a.data_dir) / DATASET_DIR
     names = split_names(a.split)[: a.limit]
     true = [LABELS[label_of(n)] for n in names]
-    little_labels, asked = [], []
-    for name in tqdm(names, desc=f"little on {a.split}", unit="clip"):
-        audio, idx, margin, _ = little_on_file(little, root / name)
+    little_labels, margins, audios = [], np.zeros(len(names)), {}
+    widest = max([common, *own.values()])
+    for i, name in enumerate(tqdm(names, desc=f"little on {a.split}", unit="clip")):
+        audio, idx, margins[i], _ = little_on_file(little, root / name)
         little_labels.append(little.labels[idx])
-        if should_ask(margin, threshold):
-            asked.append((name, audio))
-    if not asked:  # sizes still worth showing: measure on the first clips
-        print(f"no clip asked at threshold {threshold:g}; sizes from the first 20 clips, accuracy = little's")
-    sample = asked or [(n, little_on_file(little, root / n)[0]) for n in names[:20]]
-    index = {n: i for i, n in enumerate(names)}
+        if should_ask(margins[i], widest) or i < 20:  # the first clips size requests even if none is asked
+            audios[i] = audio
     rows = []
     for way in tqdm(WAYS, desc="payloads", unit="way"):
         remote: Transport | None = None
@@ -111,30 +115,29 @@ def main(argv: list[str] | None = None) -> int:
             remote = (RestSpecTransport(a.url, a.device, policy) if way == "rest-spec"
                       else GrpcTransport(a.grpc, way.split("-", 1)[1], policy))
         try:
-            m = measure(way, sample, big, remote, a.device)
+            m = measure(way, [(names[i], x) for i, x in audios.items()], big, remote, a.device)
         finally:
             if remote is not None:
                 remote.close()
-        final = list(little_labels)
-        if asked:
-            for (name, _), label in zip(asked, m["labels"]):
-                final[index[name]] = label or final[index[name]]
+        answers = dict(zip(audios, zip(m["labels"], m["sizes"])))
         sizes = np.array(m["sizes"] or [0])
+        at_common = outcome(common, margins, little_labels, true, answers)
+        at_own = outcome(own[way], margins, little_labels, true, answers)
         rows.append({"way": way, "bytes_mean": float(sizes.mean()), "bytes_min": int(sizes.min()),
-                     "bytes_max": int(sizes.max()), "calls": len(asked),
-                     "failures": sum(lb is None for lb in m["labels"]) if asked else 0,
-                     "cost_mb": float(sizes.sum() / MB) if asked else 0.0,
-                     "accuracy": float(np.mean([f == t for f, t in zip(final, true)]))})
-    print(f"{a.split} split, {len(names)} clips, threshold {threshold:g} ({source}), big "
-          f"{'local ' + a.big if big is not None else 'remote'}")
-    print(f"{'way':<14} {'bytes/request':>13} {'x spec':>7} {'calls':>5} {'fail':>4} {'cost MB':>8} {'accuracy %':>10}")
+                     "bytes_max": int(sizes.max()), "at_spec_threshold": at_common, "at_own_threshold": at_own})
+    print(f"{a.split} split, {len(names)} clips, big {'local ' + a.big if big is not None else 'remote'}; "
+          f"spec threshold {common:g} ({source}); own = calibrated on val for that way")
+    print(f"{'way':<14} {'bytes/req':>9} {'x spec':>6} | {'calls':>5} {'cost MB':>8} {'acc %':>7} | "
+          f"{'own thr':>7} {'calls':>5} {'cost MB':>8} {'acc %':>7} {'fail':>4}")
     spec = rows[0]["bytes_mean"] or 1.0
     for r in rows:
-        print(f"{r['way']:<14} {r['bytes_mean']:13.0f} {r['bytes_mean'] / spec:7.3f} {r['calls']:5d} "
-              f"{r['failures']:4d} {r['cost_mb']:8.3f} {100 * r['accuracy']:10.3f}")
+        c, o = r["at_spec_threshold"], r["at_own_threshold"]
+        print(f"{r['way']:<14} {r['bytes_mean']:9.0f} {r['bytes_mean'] / spec:6.3f} | {c['calls']:5d} "
+              f"{c['cost_mb']:8.3f} {100 * c['accuracy']:7.3f} | {o['threshold']:7.4f} {o['calls']:5d} "
+              f"{o['cost_mb']:8.3f} {100 * o['accuracy']:7.3f} {c['failures'] + o['failures']:4d}")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"split": a.split, "clips": len(names), "threshold": threshold,
+    out.write_text(json.dumps({"split": a.split, "clips": len(names), "spec_threshold": common,
                                "threshold_source": source, "big": a.big if big is not None else
                                {"rest": a.url, "grpc": a.grpc}, "rows": rows}, indent=1) + "\n")
     print(f"wrote {out}")

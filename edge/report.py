@@ -60,7 +60,7 @@ REFERENCE_POINTS = (("reference cascade", 0.93125, 0.245), ("reference best", 0.
 
 
 def plot_sweep(path: Path, rows: Sequence[dict[str, Any]], split: str, calibrated: float | None,
-               little_only: dict[str, Any], big_only: dict[str, Any]) -> None:
+               little_only: dict[str, Any], big_only: dict[str, Any], cost_of: str = "rest-spec") -> None:
     """Accuracy against communication cost, one point per threshold, with the reference points."""
     import matplotlib
 
@@ -83,7 +83,7 @@ def plot_sweep(path: Path, rows: Sequence[dict[str, Any]], split: str, calibrate
     ax.axhline(100 * big_only["accuracy"], ls="--", c="gray", label="big on every clip")
     ax.set_xscale("symlog", linthresh=0.1)
     ax.set_xlim(left=0)
-    ax.set_xlabel("communication cost (MB, spec REST body)")
+    ax.set_xlabel(f"communication cost (MB of {cost_of} requests)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"Big/Little cascade: accuracy vs cost over margin thresholds ({split} split)")
     ax.grid(alpha=0.3)

@@ -176,6 +176,24 @@ def build_request(audio: np.ndarray, payload: str, clip_id: str, config: Feature
         tensor=tensor_to_proto(feats, _TENSOR_DTYPE[payload]), config=config_to_proto(config)))
 
 
+WAYS = ("rest-spec", *(f"grpc-{p}" for p in PAYLOADS))
+
+
+def request_for(way: str, audio: np.ndarray, clip_id: str, device: str,
+                config: FeatureConfig | None) -> pb.PredictRequest | dict[str, Any]:
+    """What one way of asking big ("rest-spec" or "grpc-<payload>") puts on the wire for a clip."""
+    if way == "rest-spec":
+        return spec_body(audio, device)
+    if not way.startswith("grpc-"):
+        raise ValueError(f"unknown way {way!r}; choose from {WAYS}")
+    return build_request(audio, way[len("grpc-"):], clip_id, config)
+
+
+def wire_bytes(request: pb.PredictRequest | dict[str, Any]) -> int:
+    """Bytes of one request: the reference rule for the spec body, the serialized size for gRPC."""
+    return spec_bytes(request) if isinstance(request, dict) else request.ByteSize()
+
+
 _RETRY_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
 
 

@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 
 from edge import calibrate
-from edge.client import ClientConfig, run, should_ask
+from edge.client import ClientConfig, load_threshold, run, should_ask
 from edge.report import headline, summarize
-from edge.transports import GrpcTransport, RestSpecTransport, RetryPolicy, build_request, spec_body, spec_bytes
+from edge.transports import (WAYS, GrpcTransport, RestSpecTransport, RetryPolicy, build_request, spec_body,
+                             spec_bytes)
 from kws_rpc.audio import decode_wav, read_wav
 from kws_rpc.model import softmax_margin
 
@@ -150,9 +151,9 @@ def test_cascade_replay_and_threshold_choice() -> None:
 def test_calibration_uses_val_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     splits: list[str] = []
 
-    def fake_predict_split(split: str, *args: object, **kw: object) -> calibrate.SplitPredictions:
+    def fake_predict_split(split: str, *args: object, ways: list[str], **kw: object) -> dict[str, object]:
         splits.append(split)
-        return toy_predictions(split)
+        return {w: toy_predictions(split) for w in ways}
 
     class FakeModel:
         card = type("Card", (), {"sha256": "abc"})()
@@ -164,6 +165,8 @@ def test_calibration_uses_val_only(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     doc = json.loads(out.read_text())
     assert splits == ["val"] and doc["split"] == "val" and doc["val_accuracy"] == 6 / 7
     assert doc["target"] == {"target_accuracy": 0.8} and 0.1 <= doc["threshold"] < 0.3
+    assert set(doc["ways"]) == set(WAYS) and doc["ways"]["rest-spec"]["threshold"] == doc["threshold"]
+    assert load_threshold(out, "grpc-mfcc-i8")[0] == doc["ways"]["grpc-mfcc-i8"]["threshold"]
     with pytest.raises(SystemExit):
         calibrate.main(["--local-big", "--split", "test", "--out", str(out)])
     assert splits == ["val"]
