@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import format_table, write_results
-from edge.coop import MEMBERS, MODELS, CoopClient, CoopConfig, report
+from edge.coop import CoopClient, CoopConfig, default_members, report
 from kws_rpc.data import find_dataset, load_split
 from kws_rpc.mqtt.broker import EmbeddedBroker, Mosquitto
 from kws_rpc.mqtt.connection import BrokerSettings
@@ -86,8 +86,7 @@ def measure(kind: str, count: int, models: Sequence[str], audio, labels, names) 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     env = os.environ.get("KWS_TEST_MEMBERS")
-    p.add_argument("--models", nargs="+", default=env.split(",") if env else
-                   [str(MODELS / f"{m}.tflite") for m in MEMBERS])
+    p.add_argument("--models", nargs="+", default=env.split(",") if env else default_members())
     p.add_argument("--workers", nargs="+", type=int, default=[3, 5])
     p.add_argument("--brokers", nargs="+", default=["amqtt", "mosquitto"], choices=("amqtt", "mosquitto"))
     p.add_argument("--limit", type=int, default=0, help="first N test clips (0 = all 800)")

@@ -46,7 +46,14 @@ SAMPLE_RATE = 16000
 PAYLOADS = ("auto", "features", "audio")
 PREPROCESS_CHUNK = 32
 MODELS = Path(__file__).resolve().parent.parent / "models"
-MEMBERS = ("big", "member_cnn", "member_dscnn")  # the shipped ensemble; all take 49x40 log-mel
+MEMBERS = ("big", "member_cnn", "member_dscnn")  # used when models/ensemble.json is absent
+
+
+def default_members() -> list[str]:
+    """The shipped ensemble as models/ensemble.json lists it (all members take one feature config)."""
+    manifest = MODELS / "ensemble.json"
+    names = json.loads(manifest.read_text())["members"] if manifest.is_file() else MEMBERS
+    return [str(MODELS / f"{m}.tflite") for m in names]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,8 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Cooperative keyword spotting over MQTT (ensemble of workers).")
     p.add_argument("--broker", help="mqtt://host:port of running workers; absent = embedded broker + in-process "
                    "workers for --models")
-    p.add_argument("--models", nargs="+", default=[str(MODELS / f"{m}.tflite") for m in MEMBERS],
-                   help="members to start when --broker is absent")
+    p.add_argument("--models", nargs="+", default=default_members(),
+                   help="members to start when --broker is absent (default: models/ensemble.json)")
     p.add_argument("--deployment", default="default")
     p.add_argument("--client-id", default="coop", help="fixed MQTT client id (persistent session)")
     p.add_argument("--split", default="test", choices=("test", "val"))

@@ -18,7 +18,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge.coop import PREPROCESS_CHUNK, CoopClient, CoopConfig, report
+from edge.coop import PREPROCESS_CHUNK, CoopClient, CoopConfig, default_members, report
 from kws.v1 import kws_pb2 as pb
 from kws_rpc import ensemble
 from kws_rpc.features import mfcc
@@ -35,8 +35,7 @@ CLIPS = 48
 
 def member_paths() -> list[str]:
     env = os.environ.get("KWS_TEST_MEMBERS")
-    paths = env.split(",") if env else [str(REPO / "models" / f"{m}.tflite")
-                                        for m in ("big", "member_cnn", "member_dscnn")]
+    paths = env.split(",") if env else default_members()
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         pytest.skip(f"ensemble members not found: {missing} (set KWS_TEST_MEMBERS)")
