@@ -71,7 +71,7 @@ def plot_sweep(path: Path, rows: Sequence[dict[str, Any]], split: str, calibrate
     xs, ys = [r["cost_mb"] for r in rows], [100 * r["accuracy"] for r in rows]
     ax.plot(xs, ys, "o-", ms=3, label=f"this cascade ({split})")
     for r in rows[:: max(1, len(rows) // 8)]:
-        ax.annotate(f"{r['threshold']:g}", (r["cost_mb"], 100 * r["accuracy"]), fontsize=7,
+        ax.annotate(f"{r['threshold']:.3g}", (r["cost_mb"], 100 * r["accuracy"]), fontsize=7,
                     textcoords="offset points", xytext=(3, -9))
     for name, acc, mb in REFERENCE_POINTS:
         ax.plot([mb], [100 * acc], "*", ms=12, label=f"{name}: {100 * acc:.3f}% @ {mb} MB")
@@ -82,12 +82,12 @@ def plot_sweep(path: Path, rows: Sequence[dict[str, Any]], split: str, calibrate
     ax.axhline(100 * little_only["accuracy"], ls=":", c="gray", label="little only")
     ax.axhline(100 * big_only["accuracy"], ls="--", c="gray", label="big on every clip")
     ax.set_xscale("symlog", linthresh=0.1)
-    ax.set_xlim(left=0)
+    ax.set_xlim(0, 1.4 * max([*xs, *(mb for _, _, mb in REFERENCE_POINTS)]))
     ax.set_xlabel(f"communication cost (MB of {cost_of} requests)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"Big/Little cascade: accuracy vs cost over margin thresholds ({split} split)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
