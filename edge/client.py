@@ -25,6 +25,7 @@ from kws_rpc.audio import pad_or_trim, read_wav
 from kws_rpc.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
 from kws_rpc.model import KwsModel, softmax_margin
 
+log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 CASCADE_FILE = ROOT / "models" / "cascade.json"
 # Used only when models/cascade.json is missing (run `make calibrate`): a margin of 0.2 sends the clips
@@ -46,6 +47,13 @@ def load_threshold(path: Path = CASCADE_FILE, way: str = "rest-spec") -> tuple[f
     if way in doc.get("ways", {}):
         return float(doc["ways"][way]["threshold"]), f"{path.name}, calibrated on val for {way}"
     return float(doc["threshold"]), f"{path.name}, calibrated on val for rest-spec"
+
+
+def warn_if_stale(cfg: ClientConfig, little: KwsModel) -> None:
+    """A threshold calibrated for another little model means another trade-off than the file says."""
+    if cfg.calibrated_for is not None and cfg.calibrated_for != little.card.sha256:
+        log.warning("the threshold was calibrated for another little model (sha256 %.12s, this one %.12s): "
+                    "rerun `make calibrate`", cfg.calibrated_for, little.card.sha256)
 
 
 def little_on_file(little: KwsModel, wav_path: Path) -> tuple[np.ndarray, int, float, float]:
@@ -74,6 +82,7 @@ class ClientConfig:
     device: str
     policy: RetryPolicy
     progress: bool = True
+    calibrated_for: str | None = None  # sha256 of the little model the threshold was calibrated for
 
 
 def make_transport(cfg: ClientConfig) -> Transport:
@@ -87,6 +96,7 @@ def run(cfg: ClientConfig, transport: Transport | None = None) -> tuple[list[Cli
     from tqdm import tqdm
 
     little = KwsModel(cfg.little)
+    warn_if_stale(cfg, little)
     root = find_dataset(cfg.data_dir) / DATASET_DIR
     names = split_names(cfg.split)[: cfg.limit]
     own = transport is None
@@ -137,9 +147,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def config_from_args(a: argparse.Namespace) -> ClientConfig:
+    calibrated_for = None
     if a.threshold is None:
         way = "rest-spec" if a.transport == "rest" else f"grpc-{a.payload}"
         threshold, source = load_threshold(Path(a.cascade), way)
+        if source != "default":
+            calibrated_for = json.loads(Path(a.cascade).read_text()).get("little")
     else:
         threshold, source = a.threshold, "--threshold"
     suffix = a.transport if a.transport == "rest" or a.payload == "wav" else f"grpc_{a.payload}"
@@ -148,7 +161,8 @@ def config_from_args(a: argparse.Namespace) -> ClientConfig:
                         payload=a.payload if a.transport == "grpc" else "spec", threshold=threshold,
                         threshold_source=source, split=a.split, limit=a.limit, data_dir=a.data_dir,
                         report=report, device=a.device,
-                        policy=RetryPolicy(timeout_s=a.timeout, retries=a.retries), progress=not a.no_progress)
+                        policy=RetryPolicy(timeout_s=a.timeout, retries=a.retries), progress=not a.no_progress,
+                        calibrated_for=calibrated_for)
 
 
 def main(argv: list[str] | None = None) -> int:
