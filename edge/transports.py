@@ -223,6 +223,8 @@ class GrpcTransport:
         code = e.code().name if e.code() is not None else "UNKNOWN"
         if code in _RETRY_CODES:
             return Retryable(f"{code}: {e.details()}", sent=code != "UNAVAILABLE")
+        if code == "INVALID_ARGUMENT":  # e.g. the server now runs another model: relearn its features
+            self.config = None
         return Rejected(f"{code}: {e.details()}")
 
     def _fetch_config(self) -> str:
@@ -248,6 +250,8 @@ class GrpcTransport:
                 reply = self._stub.Predict(request, timeout=self._caller.policy.timeout_s)
             except self._grpc.RpcError as e:
                 raise self._rpc_error(e) from None
+            if not reply.prediction.label:
+                raise Rejected("the reply carries no label")
             return reply.prediction.label
 
         return self._caller.call(attempt, request.ByteSize())
