@@ -163,29 +163,30 @@ class CoopClient:
         tag = uuid.uuid4().hex[:8]
         rids = [f"{tag}-{i:05d}" for i in range(len(audio))]
         t0 = time.perf_counter()
-        cfg: FeatureConfig | None = None
-        if self.config.payload != "audio":
-            cfg = shared_config(list(live.values()))
-            if cfg is None and self.config.payload == "features":
-                raise KwsError("--payload features: the live workers do not share one feature config")
         sizes: list[int] = []
+        kinds: dict[str, int] = {}
         shape: tuple[int, ...] = ()
         preprocess_s = 0.0
         # Features are computed chunk by chunk between publishes, so workers start on the first chunk
-        # while the client computes the next one.
+        # while the client computes the next one. The payload is decided per clip from the workers it
+        # invites: one that joins mid-run with another feature config turns later clips into audio.
         for start in range(0, len(rids), PREPROCESS_CHUNK):
             chunk = audio[start : start + PREPROCESS_CHUNK]
-            tp = time.perf_counter()
-            feats = mfcc(chunk, cfg) if cfg is not None else None
-            preprocess_s += time.perf_counter() - tp
+            feats: dict[FeatureConfig, np.ndarray] = {}
             for j, rid in enumerate(rids[start : start + len(chunk)]):
-                if feats is not None and cfg is not None:
-                    data, shape = features_request(rid, feats[j], cfg), feats.shape[1:]
+                clip = self.ballot.open(rid, start + j)  # before publishing, so an early vote finds it
+                cfg = self._payload_config(clip.invited)
+                if cfg is not None:
+                    if cfg not in feats:
+                        tp = time.perf_counter()
+                        feats[cfg] = mfcc(chunk, cfg)
+                        preprocess_s += time.perf_counter() - tp
+                    data, shape, kind = features_request(rid, feats[cfg][j], cfg), feats[cfg].shape[1:], "features-f16"
                 else:
-                    data = audio_request(rid, chunk[j], SAMPLE_RATE)
-                self.ballot.open(rid, start + j)
+                    data, kind = audio_request(rid, chunk[j], SAMPLE_RATE), "audio-pcm16"
                 self.client.publish(self.topics.clips, data, qos=2)
                 sizes.append(len(data))
+                kinds[kind] = kinds.get(kind, 0) + 1
                 if self.config.interval_s:
                     threading.Event().wait(self.config.interval_s)
         t2 = time.perf_counter()
@@ -198,8 +199,18 @@ class CoopClient:
         if bar:
             bar.close()
         t3 = time.perf_counter()
-        return Run(self.ballot, rids, "features-f16" if cfg is not None else "audio-pcm16", sizes,
-                   preprocess_s, t2 - t0, t3 - t0, list(self._vote_bytes), tuple(shape))
+        kind = next(iter(kinds)) if len(kinds) == 1 else ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+        return Run(self.ballot, rids, kind, sizes, preprocess_s, t2 - t0, t3 - t0, list(self._vote_bytes),
+                   tuple(shape) or tuple(audio.shape[1:]))
+
+    def _payload_config(self, invited: frozenset[str]) -> FeatureConfig | None:
+        """The feature config to send to these workers, or None to send audio."""
+        if self.config.payload == "audio" or not invited:
+            return None
+        cfg = shared_config([self.statuses[w] for w in sorted(invited) if w in self.statuses])
+        if cfg is None and self.config.payload == "features":
+            raise KwsError("--payload features: the live workers do not share one feature config")
+        return cfg
 
 
 def start_local(models: Sequence[str], deployment: str) -> tuple[EmbeddedBroker, list[Worker]]:

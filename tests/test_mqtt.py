@@ -101,14 +101,24 @@ def coop(url: str, dep: str, workers: int, **kw: object) -> CoopClient:
 
 
 def offline_votes(paths: list[str], audio: np.ndarray) -> list[np.ndarray]:
-    """The same models on the same clips, without MQTT: features computed in the client's chunks and
-    rounded to float16 as on the wire."""
+    """The same models on the same clips, without MQTT, fed what the wire carries: features computed in
+    the client's chunks and rounded to float16 when the members share a feature config, else 16-bit PCM
+    from which each model computes its own features."""
+    from kws_rpc.audio import float_to_pcm16, pcm16_to_float
+
     models = [KwsModel(p) for p in paths]
-    cfg = models[0].feature_config
-    feats = np.concatenate([mfcc(audio[i : i + PREPROCESS_CHUNK], cfg)
-                            for i in range(0, len(audio), PREPROCESS_CHUNK)])
-    feats = feats.astype(np.float16).astype(np.float32)
-    return ensemble.stack_models([m.predict(feats) for m in models])
+    if len({m.feature_config for m in models}) == 1:
+        cfg = models[0].feature_config
+        feats = np.concatenate([mfcc(audio[i : i + PREPROCESS_CHUNK], cfg)
+                                for i in range(0, len(audio), PREPROCESS_CHUNK)])
+        feats = feats.astype(np.float16).astype(np.float32)
+        return ensemble.stack_models([m.predict(feats) for m in models])
+    pcm = [pcm16_to_float(float_to_pcm16(clip)) for clip in audio]
+    return ensemble.stack_models([np.concatenate([m.predict(m.features(c)) for c in pcm]) for m in models])
+
+
+def shared(paths: list[str]) -> bool:
+    return len({KwsModel(p).feature_config for p in paths}) == 1
 
 
 def stop_all(workers: list[Worker], client: CoopClient | None = None) -> None:
@@ -165,7 +175,10 @@ def test_end_to_end_matches_offline_ensemble(broker_url: str, members: list[str]
         stop_all(workers, client)
     assert rep["clips"] == CLIPS and rep["decided_by"] == {"all voted": CLIPS}
     assert rep["missing_predictions"] == 0 and rep["votes_received"] == CLIPS * len(members)
-    assert rep["payload"] == "features-f16" and rep["bytes_per_clip_message"] < 4200
+    if shared(members):  # the shipped members: one 49x40 log-mel tensor, float16
+        assert rep["payload"] == "features-f16" and rep["bytes_per_clip_message"] < 4200
+    else:
+        assert rep["payload"] == "audio-pcm16"
     offline = offline_votes(members, audio)
     for policy in ensemble.POLICIES:
         assert rep["per_policy_accuracy"][policy] == ensemble.accuracy(policy, offline, y), policy

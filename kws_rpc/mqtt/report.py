@@ -26,7 +26,7 @@ class Run:
     publish_s: float  # preprocessing + publishing (interleaved)
     end_to_end_s: float  # preprocessing + publishing + collecting until the last clip is decided
     vote_bytes: list[int] = dataclasses.field(default_factory=list)
-    feature_shape: tuple[int, ...] = ()
+    feature_shape: tuple[int, ...] = ()  # of the float32 tensor a clip stands for (features or samples)
 
 
 def clip_votes(clips: Sequence[Clip]) -> list[np.ndarray]:
