@@ -156,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     if not a.sweep and a.split not in (None, "val"):
         raise SystemExit("calibration picks the threshold on val only; use --sweep to look at other splits")
     ways = [a.cost_of] if a.sweep else list(dict.fromkeys(["rest-spec", *(a.ways or WAYS)]))
-    if not a.local_big and a.transport == "rest" and not a.sweep and a.ways is None:
-        ways = ["rest-spec", "grpc-wav", "grpc-pcm"]  # MFCC sizes need the metadata only gRPC gives
+    if not a.local_big and not a.sweep and a.ways is None and not (a.transport == "grpc" and
+                                                                   a.payload.startswith("mfcc")):
+        ways = ["rest-spec", "grpc-wav", "grpc-pcm"]  # MFCC sizes need the metadata an MFCC transport learns
     transport = make_transport(a)
     try:
         preds = predict_split(split, Path(a.little), Path(a.big) if a.local_big else None, transport,
