@@ -185,7 +185,7 @@ def test_client_keeps_little_answers_when_server_is_down(transport: str, little:
     target = f"http://127.0.0.1:{port}/" if transport == "rest" else f"127.0.0.1:{port}"
     t0 = time.monotonic()
     records, summary = run(client_config(little, tmp_path, transport, target, limit=12))
-    assert time.monotonic() - t0 < 20
+    assert time.monotonic() - t0 < 120  # never hangs (a guard, not a speed goal: the machine may be busy)
     assert summary["calls"] == 12 and summary["failures"] == 12 and summary["cost_mb"] == 0.0
     assert all(r.big_label is None and r.final_label == r.little_label for r in records)
     assert summary["accuracy"] == summary["little_accuracy"]
@@ -194,11 +194,13 @@ def test_client_keeps_little_answers_when_server_is_down(transport: str, little:
 
 @pytest.mark.parametrize("http_server", [{"delay_s": 2.0}], indirect=True)
 def test_client_survives_a_slow_server(http_server, little: Path, tmp_path: Path, dataset_root: Path) -> None:
-    url, _ = http_server
+    url, handler = http_server
     t0 = time.monotonic()
     records, summary = run(client_config(little, tmp_path, "rest", url, limit=10))
-    # 3 asks time out (2 attempts of 0.3 s each), then the breaker answers locally for the rest.
-    assert time.monotonic() - t0 < 10
+    # 3 asks time out (2 attempts of 0.3 s each), then the breaker answers locally for the rest: the
+    # slow server sees a bounded number of requests however many clips follow.
+    assert len(handler.seen) <= 6
+    assert time.monotonic() - t0 < 120  # never hangs (a guard, not a speed goal: the machine may be busy)
     assert summary["failures"] == 10 and all(r.final_label == r.little_label for r in records)
     assert sum(r.bytes_sent > 0 for r in records) == 3  # timed-out bodies did leave the edge
 
