@@ -33,6 +33,7 @@ class Recipe:
     prune_sparsity: float = 0.0  # gradual magnitude pruning of Conv2D/Dense kernels during training ...
     prune_ramp: tuple[int, int] = (0, 0)  # ... from 0 at the first epoch to prune_sparsity at the second
     augment: AugmentConfig = AugmentConfig()
+    zlib_budget: int = 0  # bytes after zlib level 9 the exported model must fit (0 = no limit)
     teacher: str | None = None  # a shipped model whose probabilities on the same augmented audio ...
     distill_weight: float = 0.0  # ... are blended into the targets with this weight (distillation)
 
@@ -43,10 +44,16 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             name="little", architecture="dscnn", feature=LITTLE_FEATURES, epochs=40, seed=1,
             params=dscnn.Params(filters=56, blocks=4),
-            quantization="int8", prune_sparsity=0.75, prune_ramp=(5, 24),
+            quantization="int8", zlib_budget=20_000, prune_sparsity=0.4, prune_ramp=(4, 20),
             teacher="big", distill_weight=0.5,
-            description="Edge model: DS-CNN on 49x40 log-mel, distilled from big, 75% magnitude-pruned "
-                        "1x1/first-conv/dense kernels, int8 full-integer.",
+            description="Edge model: DS-CNN on 49x40 log-mel, distilled from big, 40% magnitude-pruned "
+                        "1x1/first-conv/dense kernels, int8 full-integer, <= 20,000 bytes after zlib.",
+        ),
+        Recipe(
+            name="little_dense", architecture="dscnn", feature=LITTLE_FEATURES, epochs=40, seed=1,
+            params=dscnn.Params(filters=48, blocks=4),
+            quantization="int8", zlib_budget=20_000, teacher="big", distill_weight=0.5,
+            description="Edge model candidate: narrower dense DS-CNN on 49x40 log-mel, distilled from big, int8.",
         ),
         Recipe(
             name="big", architecture="resnet", feature=SHARED_FEATURES, epochs=30, seed=2,
