@@ -41,19 +41,22 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in [
+        # Two edge candidates were trained together and the shipped one chosen on val accuracy (94.13 % vs
+        # 94.00 %): the dense, narrower one. Both fit 20,000 bytes after zlib only thanks to int8.
         Recipe(
             name="little", architecture="dscnn", feature=LITTLE_FEATURES, epochs=40, seed=1,
+            params=dscnn.Params(filters=48, blocks=4),
+            quantization="int8", zlib_budget=20_000, teacher="big", distill_weight=0.5,
+            description="Edge model: DS-CNN (48 filters, 4 depthwise-separable blocks) on 49x40 log-mel, "
+                        "distilled from big, int8 full-integer, <= 20,000 bytes after zlib.",
+        ),
+        Recipe(
+            name="little_pruned", architecture="dscnn", feature=LITTLE_FEATURES, epochs=40, seed=1,
             params=dscnn.Params(filters=56, blocks=4),
             quantization="int8", zlib_budget=20_000, prune_sparsity=0.4, prune_ramp=(4, 20),
             teacher="big", distill_weight=0.5,
-            description="Edge model: DS-CNN on 49x40 log-mel, distilled from big, 40% magnitude-pruned "
-                        "1x1/first-conv/dense kernels, int8 full-integer, <= 20,000 bytes after zlib.",
-        ),
-        Recipe(
-            name="little_dense", architecture="dscnn", feature=LITTLE_FEATURES, epochs=40, seed=1,
-            params=dscnn.Params(filters=48, blocks=4),
-            quantization="int8", zlib_budget=20_000, teacher="big", distill_weight=0.5,
-            description="Edge model candidate: narrower dense DS-CNN on 49x40 log-mel, distilled from big, int8.",
+            description="Edge candidate: wider DS-CNN, 40% magnitude-pruned 1x1/first-conv/dense kernels "
+                        "during training, int8 (per-tensor to fit the budget). Lost to little on val.",
         ),
         Recipe(
             name="big", architecture="resnet", feature=SHARED_FEATURES, epochs=30, seed=2,
