@@ -37,8 +37,9 @@ def test_incomplete_card_is_refused(tmp_path: Path, little_path: Path) -> None:
 
 def test_features_must_fit_the_card(little_path: Path) -> None:
     m = KwsModel(little_path)
+    frames, coeffs = m.feature_config.shape
     with pytest.raises(ModelMismatch, match="do not fit"):
-        m.predict(np.zeros((49, 40), np.float32))
+        m.predict(np.zeros((frames, coeffs + 1), np.float32))
     bad = np.zeros(m.feature_config.shape, np.float32)
     bad[0, 0] = np.nan
     with pytest.raises(Exception, match="NaN"):
