@@ -133,11 +133,9 @@ def download(dest: Path, url: str = OFFICIAL_URL) -> Path:
 
 
 def _shared_copy() -> Path | None:
-    here = Path(__file__).resolve().parent.parent
-    for cand in (here.parent / "shared" / "data", here / ".." / "shared" / "data"):
-        if (cand / "mini_speech_commands.tar.xz").is_file():
-            return cand.resolve()
-    return None
+    """The copy kept beside the repository (../shared/data), if any."""
+    cand = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    return cand if (cand / "mini_speech_commands.tar.xz").is_file() else None
 
 
 def find_dataset(data_dir: str | os.PathLike | None = None, archive: str | os.PathLike | None = None,

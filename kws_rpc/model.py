@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from kws_rpc.audio import pad_or_trim
 from kws_rpc.card import ModelCard, load_card
 from kws_rpc.errors import InvalidInput, ModelMismatch
 from kws_rpc.features import FeatureConfig, mfcc, resample
@@ -72,8 +73,6 @@ class KwsModel:
         if sample_rate is not None and sample_rate != cfg.sample_rate:
             x = resample(x, sample_rate, cfg.sample_rate)
         if x.shape[-1] != cfg.clip_samples:
-            from kws_rpc.audio import pad_or_trim
-
             x = pad_or_trim(x, cfg.clip_samples)
         return mfcc(x, cfg)
 
