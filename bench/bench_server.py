@@ -10,7 +10,6 @@ bench/results/server.json. Run as ``python -m bench.bench_server`` from the repo
 from __future__ import annotations
 
 import argparse
-import base64
 import dataclasses
 import json
 import re
@@ -27,6 +26,7 @@ import psutil
 import requests
 
 from bench.common import format_table, latency_summary, write_results
+from edge.transports import spec_body_for_wav
 from kws.v1 import kws_pb2 as pb
 from kws.v1 import kws_pb2_grpc as pb_grpc
 
@@ -107,9 +107,7 @@ def rest_client(url: str) -> Callable[[bytes], str]:
 
     def call(wav: bytes) -> str:
         session = local.__dict__.setdefault("s", requests.Session())
-        body = {"bn": "bench", "bt": int(time.time()), "e": [{"n": "audio", "u": "/", "t": 0,
-                                                              "vd": base64.b64encode(wav).decode()}]}
-        r = session.put(url + "/", data=json.dumps(body), timeout=30)
+        r = session.put(url + "/", data=json.dumps(spec_body_for_wav(wav, "bench")), timeout=30)
         r.raise_for_status()
         return r.json()["label"]
 

@@ -113,7 +113,11 @@ class _Caller:
 
 def spec_body(audio: np.ndarray, device: str, timestamp: int | None = None) -> dict[str, Any]:
     """The reference SenML+JSON request: the 1 s clip as a base64 16 kHz WAV file."""
-    wav = encode_wav(audio, SAMPLE_RATE)
+    return spec_body_for_wav(encode_wav(audio, SAMPLE_RATE), device, timestamp)
+
+
+def spec_body_for_wav(wav: bytes, device: str, timestamp: int | None = None) -> dict[str, Any]:
+    """The reference SenML+JSON request around the bytes of a WAV file."""
     return {"bn": device, "bt": int(time.time() if timestamp is None else timestamp),
             "e": [{"n": "audio", "u": "/", "t": 0, "vd": base64.b64encode(wav).decode("ascii")}]}
 
