@@ -3,6 +3,8 @@ MQTT, edge) uses these; the core and the model runtime never see a proto."""
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 from google.protobuf.message import DecodeError
 
@@ -17,16 +19,62 @@ MAX_TENSOR_ELEMENTS = 1 << 20
 MAX_PCM_SECONDS = 2.0
 
 
-def tensor_to_proto(x: np.ndarray, dtype: int = pb.FLOAT32) -> pb.Tensor:
-    """Encodes a float array; INT8 uses one symmetric-range affine scale for the whole tensor."""
+def quantize_int8(x: np.ndarray, levels: int = 256) -> tuple[np.ndarray, float, int]:
+    """Affine int8 codes spanning x's range with ``levels`` values (2..256): codes -128 .. levels-129."""
+    if not 2 <= levels <= 256:
+        raise ValueError(f"levels must be in 2..256, got {levels}")
+    lo, hi = float(x.min()), float(x.max())
+    scale = max(hi - lo, 1e-8) / (levels - 1)
+    zero = int(round(-128 - lo / scale))
+    q = np.clip(np.round(x / scale + zero), -128, levels - 129).astype(np.int8)
+    return q, scale, zero
+
+
+def _grid(a: np.ndarray) -> np.ndarray:
+    return a.reshape(a.shape[0] if a.ndim else 1, -1)
+
+
+def diff2_zlib_encode(q: np.ndarray) -> bytes:
+    """TENSOR_ENCODING_DIFF2_ZLIB (see kws.proto): second differences of the codes mod 256, deflated.
+    Both deflate strategies are tried and the shorter kept (any inflater reads either)."""
+    g = _grid(q.view(np.uint8)).astype(np.int32)
+    r = (np.diff(np.diff(g, axis=0, prepend=0), axis=1, prepend=0) % 256).astype(np.uint8).tobytes()
+    streams = []
+    for strategy in (zlib.Z_DEFAULT_STRATEGY, zlib.Z_HUFFMAN_ONLY):
+        c = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS, 9, strategy)
+        streams.append(c.compress(r) + c.flush())
+    return min(streams, key=len)
+
+
+def diff2_zlib_decode(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of diff2_zlib_encode; never inflates more than the shape needs (no zip bombs)."""
+    count = int(np.prod(shape, dtype=np.int64))
+    d = zlib.decompressobj()
+    try:
+        raw = d.decompress(data, count + 1)
+    except zlib.error as e:
+        raise InvalidInput(f"tensor data is not a valid zlib stream: {e}") from None
+    if len(raw) > count or d.unconsumed_tail:
+        raise InvalidInput(f"tensor data inflates to more than the {count} bytes shape {list(shape)} needs")
+    if len(raw) < count or not d.eof:
+        raise InvalidInput(f"tensor data inflates to {len(raw)} bytes (stream {'complete' if d.eof else 'truncated'}); "
+                           f"shape {list(shape)} needs {count}")
+    r = _grid(np.frombuffer(raw, np.uint8).reshape(shape)).astype(np.int64)
+    g = (np.cumsum(np.cumsum(r, axis=0), axis=1) % 256).astype(np.uint8)
+    return g.reshape(shape).view(np.int8)
+
+
+def tensor_to_proto(x: np.ndarray, dtype: int = pb.FLOAT32, levels: int = 256,
+                    encoding: int = pb.TENSOR_ENCODING_RAW) -> pb.Tensor:
+    """Encodes a float array. INT8 uses one affine scale for the whole tensor, with ``levels`` codes
+    (fewer levels: coarser, and smaller once DIFF2_ZLIB-encoded)."""
     x = np.asarray(x, dtype=np.float32)
-    t = pb.Tensor(dtype=dtype, shape=list(x.shape))
+    t = pb.Tensor(dtype=dtype, shape=list(x.shape), encoding=encoding)
+    if encoding != pb.TENSOR_ENCODING_RAW and dtype != pb.INT8:
+        raise ValueError("only INT8 tensors can be DIFF2_ZLIB-encoded")
     if dtype == pb.INT8:
-        lo, hi = float(x.min()), float(x.max())
-        scale = max(hi - lo, 1e-8) / 255.0
-        zero = int(round(-128 - lo / scale))
-        q = np.clip(np.round(x / scale + zero), -128, 127).astype(np.int8)
-        t.scale, t.zero_point, t.data = scale, zero, q.tobytes()
+        q, t.scale, t.zero_point = quantize_int8(x, levels)
+        t.data = diff2_zlib_encode(q) if encoding == pb.TENSOR_ENCODING_DIFF2_ZLIB else q.tobytes()
     elif dtype in _NP_DTYPE:
         t.data = x.astype(_NP_DTYPE[dtype]).tobytes()
     else:
@@ -35,10 +83,14 @@ def tensor_to_proto(x: np.ndarray, dtype: int = pb.FLOAT32) -> pb.Tensor:
 
 
 def tensor_from_proto(t: pb.Tensor) -> np.ndarray:
-    """Decodes to float32, validating dtype, shape, byte count and finiteness."""
+    """Decodes to float32, validating dtype, encoding, shape, byte count and finiteness."""
     if t.dtype not in _NP_DTYPE:
         raise InvalidInput(f"tensor dtype {pb.DType.Name(t.dtype) if t.dtype in pb.DType.values() else t.dtype} "
                            "is not supported: use FLOAT32, FLOAT16 or INT8")
+    if t.encoding not in (pb.TENSOR_ENCODING_RAW, pb.TENSOR_ENCODING_DIFF2_ZLIB):
+        raise InvalidInput(f"tensor encoding {t.encoding} is not supported: use RAW or DIFF2_ZLIB")
+    if t.encoding == pb.TENSOR_ENCODING_DIFF2_ZLIB and t.dtype != pb.INT8:
+        raise InvalidInput("DIFF2_ZLIB encoding applies to INT8 tensors only")
     shape = tuple(int(d) for d in t.shape)
     if not shape or any(d == 0 for d in shape):
         raise InvalidInput(f"tensor shape {list(shape)} is empty")
@@ -46,10 +98,13 @@ def tensor_from_proto(t: pb.Tensor) -> np.ndarray:
     if count > MAX_TENSOR_ELEMENTS:
         raise PayloadTooLarge(f"tensor of {count} elements exceeds the limit of {MAX_TENSOR_ELEMENTS}")
     dt = _NP_DTYPE[t.dtype]
-    if len(t.data) != count * dt.itemsize:
+    if t.encoding == pb.TENSOR_ENCODING_DIFF2_ZLIB:
+        x = diff2_zlib_decode(t.data, shape)
+    elif len(t.data) != count * dt.itemsize:
         raise InvalidInput(f"tensor data has {len(t.data)} bytes; shape {list(shape)} of "
                            f"{pb.DType.Name(t.dtype)} needs {count * dt.itemsize}")
-    x = np.frombuffer(t.data, dtype=dt).reshape(shape)
+    else:
+        x = np.frombuffer(t.data, dtype=dt).reshape(shape)
     if t.dtype == pb.INT8:
         if not np.isfinite(t.scale) or t.scale <= 0:
             raise InvalidInput("INT8 tensor needs a positive finite scale")

@@ -20,7 +20,7 @@ import pytest
 from edge import calibrate
 from edge.client import ClientConfig, load_threshold, run, should_ask
 from edge.report import headline, summarize
-from edge.transports import (WAYS, GrpcTransport, RestSpecTransport, RetryPolicy, build_request, spec_body,
+from edge.transports import (PAYLOADS, WAYS, GrpcTransport, RestSpecTransport, RetryPolicy, build_request, spec_body,
                              spec_bytes)
 from kws_rpc.audio import decode_wav, read_wav
 from kws_rpc.model import softmax_margin
@@ -224,14 +224,15 @@ def test_payloads_decode_to_the_same_answer(little: Path) -> None:
         audio = fixture_clip(word)
         direct = big.labels[int(np.argmax(big.predict_audio(audio, 16000)[0]))]
         assert local_answer(big, spec_body(audio, "0x1")) == direct
-        for payload in ("wav", "pcm", "mfcc-f32", "mfcc-f16", "mfcc-i8"):
+        for payload in PAYLOADS:
             req = build_request(audio, payload, word, big.feature_config)
             label = local_answer(big, req)
             if payload in ("wav", "pcm", "mfcc-f32"):
                 assert label == direct, payload
-        sizes = {p: build_request(audio, p, word, big.feature_config).ByteSize()
-                 for p in ("wav", "pcm", "mfcc-f32", "mfcc-f16", "mfcc-i8")}
-        assert sizes["mfcc-i8"] < sizes["mfcc-f16"] < sizes["mfcc-f32"] < sizes["pcm"] < sizes["wav"]
+        sizes = {p: build_request(audio, p, word, big.feature_config).ByteSize() for p in PAYLOADS}
+        assert (sizes["mfcc-q5z"] < sizes["mfcc-i8z"] < sizes["mfcc-i8"] < sizes["mfcc-f16"] < sizes["mfcc-f32"]
+                < sizes["pcm"] < sizes["wav"]), sizes
+        assert sizes["mfcc-q5z"] * 40 < spec_bytes(spec_body(audio, "0x1")), sizes
 
 
 def test_grpc_mfcc_needs_metadata_and_fails_softly() -> None:
@@ -266,7 +267,8 @@ def real_server(little_path: Path) -> Iterator[tuple[object, Path]]:
 
 
 @pytest.mark.parametrize("transport,payload", [("rest", "spec"), ("grpc", "wav"), ("grpc", "pcm"),
-                                               ("grpc", "mfcc-f32"), ("grpc", "mfcc-f16"), ("grpc", "mfcc-i8")])
+                                               ("grpc", "mfcc-f32"), ("grpc", "mfcc-f16"), ("grpc", "mfcc-i8"),
+                                               ("grpc", "mfcc-q5z")])
 def test_cascade_end_to_end(real_server, transport: str, payload: str, little: Path, tmp_path: Path,
                             dataset_root: Path) -> None:
     from kws_rpc.model import KwsModel

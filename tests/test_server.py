@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import zlib
+
 import numpy as np
 import pytest
 import requests
@@ -123,6 +125,29 @@ def bad_requests(model: KwsModel, wav: bytes) -> dict[str, pb.PredictRequest]:
         "no dtype": pb.PredictRequest(features=pb.Features(tensor=pb.Tensor(shape=[49, 10], data=b"\x00" * 490))),
         "short data": pb.PredictRequest(features=pb.Features(tensor=pb.Tensor(dtype=pb.FLOAT32, shape=[2], data=b"1"))),
         "no tensor": pb.PredictRequest(features=pb.Features(config=config_to_proto(model.feature_config))),
+        **{f"DIFF2_ZLIB {k}": pb.PredictRequest(features=pb.Features(tensor=t)) for k, t in bad_zlib_tensors(feats).items()},
+    }
+
+
+def bad_zlib_tensors(feats: np.ndarray) -> dict[str, pb.Tensor]:
+    """Compressed INT8 tensors that must be refused: garbage, truncated, too short, a zip bomb, float."""
+    good = tensor_to_proto(feats + np.arange(feats.shape[1]), pb.INT8, 32, pb.TENSOR_ENCODING_DIFF2_ZLIB)
+
+    def like(data: bytes, **kw: object) -> pb.Tensor:
+        t = pb.Tensor()
+        t.CopyFrom(good)
+        t.data = data
+        for k, v in kw.items():
+            setattr(t, k, v)
+        return t
+
+    return {
+        "garbage": like(b"not zlib at all"),
+        "truncated": like(good.data[: len(good.data) // 2]),
+        "too few values": like(zlib.compress(b"\x00" * 100)),
+        "zip bomb": like(zlib.compress(b"\x00" * 50_000_000)),
+        "on FLOAT32": like(good.data, dtype=pb.FLOAT32),
+        "unknown encoding": like(good.data, encoding=7),
     }
 
 

@@ -13,10 +13,17 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FLOAT32: _ClassVar[DType]
     FLOAT16: _ClassVar[DType]
     INT8: _ClassVar[DType]
+
+class TensorEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TENSOR_ENCODING_RAW: _ClassVar[TensorEncoding]
+    TENSOR_ENCODING_DIFF2_ZLIB: _ClassVar[TensorEncoding]
 DTYPE_UNSPECIFIED: DType
 FLOAT32: DType
 FLOAT16: DType
 INT8: DType
+TENSOR_ENCODING_RAW: TensorEncoding
+TENSOR_ENCODING_DIFF2_ZLIB: TensorEncoding
 
 class Audio(_message.Message):
     __slots__ = ("sample_rate", "pcm16", "wav")
@@ -29,18 +36,20 @@ class Audio(_message.Message):
     def __init__(self, sample_rate: _Optional[int] = ..., pcm16: _Optional[bytes] = ..., wav: _Optional[bytes] = ...) -> None: ...
 
 class Tensor(_message.Message):
-    __slots__ = ("dtype", "shape", "data", "scale", "zero_point")
+    __slots__ = ("dtype", "shape", "data", "scale", "zero_point", "encoding")
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
     ZERO_POINT_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
     dtype: DType
     shape: _containers.RepeatedScalarFieldContainer[int]
     data: bytes
     scale: float
     zero_point: int
-    def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., scale: _Optional[float] = ..., zero_point: _Optional[int] = ...) -> None: ...
+    encoding: TensorEncoding
+    def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., scale: _Optional[float] = ..., zero_point: _Optional[int] = ..., encoding: _Optional[_Union[TensorEncoding, str]] = ...) -> None: ...
 
 class FeatureConfig(_message.Message):
     __slots__ = ("sample_rate", "clip_samples", "frame_length", "frame_step", "fft_length", "num_mel_bins", "lower_hz", "upper_hz", "num_mfcc")
