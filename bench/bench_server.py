@@ -26,7 +26,7 @@ import psutil
 import requests
 
 from bench.common import format_table, latency_summary, write_results
-from edge.transports import spec_body_for_wav
+from kws_rpc.senml import spec_body_for_wav
 from kws.v1 import kws_pb2 as pb
 from kws.v1 import kws_pb2_grpc as pb_grpc
 

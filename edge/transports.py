@@ -8,7 +8,6 @@ a dead server costs a run seconds, not ``clips x timeout``.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import logging
@@ -23,6 +22,7 @@ from kws_rpc.audio import encode_wav
 from kws_rpc.codec import audio_to_proto, config_from_proto, config_to_proto, tensor_to_proto
 from kws_rpc.errors import KwsError
 from kws_rpc.features import FeatureConfig, mfcc
+from kws_rpc.senml import spec_body_for_wav, spec_bytes
 
 log = logging.getLogger(__name__)
 
@@ -122,17 +122,6 @@ class _Caller:
 def spec_body(audio: np.ndarray, device: str, timestamp: int | None = None) -> dict[str, Any]:
     """The reference SenML+JSON request: the 1 s clip as a base64 16 kHz WAV file."""
     return spec_body_for_wav(encode_wav(audio, SAMPLE_RATE), device, timestamp)
-
-
-def spec_body_for_wav(wav: bytes, device: str, timestamp: int | None = None) -> dict[str, Any]:
-    """The reference SenML+JSON request around the bytes of a WAV file."""
-    return {"bn": device, "bt": int(time.time() if timestamp is None else timestamp),
-            "e": [{"n": "audio", "u": "/", "t": 0, "vd": base64.b64encode(wav).decode("ascii")}]}
-
-
-def spec_bytes(body: dict[str, Any]) -> int:
-    """The reference's cost rule: the length of json.dumps(body), exactly what requests.put sends."""
-    return len(json.dumps(body))
 
 
 class RestSpecTransport:

@@ -14,9 +14,6 @@ Every failure answers ``{"error": {"code": http_status, "status": grpc_status_na
 from __future__ import annotations
 
 import argparse
-import asyncio
-import base64
-import binascii
 import contextlib
 import dataclasses
 import json
@@ -28,31 +25,18 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from google.protobuf import json_format
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.exceptions import HTTPException
 
 from kws.v1 import kws_pb2 as pb
-from kws.v1 import kws_pb2_grpc as pb_grpc
-from kws_rpc import errors
 from kws_rpc.errors import InvalidInput, KwsError, PayloadTooLarge, Unavailable
-from kws_rpc.servicer import ERROR_KEY, SERVICE
+from kws_rpc.grpc_backend import Backend
+from kws_rpc.senml import check_base64_fields, wav_from_senml
 
 log = logging.getLogger(__name__)
-
-SENML_HINT = 'send {"bn": ..., "bt": ..., "e": [{"n": "audio", "vd": "<base64 of a 16-bit mono WAV>"}]}'
-# gRPC status -> domain error, for failures that carry no kws-error trailer (e.g. the backend is down).
-_ERROR_OF_STATUS: dict[grpc.StatusCode, type[KwsError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidInput,
-    grpc.StatusCode.NOT_FOUND: errors.UnknownModel,
-    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.Overloaded,
-    grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,43 +49,8 @@ class GatewayConfig:
     log_level: str = "info"
 
 
-def error_from_rpc(e: grpc.RpcError) -> KwsError:
-    """The single gRPC -> domain error mapping; the domain error then carries its HTTP status."""
-    name = dict(e.trailing_metadata() or ()).get(ERROR_KEY, "")
-    cls = getattr(errors, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, KwsError)):
-        cls = _ERROR_OF_STATUS.get(e.code(), KwsError)
-    message = e.details() or e.code().name
-    if e.code() == grpc.StatusCode.UNAVAILABLE and not name:
-        message = f"the inference backend is unavailable ({message}); retry shortly"
-    return cls(message)
-
-
 def error_response(status: int, grpc_status: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": status, "status": grpc_status, "message": message}}, status_code=status)
-
-
-def wav_from_senml(body: bytes) -> tuple[bytes, dict[str, Any]]:
-    """The WAV bytes of the audio record, and the base record fields (bn, bt) to echo."""
-    if not body.strip():
-        raise InvalidInput(f"empty body: {SENML_HINT}")
-    try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidInput(f"body is not JSON ({e}): {SENML_HINT}") from None
-    records = doc.get("e") if isinstance(doc, dict) else doc
-    base = doc if isinstance(doc, dict) else (doc[0] if isinstance(doc, list) and doc else {})
-    base = base if isinstance(base, dict) else {}
-    if not isinstance(records, list):
-        raise InvalidInput(f'no SenML record list ("e"): {SENML_HINT}')
-    audio = [r for r in records if isinstance(r, dict) and r.get("n") == "audio"]
-    if not audio or not isinstance(audio[0].get("vd"), str):
-        raise InvalidInput(f'no audio record with a "vd" string: {SENML_HINT}')
-    try:
-        wav = base64.b64decode(audio[0]["vd"], validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise InvalidInput(f'"vd" is not valid base64 ({e}): encode the WAV file bytes with base64') from None
-    return wav, {k: base[k] for k in ("bn", "bt") if k in base}
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -118,54 +67,8 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-class Backend:
-    """The gRPC side: one channel, calls awaited without tying up a thread each."""
-
-    def __init__(self, config: GatewayConfig) -> None:
-        self.target = config.grpc_target
-        self.timeout = config.timeout_s
-        self.channel = grpc.insecure_channel(config.grpc_target)
-        self.stub = pb_grpc.KeywordSpottingStub(self.channel)
-        self.health = health_pb2_grpc.HealthStub(self.channel)
-        self._labels: dict[tuple[str, str], list[str]] = {}
-
-    async def call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future = loop.create_future()
-        call = method.future(request, timeout=timeout or self.timeout)
-
-        def transfer(f: Any) -> None:
-            if not done.done():
-                try:
-                    done.set_result(f.result())
-                except grpc.RpcError as e:
-                    done.set_exception(error_from_rpc(e))
-                except grpc.FutureCancelledError:
-                    done.cancel()
-
-        call.add_done_callback(lambda f: loop.call_soon_threadsafe(transfer, f))
-        try:
-            return await done
-        except asyncio.CancelledError:
-            call.cancel()
-            raise
-
-    async def labels(self, model: str, version: str) -> list[str]:
-        if (model, version) not in self._labels:
-            meta = await self.call(self.stub.GetModelMetadata, pb.ModelMetadataRequest(model=model))
-            self._labels[(model, version)] = list(meta.labels)
-        return self._labels[(model, version)]
-
-    async def ready(self) -> bool:
-        try:
-            reply = await self.call(self.health.Check, health_pb2.HealthCheckRequest(service=SERVICE), timeout=2.0)
-        except KwsError:
-            return False
-        return reply.status == health_pb2.HealthCheckResponse.SERVING
-
-
 def make_app(config: GatewayConfig) -> FastAPI:
-    backend = Backend(config)
+    backend = Backend(config.grpc_target, config.timeout_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -216,9 +119,13 @@ def make_app(config: GatewayConfig) -> FastAPI:
     async def v1_predict(request: Request) -> dict[str, Any]:
         body = await read_body(request, config.max_body_bytes)
         try:
-            req = json_format.Parse(body or b"{}", pb.PredictRequest())
-        except (json_format.ParseError, UnicodeDecodeError) as e:
+            doc = json.loads(body or b"{}")
+            if not isinstance(doc, dict):
+                raise json_format.ParseError(f"expected a JSON object, got {type(doc).__name__}")
+            req = json_format.ParseDict(doc, pb.PredictRequest())
+        except (json.JSONDecodeError, json_format.ParseError, UnicodeDecodeError) as e:
             raise InvalidInput(f"body is not a kws.v1.PredictRequest in proto3 JSON: {e}") from None
+        check_base64_fields(doc)
         return json_format.MessageToDict(await backend.call(backend.stub.Predict, req))
 
     @app.get("/v1/models/{name}", summary="ModelMetadata of a served model (proto3 JSON mapping)")

@@ -125,7 +125,9 @@ def test_v1_bad_inputs(url: str, served_model_path: Path) -> None:
         ("nope", 400, "proto3 JSON"),
         (b"\xff\xfe{", 400, "proto3 JSON"),
         (json.dumps({"unknownField": 1}), 400, "proto3 JSON"),
-        (json.dumps({"audio": {"wav": "%%%"}}), 400, "empty audio"),  # protobuf's base64 is lenient
+        (json.dumps([1, 2]), 400, "JSON object"),
+        (json.dumps({"audio": {"wav": "%%%"}}), 400, "audio.wav is not valid base64"),
+        (json.dumps({"features": {"tensor": {**ok_t, "data": "ab$d"}}}), 400, "features.tensor.data is not valid base64"),
         (json.dumps({}), 400, "no input"),
         (json.dumps({"features": {"tensor": nan_t}}), 400, "NaN"),
         (json.dumps({"features": {"tensor": {**ok_t, "shape": [3, 3]}}}), 400, "bytes"),
