@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.report import ClipRecord, headline, summarize, write_report
-from edge.transports import PAYLOADS, GrpcTransport, RestSpecTransport, RetryPolicy, Transport
+from edge.report import MB, ClipRecord, headline, summarize, write_report
+from edge.transports import OVER_BUDGET, PAYLOADS, GrpcTransport, RestSpecTransport, RetryPolicy, Transport
 from kws_rpc.audio import pad_or_trim, read_wav
 from kws_rpc.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
 from kws_rpc.model import KwsModel, softmax_margin
@@ -83,6 +83,7 @@ class ClientConfig:
     policy: RetryPolicy
     progress: bool = True
     calibrated_for: str | None = None  # sha256 of the little model the threshold was calibrated for
+    max_cost_mb: float | None = None  # hard cap on bytes sent over the run (a data plan); None = no cap
 
 
 def make_transport(cfg: ClientConfig) -> Transport:
@@ -102,7 +103,9 @@ def run(cfg: ClientConfig, transport: Transport | None = None) -> tuple[list[Cli
     own = transport is None
     transport = transport or make_transport(cfg)
     records: list[ClipRecord] = []
-    calls = 0
+    calls = spent = 0
+    over_budget_logged = False
+    cap = None if cfg.max_cost_mb is None else int(cfg.max_cost_mb * MB)
     try:
         bar = tqdm(names, desc=f"cascade {cfg.split}", unit="clip", disable=not cfg.progress)
         for name in bar:
@@ -112,10 +115,15 @@ def run(cfg: ClientConfig, transport: Transport | None = None) -> tuple[list[Cli
             asked = bool(should_ask(margin, cfg.threshold))
             if asked:
                 t0 = time.perf_counter()
-                answer = transport.ask(audio, name)
+                answer = transport.ask(audio, name, None if cap is None else cap - spent)
                 remote_ms = 1000 * (time.perf_counter() - t0)
                 big, sent, attempts, error = answer.label, answer.bytes_sent, answer.attempts, answer.error
-                calls += 1
+                spent += sent
+                if error == OVER_BUDGET and not over_budget_logged:
+                    log.warning("clip %s: the next request would pass --max-cost-mb %g; keeping little "
+                                "answers where that is so", name, cfg.max_cost_mb)
+                    over_budget_logged = True
+                calls += error != OVER_BUDGET
                 bar.set_postfix(calls=calls, failures=transport.failures)
             records.append(ClipRecord(name, LABELS[label_of(name)], little_label, margin, asked, big,
                                       big or little_label, sent, little_ms, remote_ms, attempts, error))
@@ -135,6 +143,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threshold", type=float, default=None,
                     help=f"ask big when margin <= this (default: {CASCADE_FILE.name}, else {DEFAULT_THRESHOLD})")
     ap.add_argument("--cascade", default=str(CASCADE_FILE), help="calibrated threshold file")
+    ap.add_argument("--max-cost-mb", type=float, default=None,
+                    help="never send more than this many MB (2^20 bytes) in the run, e.g. a data plan: a "
+                         "clip whose request would pass it keeps the little answer (counted as over_budget)")
     ap.add_argument("--split", default="test", choices=("train", "val", "test"))
     ap.add_argument("--limit", type=int, default=None, help="first N clips of the split only")
     ap.add_argument("--data-dir", default=None, help="folder holding mini_speech_commands/ (else $KWS_DATA_DIR)")
@@ -162,7 +173,7 @@ def config_from_args(a: argparse.Namespace) -> ClientConfig:
                         threshold_source=source, split=a.split, limit=a.limit, data_dir=a.data_dir,
                         report=report, device=a.device,
                         policy=RetryPolicy(timeout_s=a.timeout, retries=a.retries), progress=not a.no_progress,
-                        calibrated_for=calibrated_for)
+                        calibrated_for=calibrated_for, max_cost_mb=a.max_cost_mb)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     write_report(cfg.report, records, summary, run_info)
     print(headline(summary))
     print(f"(threshold {cfg.threshold:g} from {cfg.threshold_source}; {summary['calls']} calls, "
-          f"{summary['failures']} failed; little {summary['mean_little_ms']:.1f} ms/clip; report {cfg.report})")
+          f"{summary['failures']} failed, {summary['over_budget']} over budget; little {summary['mean_little_ms']:.1f} ms/clip; report {cfg.report})")
     return 0
 
 

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from edge.transports import OVER_BUDGET
+
 MB = float(1 << 20)
 
 
@@ -30,7 +32,8 @@ class ClipRecord:
 def summarize(records: Sequence[ClipRecord]) -> dict[str, Any]:
     """Accuracy and cost as the reference counts them: cost = bytes of big requests, in MB of 2^20."""
     n = len(records)
-    asked = [r for r in records if r.asked]
+    over = [r for r in records if r.asked and r.error == OVER_BUDGET]
+    asked = [r for r in records if r.asked and r.error != OVER_BUDGET]
     return {
         "clips": n,
         "accuracy": sum(r.final_label == r.true_label for r in records) / n if n else 0.0,
@@ -38,6 +41,7 @@ def summarize(records: Sequence[ClipRecord]) -> dict[str, Any]:
         "cost_mb": sum(r.bytes_sent for r in records) / MB,
         "calls": len(asked),
         "failures": sum(r.big_label is None for r in asked),
+        "over_budget": len(over),
         "mean_little_ms": sum(r.little_ms for r in records) / n if n else 0.0,
         "mean_remote_ms": sum(r.remote_ms for r in asked) / len(asked) if asked else 0.0,
     }

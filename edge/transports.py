@@ -62,10 +62,15 @@ class Answer:
     error: str = ""
 
 
+OVER_BUDGET = "over budget"
+
+
 class Transport(Protocol):
     failures: int
 
-    def ask(self, audio: np.ndarray, clip_id: str) -> Answer: ...
+    def ask(self, audio: np.ndarray, clip_id: str, max_bytes: int | None = None) -> Answer:
+        """Big's label for a clip; sends nothing that would take the bytes of this ask past max_bytes."""
+        ...
 
     def close(self) -> None: ...
 
@@ -91,12 +96,17 @@ class _Caller:
         self._streak = 0
         self._open_until = 0.0
 
-    def call(self, attempt: Callable[[], str], size: int) -> Answer:
+    def call(self, attempt: Callable[[], str], size: int, max_bytes: int | None = None) -> Answer:
+        if max_bytes is not None and size > max_bytes:
+            return Answer(None, 0, 0, OVER_BUDGET)  # not a remote failure: the breaker is not involved
         if time.monotonic() < self._open_until:
             self.failures += 1
             return Answer(None, 0, 0, "breaker open")
         sent, error = 0, ""
         for k in range(self.policy.retries + 1):
+            if k and max_bytes is not None and sent + size > max_bytes:
+                error = f"{error}; no retry: {OVER_BUDGET}"
+                break
             if k:
                 time.sleep(self.policy.backoff_s * 2 ** (k - 1))
             try:
@@ -139,7 +149,7 @@ class RestSpecTransport:
     def failures(self) -> int:
         return self._caller.failures
 
-    def ask(self, audio: np.ndarray, clip_id: str) -> Answer:
+    def ask(self, audio: np.ndarray, clip_id: str, max_bytes: int | None = None) -> Answer:
         data = json.dumps(spec_body(audio, self.device))
         rq = self._requests
 
@@ -158,7 +168,7 @@ class RestSpecTransport:
             except (rq.HTTPError, ValueError, KeyError, TypeError) as e:
                 raise Rejected(f"HTTP {r.status_code}: {r.text[:200]!r} ({type(e).__name__})") from None
 
-        return self._caller.call(attempt, len(data))
+        return self._caller.call(attempt, len(data), max_bytes)
 
     def close(self) -> None:
         self._session.close()
@@ -239,7 +249,7 @@ class GrpcTransport:
             raise Rejected(f"unusable model metadata: {e}") from None
         return meta.name
 
-    def ask(self, audio: np.ndarray, clip_id: str) -> Answer:
+    def ask(self, audio: np.ndarray, clip_id: str, max_bytes: int | None = None) -> Answer:
         if self.payload.startswith("mfcc") and self.config is None:
             first = self._caller.call(self._fetch_config, 0)  # learnt once; a failure fails this ask
             if self.config is None:
@@ -255,7 +265,7 @@ class GrpcTransport:
                 raise Rejected("the reply carries no label")
             return reply.prediction.label
 
-        return self._caller.call(attempt, request.ByteSize())
+        return self._caller.call(attempt, request.ByteSize(), max_bytes)
 
     def close(self) -> None:
         self._channel.close()

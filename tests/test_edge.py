@@ -20,7 +20,7 @@ import pytest
 from edge import calibrate
 from edge.client import ClientConfig, load_threshold, run, should_ask
 from edge.report import headline, summarize
-from edge.transports import (PAYLOADS, WAYS, GrpcTransport, RestSpecTransport, RetryPolicy, build_request, spec_body,
+from edge.transports import (OVER_BUDGET, PAYLOADS, WAYS, GrpcTransport, RestSpecTransport, RetryPolicy, build_request, spec_body,
                              spec_bytes)
 from kws_rpc.audio import decode_wav, read_wav
 from kws_rpc.model import softmax_margin
@@ -296,3 +296,27 @@ def test_cascade_end_to_end(real_server, transport: str, payload: str, little: P
             assert r.big_label == big.labels[int(np.argmax(probs))], r
     if transport == "rest":
         assert all(r.bytes_sent == spec_bytes(spec_body(np.zeros(16000), "0x1")) for r in records)
+
+
+def test_rest_transport_never_sends_past_max_bytes(http_server) -> None:
+    url, handler = http_server
+    t = RestSpecTransport(url, "0xabc", FAST)
+    answer = t.ask(fixture_clip(), "yes/x.wav", max_bytes=40_000)  # one spec body is ~42.8 kB
+    assert answer.label is None and answer.bytes_sent == 0 and answer.error == OVER_BUDGET
+    assert handler.seen == [] and t.failures == 0  # not a remote failure: the breaker stays shut
+
+
+def test_client_stops_asking_at_max_cost(real_server, little: Path, tmp_path: Path) -> None:
+    handle, _ = real_server
+    from kws_rpc.model import KwsModel
+
+    request = build_request(fixture_clip(), "mfcc-q5z", "x", KwsModel(real_server[1]).feature_config)
+    cap_mb = 2.5 * request.ByteSize() / (1 << 20)  # room for about two of the asks, not six
+    cfg = dataclasses.replace(client_config(little, tmp_path, "grpc", handle.target, limit=6),
+                              payload="mfcc-q5z", max_cost_mb=cap_mb,
+                              policy=RetryPolicy(timeout_s=10.0, retries=1, backoff_s=0.05))
+    records, summary = run(cfg)
+    assert summary["cost_mb"] <= cap_mb
+    assert summary["calls"] >= 1 and summary["over_budget"] >= 1 and summary["calls"] + summary["over_budget"] == 6
+    assert summary["failures"] == 0
+    assert all(r.final_label == r.little_label for r in records if r.error == OVER_BUDGET)
