@@ -21,7 +21,8 @@ import numpy as np
 
 from edge.report import MB, ClipRecord, headline, summarize, write_report
 from edge.transports import OVER_BUDGET, PAYLOADS, GrpcTransport, RestSpecTransport, RetryPolicy, Transport
-from kws_rpc.audio import pad_or_trim, read_wav
+from kws_rpc.audio import read_wav
+from kws_rpc.features import resample
 from kws_rpc.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
 from kws_rpc.model import KwsModel, softmax_margin
 
@@ -57,10 +58,13 @@ def warn_if_stale(cfg: ClientConfig, little: KwsModel) -> None:
 
 
 def little_on_file(little: KwsModel, wav_path: Path) -> tuple[np.ndarray, int, float, float]:
-    """(padded audio, label index, margin, milliseconds) for one clip read from disk, like the Pi does."""
+    """(audio as recorded, label index, margin, milliseconds) for one clip read from disk, like the Pi does.
+    The little model sees the clip zero-padded to 1 s; big is sent the clip as recorded, as the reference
+    sends the file (about a tenth of the clips are shorter than 1 s; the server pads them the same way)."""
     t0 = time.perf_counter()
     audio, rate = read_wav(str(wav_path))
-    audio = pad_or_trim(audio, little.feature_config.clip_samples)
+    if rate != little.feature_config.sample_rate:  # sent on as 16 kHz, which the spec body says it is
+        audio, rate = resample(audio, rate, little.feature_config.sample_rate), little.feature_config.sample_rate
     probs = little.predict(little.features(audio, rate))[0]
     ms = 1000 * (time.perf_counter() - t0)
     return audio, int(np.argmax(probs)), float(softmax_margin(probs)), ms

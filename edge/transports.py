@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from kws.v1 import kws_pb2 as pb
-from kws_rpc.audio import encode_wav
+from kws_rpc.audio import encode_wav, pad_or_trim
 from kws_rpc.codec import audio_to_proto, config_from_proto, config_to_proto, tensor_to_proto
 from kws_rpc.errors import KwsError
 from kws_rpc.features import FeatureConfig, mfcc
@@ -182,7 +182,7 @@ def build_request(audio: np.ndarray, payload: str, clip_id: str, config: Feature
         raise ValueError(f"unknown payload {payload!r}; choose from {PAYLOADS}")
     if config is None:
         raise ValueError("MFCC payloads need the server model's feature config")
-    feats = mfcc(np.asarray(audio, np.float32), config)
+    feats = mfcc(pad_or_trim(np.asarray(audio, np.float32), config.clip_samples), config)
     return pb.PredictRequest(request_id=clip_id, features=pb.Features(
         tensor=tensor_to_proto(feats, *_TENSOR_PAYLOADS[payload]), config=config_to_proto(config)))
 
