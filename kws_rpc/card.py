@@ -31,6 +31,9 @@ class ModelCard:
     metrics: dict[str, float]
     train_command: str
     description: str = ""
+    # What the .tflite outputs: "probabilities" (a softmax layer) or "logits" (the runtime applies softmax
+    # in float32: an int8 softmax output is quantized to 1/256 and ties the score margins of close calls).
+    output: str = "probabilities"
     training: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -43,9 +46,12 @@ class ModelCard:
         d = dict(d)
         try:
             d["feature"] = FeatureConfig.from_dict(d["feature"])
-            return cls(**d)
+            card = cls(**d)
         except (KeyError, TypeError, ValueError) as e:
             raise ModelIntegrityError(f"model card is incomplete or malformed: {e}") from None
+        if card.output not in ("probabilities", "logits"):
+            raise ModelIntegrityError(f"model card output {card.output!r} must be 'probabilities' or 'logits'")
+        return card
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")

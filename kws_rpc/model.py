@@ -17,6 +17,11 @@ from kws_rpc.runtime import make_interpreter
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
 def softmax_margin(probs: np.ndarray) -> np.ndarray:
     """Score margin: top-1 minus top-2 probability, per row."""
     top2 = np.sort(probs, axis=-1)[..., -2:]
@@ -113,6 +118,8 @@ class KwsModel:
         if self._out_dtype != np.float32:
             scale, zero = self._out_quant
             y = (y.astype(np.float32) - zero) * scale
+        if self.card.output == "logits":
+            y = softmax(y.astype(np.float32))
         return y[:n]
 
     def quantize_input(self, x: np.ndarray) -> np.ndarray:

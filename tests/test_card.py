@@ -35,6 +35,22 @@ def test_incomplete_card_is_refused(tmp_path: Path, little_path: Path) -> None:
         KwsModel(tmp_path / "m.tflite")
 
 
+def test_card_must_say_what_the_model_outputs(tmp_path: Path, little_path: Path) -> None:
+    shutil.copy(little_path, tmp_path / "m.tflite")
+    card = json.loads(little_path.with_suffix(".json").read_text())
+    card["output"] = "scores"
+    (tmp_path / "m.json").write_text(json.dumps(card))
+    with pytest.raises(ModelIntegrityError, match="'probabilities' or 'logits'"):
+        KwsModel(tmp_path / "m.tflite")
+
+
+def test_outputs_are_probabilities_whatever_the_model_emits(little_path: Path, test_audio) -> None:
+    m = KwsModel(little_path)
+    probs = m.predict(m.features(test_audio[0][:16]))
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=2e-2)  # an int8 softmax is off by its rounding
+    assert np.all(probs >= 0)
+
+
 def test_features_must_fit_the_card(little_path: Path) -> None:
     m = KwsModel(little_path)
     frames, coeffs = m.feature_config.shape
