@@ -43,7 +43,7 @@ server: venv  ## gRPC :50051 + REST gateway :8080 on models/big.tflite (Ctrl-C s
 bench-server: venv  ## server throughput/latency: gRPC vs REST, batching on/off, 1-128 clients -> bench/results/server.json
 	$(PYTHON) -m bench.bench_server $(ARGS)
 
-client: venv data  ## Big/Little cascade on test as the Pi runs it (REST spec; ARGS="--transport grpc --payload mfcc-i8")
+client: venv data  ## Big/Little cascade on test as the Pi runs it (REST spec; ARGS="--transport grpc --payload mfcc-q5z")
 	$(PYTHON) -m edge.client $(ARGS)
 
 calibrate: venv data  ## pick the cascade threshold on VAL (big run locally) -> models/cascade.json

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         wait_ready(f"http://127.0.0.1:{http_port}/readyz", server)
         step("3/4 edge cascade: little on every clip, big when unsure")
         run("-m", "edge.client", "--transport", "rest", "--url", f"http://127.0.0.1:{http_port}/", *limit)
-        run("-m", "edge.client", "--transport", "grpc", "--payload", "mfcc-i8",
+        run("-m", "edge.client", "--transport", "grpc", "--payload", "mfcc-q5z",
             "--grpc", f"127.0.0.1:{grpc_port}", *limit)
     finally:
         server.send_signal(signal.SIGTERM)
