@@ -19,7 +19,7 @@ VERSION = "1"
 
 
 def to_tflite(model: tf.keras.Model, r: Recipe, calibration: np.ndarray, per_channel: bool = True) -> bytes:
-    infer = tf.keras.Model(model.input, tf.keras.layers.Softmax(name="p")(model.output))
+    infer = model if r.output == "logits" else tf.keras.Model(model.input, tf.keras.layers.Softmax(name="p")(model.output))
     conv = tf.lite.TFLiteConverter.from_keras_model(infer)
     if r.quantization == "int8":
         rng = np.random.default_rng(r.seed)
@@ -68,7 +68,7 @@ def export(model: tf.keras.Model, r: Recipe, calibration: np.ndarray, root: Path
             num_parameters=int(model.count_params()), feature=r.feature,
             input_shape=[1, *r.feature.shape], input_dtype="int8" if r.quantization == "int8" else "float32",
             labels=list(LABELS), quantization=r.quantization, metrics={}, train_command=command,
-            description=r.description,
+            description=r.description, output=r.output,
             training={**training, "nonzero_weights": nonzero, "quantization_granularity": granularity},
             **file_facts(content),
         )

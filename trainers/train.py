@@ -55,8 +55,8 @@ def _fit(model: tf.keras.Model, r: Recipe, epochs: int, data: dict, rng: np.rand
         audio = augment_audio(data["train_audio"], data["noise"], rng, r.augment)
         feats = spec_augment(mfcc(audio, r.feature), rng, r.augment, data["mean"])
         targets = data["train_onehot"]
-        if data.get("teacher") is not None:
-            soft = data["teacher"].predict(data["teacher"].features(audio))
+        if data["teachers"]:
+            soft = teacher_targets(data["teachers"], audio, r.distill_temperature)
             targets = (1 - r.distill_weight) * targets + r.distill_weight * soft
         model.fit(feats, targets, batch_size=r.batch_size, epochs=1, shuffle=True,
                   verbose=0, callbacks=callbacks or [])
@@ -69,6 +69,15 @@ def _fit(model: tf.keras.Model, r: Recipe, epochs: int, data: dict, rng: np.rand
     if best_w is not None:
         model.set_weights(best_w)
     return history
+
+
+def teacher_targets(teachers: list[KwsModel], audio: np.ndarray, temperature: float) -> np.ndarray:
+    """Mean teacher probabilities, softened: p ** (1/T), renormalised (= softmax(logits / T))."""
+    p = np.mean([t.predict(t.features(audio)) for t in teachers], axis=0)
+    if temperature != 1.0:
+        p = np.power(np.maximum(p, 1e-12), 1.0 / temperature)
+        p /= p.sum(axis=-1, keepdims=True)
+    return p.astype(np.float32)
 
 
 def _compile(model: tf.keras.Model, r: Recipe, lr: float, steps: int) -> None:
@@ -91,7 +100,7 @@ def train(r: Recipe, root: Path, out_dir: Path, epochs: int | None = None, teach
         "train_onehot": np.eye(len(LABELS), dtype=np.float32)[train_labels],
         "val_feats": mfcc(val_audio, r.feature), "val_labels": val_labels,
         "mean": clean.mean(axis=(0, 1)), "var": clean.var(axis=(0, 1)),
-        "teacher": KwsModel(teacher_dir / f"{r.teacher}.tflite") if r.teacher else None,
+        "teachers": [KwsModel(teacher_dir / f"{t}.tflite") for t in r.teachers],
     }
     epochs = epochs or r.epochs
     steps = int(np.ceil(len(train_audio) / r.batch_size))
@@ -109,7 +118,8 @@ def train(r: Recipe, root: Path, out_dir: Path, epochs: int | None = None, teach
     training = {
         "seed": r.seed, "epochs": epochs, "batch_size": r.batch_size, "lr": r.lr,
         "label_smoothing": r.label_smoothing, "augment": dataclasses.asdict(r.augment),
-        "teacher": r.teacher, "distill_weight": r.distill_weight, "prune_sparsity": r.prune_sparsity,
+        "teachers": list(r.teachers), "distill_weight": r.distill_weight,
+        "distill_temperature": r.distill_temperature, "prune_sparsity": r.prune_sparsity,
         "prune_ramp_epochs": list(r.prune_ramp) if r.prune_sparsity else None,
         "val_history": [round(a, 4) for a in history],
         "train_seconds": round(seconds, 1), "train_split": "kws_train_split.txt (6400 clips)",
@@ -145,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--download", action="store_true", help="download the official zip if no copy is found")
     ap.add_argument("--out", default="models", help="where .tflite files and cards go (default: models/)")
     ap.add_argument("--epochs", type=int, help="override the recipe's epoch count (for smoke tests)")
+    ap.add_argument("--as", dest="as_name", metavar="NAME",
+                    help="export one recipe under another name, e.g. a candidate as the shipped little")
     ap.add_argument("--teachers", default="models", help="folder of the shipped teacher models (distillation)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -152,11 +164,14 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [n for n in names if n not in RECIPES]
     if not names or unknown:
         ap.error(f"name recipes from {list(RECIPES)} or pass --all" + (f" (unknown: {unknown})" if unknown else ""))
+    if args.as_name and len(names) != 1:
+        ap.error("--as renames exactly one recipe")
     root = find_dataset(args.data_dir, allow_download=args.download)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in names:
-        path = train(RECIPES[name], root, out, args.epochs, Path(args.teachers))
+        recipe = dataclasses.replace(RECIPES[name], name=args.as_name) if args.as_name else RECIPES[name]
+        path = train(recipe, root, out, args.epochs, Path(args.teachers))
         log.info("wrote %s", path)
 
 
