@@ -56,3 +56,34 @@ def test_recipes_are_consistent() -> None:
     for r in RECIPES.values():
         assert r.architecture in REGISTRY
         assert dataclasses.is_dataclass(r.params)
+
+
+def test_logits_export_matches_keras_logits() -> None:
+    r = Recipe(name="toy", architecture="dscnn", params=TOY["dscnn"], feature=LITTLE_FEATURES, epochs=1,
+               description="toy", quantization="int8", output="logits")
+    x = np.random.default_rng(1).normal(size=(64, *LITTLE_FEATURES.shape)).astype(np.float32)
+    tf.keras.utils.set_random_seed(0)
+    model = build_model(r, x.mean(axis=(0, 1)), x.var(axis=(0, 1)))
+    interp = tf.lite.Interpreter(model_content=to_tflite(model, r, x))
+    interp.allocate_tensors()
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    (s_in, z_in), (s_out, z_out) = inp["quantization"], out["quantization"]
+    interp.set_tensor(inp["index"], np.clip(np.round(x[:1] / s_in + z_in), -128, 127).astype(np.int8))
+    interp.invoke()
+    logits = (interp.get_tensor(out["index"]).astype(np.float32) - z_out) * s_out
+    keras_logits = model(x[:1], training=False).numpy()
+    assert np.abs(logits - keras_logits).max() < 0.1 * np.abs(keras_logits).max() + 0.05
+
+
+def test_teacher_targets_average_and_soften(little_path) -> None:
+    from kws_rpc.model import KwsModel
+    from trainers.train import teacher_targets
+
+    m = KwsModel(little_path)
+    audio = np.random.default_rng(2).normal(scale=0.1, size=(4, 16000)).astype(np.float32)
+    plain = teacher_targets([m, m], audio, 1.0)
+    np.testing.assert_allclose(plain, m.predict(m.features(audio)), atol=1e-6)
+    soft = teacher_targets([m], audio, 3.0)
+    np.testing.assert_allclose(soft.sum(-1), 1.0, atol=1e-5)
+    assert np.all(soft.max(-1) <= plain.max(-1) + 1e-6)  # a higher temperature flattens
+    assert np.array_equal(soft.argmax(-1), plain.argmax(-1))
