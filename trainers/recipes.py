@@ -57,13 +57,6 @@ RECIPES: dict[str, Recipe] = {
                         "<= 20,000 bytes after zlib.",
         ),
         Recipe(
-            name="little_deep", architecture="dscnn", feature=LITTLE_FEATURES, epochs=50, seed=5,
-            params=dscnn.Params(filters=44, blocks=5),
-            quantization="int8", zlib_budget=20_000, output="logits",
-            teachers=ENSEMBLE_TEACHERS, distill_weight=0.7, distill_temperature=2.0,
-            description="Edge candidate: as little, one block deeper and 44 filters wide.",
-        ),
-        Recipe(
             name="little_pruned", architecture="dscnn", feature=LITTLE_FEATURES, epochs=40, seed=1,
             params=dscnn.Params(filters=56, blocks=4),
             quantization="int8", zlib_budget=20_000, prune_sparsity=0.4, prune_ramp=(4, 20),
