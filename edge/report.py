@@ -91,7 +91,7 @@ def plot_sweep(path: Path, rows: Sequence[dict[str, Any]], split: str, calibrate
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"Big/Little cascade: accuracy vs cost over margin thresholds ({split} split)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
