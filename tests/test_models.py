@@ -60,3 +60,11 @@ def test_ensemble_members_and_vote(evaluated, test_audio) -> None:
         assert accuracy(evaluated[n][1], labels) >= 0.94, n
     votes = decide_all("majority", stack_models([evaluated[n][1] for n in members]))
     assert float((votes == labels).mean()) >= 0.965
+
+
+def test_shipped_thresholds_belong_to_the_shipped_little() -> None:
+    """models/cascade.json is calibrated (on val) for one little model; retraining little means recalibrating."""
+    cascade = json.loads((MODELS / "cascade.json").read_text())
+    little = json.loads((MODELS / "little.json").read_text())
+    assert cascade["split"] == "val" and cascade["little"] == little["sha256"]
+    assert all(w["threshold"] >= 0 for w in cascade["ways"].values())
