@@ -27,7 +27,7 @@ $(DATA)/mini_speech_commands/.complete:
 	@if [ -x ../shared/data/unpack.sh ]; then ../shared/data/unpack.sh $(DATA); \
 	else $(MAKE) venv && $(PYTHON) -m kws_rpc.data --download --dest $(DATA); fi
 
-train: venv data  ## retrain every shipped model (about 1.5 h on 2 cores)
+train: venv data  ## retrain every recipe (about 3 h on 2 cores)
 	$(PYTHON) -m trainers.train --all
 
 eval: venv data  ## evaluate every shipped model on the test split (table + bench/results/eval.json)
