@@ -4,16 +4,21 @@ A TFLite invoke on a batch of 16 costs far less than 16 invokes of one, so under
 server groups waiting requests for the same model. A worker takes the oldest waiting request, waits at
 most ``max_delay_ms`` (counted from that request's arrival) for up to ``max_batch_size`` rows, runs
 them as one batch and hands each caller its rows through a ``concurrent.futures.Future``. Transport-free.
+
+With ``wait_for="incoming"`` (what the server uses) the worker waits only while requests announced with
+``incoming()`` are still being decoded on their way in: a lone client never waits for companions that
+are not coming, and under load the batch still gathers every request already in the server.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 
 import numpy as np
@@ -38,9 +43,14 @@ class MicroBatcher:
     """
 
     def __init__(self, max_batch_size: int = 32, max_delay_ms: float = 2.0, workers: int = 1,
-                 max_queue: int = 1024, on_batch: Callable[[str, int], None] | None = None) -> None:
+                 max_queue: int = 1024, on_batch: Callable[[str, int], None] | None = None,
+                 wait_for: str = "delay") -> None:
         if max_batch_size < 1 or workers < 1 or max_queue < 1 or max_delay_ms < 0:
             raise ValueError("need max_batch_size >= 1, workers >= 1, max_queue >= 1, max_delay_ms >= 0")
+        if wait_for not in ("delay", "incoming"):
+            raise ValueError(f"wait_for must be 'delay' (always wait max_delay_ms) or 'incoming', not {wait_for!r}")
+        self.wait_for = wait_for
+        self._incoming = 0
         self.max_batch_size = max_batch_size
         self.max_delay = max_delay_ms / 1000.0
         self.max_queue = max_queue
@@ -71,6 +81,22 @@ class MicroBatcher:
             self._cond.notify_all()
         return item.future
 
+    @contextlib.contextmanager
+    def incoming(self, n: int = 1) -> Iterator[None]:
+        """Announces ``n`` requests being prepared (decoded, featurized) that will be submitted inside
+        this block: with ``wait_for="incoming"``, a due batch waits for them, up to its delay."""
+        with self._cond:
+            self._incoming += n
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._incoming -= n
+                self._cond.notify_all()
+
+    def _companions_due(self) -> bool:
+        return self.wait_for == "delay" or self._incoming > 0
+
     def predict(self, model: KwsModel, feats: np.ndarray, timeout: float | None = None) -> np.ndarray:
         """Blocking convenience: submit and wait."""
         return self.submit(model, feats).result(timeout)
@@ -99,7 +125,7 @@ class MicroBatcher:
                 queue = self._pending[model]
                 deadline = queue[0].arrived + self.max_delay
                 while (not self._closed and sum(len(i.feats) for i in queue) < self.max_batch_size
-                       and (left := deadline - time.monotonic()) > 0):
+                       and self._companions_due() and (left := deadline - time.monotonic()) > 0):
                     self._cond.wait(left)
                     if self._pending.get(model) is not queue:
                         break  # another worker took this group meanwhile

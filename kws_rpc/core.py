@@ -58,12 +58,16 @@ class InferenceCore:
         if not 8000 <= sample_rate <= 48000:
             raise InvalidInput(f"sample rate {sample_rate} Hz is not supported: send 8-48 kHz "
                                f"(the model uses {m.feature_config.sample_rate} Hz)")
-        return self.predict_features(m.features(x, sample_rate), model)
+        if self.batcher is None:
+            return self.predict_features(m.features(x, sample_rate), model)
+        with self.batcher.incoming():  # a batch due meanwhile waits for this clip's features
+            future = self.batcher.submit(m, m.features(x, sample_rate))
+        return Result(future.result()[0], m.card)
 
     def predict_features(self, feats: np.ndarray, model: str = "") -> Result:
         m = self.model(model)
         if np.ndim(feats) == 3 and np.shape(feats)[0] != 1:
             raise InvalidInput(f"one clip per request: got features of shape {np.shape(feats)}")
         if self.batcher is not None:
-            return Result(self.batcher.predict(m, feats)[0], m.card)
+            return Result(self.batcher.submit(m, feats).result()[0], m.card)
         return Result(m.predict(feats)[0], m.card)

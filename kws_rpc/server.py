@@ -98,7 +98,7 @@ def load_core(config: ServerConfig, metrics: Metrics) -> InferenceCore:
     batcher = None
     if config.batching:
         batcher = MicroBatcher(config.max_batch_size, config.max_delay_ms, config.workers, config.max_queue,
-                               on_batch=metrics.observe_batch)
+                               on_batch=metrics.observe_batch, wait_for="incoming")
     return InferenceCore(models, default=next(iter(models)), batcher=batcher)
 
 

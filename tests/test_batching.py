@@ -115,3 +115,19 @@ def test_core_with_batcher_matches_direct(model: KwsModel, clip_wavs: dict[str, 
             assert model.labels[int(np.argmax(b.probabilities))] == word
     finally:
         batched.close()
+
+
+def test_incoming_mode_waits_only_for_announced_requests(model: KwsModel, feats: np.ndarray) -> None:
+    sizes: list[int] = []
+    batcher = MicroBatcher(max_batch_size=16, max_delay_ms=60_000, wait_for="incoming",
+                           on_batch=lambda _, n: sizes.append(n))
+    try:
+        # Nothing else announced: a lone request does not sit out the (one minute) delay.
+        np.testing.assert_allclose(batcher.submit(model, feats[0]).result(30), model.predict(feats[0]), atol=1e-6)
+        # Announced requests are waited for, so they share one batch.
+        with batcher.incoming(len(feats)):
+            futures = [batcher.submit(model, f) for f in feats]
+        assert all(f.result(30).shape == (1, len(model.labels)) for f in futures)
+    finally:
+        batcher.close()
+    assert sizes == [1, len(feats)]
