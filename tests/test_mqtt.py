@@ -21,6 +21,7 @@ import pytest
 from edge.coop import PREPROCESS_CHUNK, CoopClient, CoopConfig, default_members, report
 from kws.v1 import kws_pb2 as pb
 from kws_rpc import ensemble
+from kws_rpc.codec import metadata_to_proto
 from kws_rpc.features import mfcc
 from kws_rpc.model import KwsModel
 from kws_rpc.mqtt.ballot import Ballot
@@ -373,3 +374,16 @@ def test_cli_one_command_demo(members: list[str], tmp_path: Path, capsys: pytest
     assert rep["clips"] == 24 and rep["embedded"] and len(rep["workers"]) == len(members)
     assert rep["bytes_per_clip_message"] < rep["senml_json_base64_f32_clip_bytes"]
     assert f"Accuracy: {100 * rep['accuracy']:.3f}%" in text
+
+
+def test_worker_takes_clips_only_from_the_clips_topic(members: list[str]) -> None:
+    """A broker that hands a subscriber another topic's retained message (amqtt 0.12 did, under load)
+    must not make a worker vote on it: a WorkerStatus even parses as a PredictRequest (field 3 = audio)."""
+    topics = Topics(deployment())
+    worker = Worker(WorkerConfig(members[0], BrokerSettings.from_url("mqtt://127.0.0.1:1"), topics.deployment, "w0"))
+    status = pb.WorkerStatus(worker_id="w3", state=1, model=metadata_to_proto(worker.card)).SerializeToString()
+    for topic, queued in ((topics.status("w3"), 0), (topics.clips, 1)):
+        msg = mqtt.MQTTMessage(topic=topic.encode())
+        msg.payload = status
+        worker._on_message(worker.client, None, msg)
+        assert worker._inbox.qsize() == queued and worker.rejected == 0, topic

@@ -98,6 +98,11 @@ class Worker:
         log.info("%s: disconnected (%s); paho reconnects", self.worker_id, reason)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic != self.topics.clips:
+            # amqtt 0.12 has been seen handing a fresh subscriber other topics' retained messages
+            # (worker status) under load; a WorkerStatus even parses as a PredictRequest.
+            log.debug("%s: ignored a message on %s (not the clips topic)", self.worker_id, msg.topic)
+            return
         try:
             req = parse(pb.PredictRequest, msg.payload)
             if not req.request_id or req.WhichOneof("input") is None:
