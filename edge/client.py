@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -158,6 +159,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--timeout", type=float, default=2.0, help="seconds per remote attempt")
     ap.add_argument("--retries", type=int, default=2, help="extra attempts after a retryable failure")
     ap.add_argument("--no-progress", action="store_true")
+    modes = ap.add_argument_group("other modes (the same as python -m edge.calibrate; its flags pass through)")
+    modes.add_argument("--calibrate", action="store_true",
+                       help="choose the threshold on the VAL split (--budget-mb or --target-accuracy; "
+                            "--local-big runs big here) and write it to --out (default models/cascade.json)")
+    modes.add_argument("--sweep", action="store_true",
+                       help="accuracy vs cost over thresholds, on test by default: table, JSON and PNG")
     return ap.parse_args(argv)
 
 
@@ -182,6 +189,11 @@ def config_from_args(a: argparse.Namespace) -> ClientConfig:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--calibrate" in argv or "--sweep" in argv:
+        from edge import calibrate
+
+        return calibrate.main([a for a in argv if a != "--calibrate"])
     cfg = config_from_args(parse_args(argv))
     records, summary = run(cfg)
     run_info = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()}

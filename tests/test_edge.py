@@ -170,6 +170,11 @@ def test_calibration_uses_val_only(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     with pytest.raises(SystemExit):
         calibrate.main(["--local-big", "--split", "test", "--out", str(out)])
     assert splits == ["val"]
+    out.unlink()
+    from edge import client
+
+    assert client.main(["--calibrate", "--local-big", "--budget-mb", "5", "--out", str(out)]) == 0  # the client's mode
+    assert splits == ["val", "val"] and json.loads(out.read_text())["target"] == {"budget_mb": 5.0}
 
 
 def client_config(little: Path, tmp_path: Path, transport: str, url: str, limit: int) -> ClientConfig:
