@@ -3,6 +3,8 @@ MQTT, edge) uses these; the core and the model runtime never see a proto."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import zlib
 
 import numpy as np
@@ -172,6 +174,27 @@ def metadata_to_proto(card: ModelCard) -> pb.ModelMetadata:
     return pb.ModelMetadata(name=card.name, version=card.version, labels=card.labels,
                             feature_config=config_to_proto(card.feature), input_shape=list(card.feature.shape),
                             sha256=card.sha256, metrics=card.metrics, architecture=card.architecture)
+
+
+# The bytes fields of a PredictRequest in proto3 JSON, as (path, field) pairs.
+_BYTES_FIELDS = ((("audio",), "wav"), (("audio",), "pcm16"), (("features", "tensor"), "data"))
+
+
+def check_base64_fields(doc: object) -> None:
+    """protobuf's JSON parser decodes bad base64 leniently (to fewer or no bytes); this refuses it with
+    the field's name. proto3 JSON accepts the standard and URL-safe alphabets, padded or not."""
+    for path, field in _BYTES_FIELDS:
+        node = doc
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        value = node.get(field) if isinstance(node, dict) else None
+        if not isinstance(value, str):
+            continue
+        text = value.replace("-", "+").replace("_", "/")
+        try:
+            base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise InvalidInput(f"{'.'.join((*path, field))} is not valid base64 ({e})") from None
 
 
 def parse(message_type: type, data: bytes):

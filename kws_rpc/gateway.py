@@ -32,9 +32,10 @@ from google.protobuf import json_format
 from starlette.exceptions import HTTPException
 
 from kws.v1 import kws_pb2 as pb
+from kws_rpc.codec import check_base64_fields
 from kws_rpc.errors import InvalidInput, KwsError, PayloadTooLarge, Unavailable
 from kws_rpc.grpc_backend import Backend
-from kws_rpc.senml import check_base64_fields, wav_from_senml
+from kws_rpc.senml import wav_from_senml
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ from kws_rpc.errors import InvalidInput
 
 SENML_HINT = 'send {"bn": ..., "bt": ..., "e": [{"n": "audio", "vd": "<base64 of a 16-bit mono WAV>"}]}'
 
+
 def spec_body_for_wav(wav: bytes, device: str, timestamp: int | None = None) -> dict[str, Any]:
     """The reference SenML+JSON request around the bytes of a WAV file."""
     return {"bn": device, "bt": int(time.time() if timestamp is None else timestamp),
@@ -49,23 +50,3 @@ def wav_from_senml(body: bytes) -> tuple[bytes, dict[str, Any]]:
         raise InvalidInput(f'"vd" is not valid base64 ({e}): encode the WAV file bytes with base64') from None
     return wav, {k: base[k] for k in ("bn", "bt") if k in base}
 
-
-# The bytes fields of a PredictRequest in proto3 JSON, as (path, field) pairs.
-_BYTES_FIELDS = ((("audio",), "wav"), (("audio",), "pcm16"), (("features", "tensor"), "data"))
-
-
-def check_base64_fields(doc: Any) -> None:
-    """protobuf's JSON parser decodes bad base64 leniently (to fewer or no bytes); this refuses it with
-    the field's name. proto3 JSON accepts the standard and URL-safe alphabets, padded or not."""
-    for path, field in _BYTES_FIELDS:
-        node = doc
-        for key in path:
-            node = node.get(key) if isinstance(node, dict) else None
-        value = node.get(field) if isinstance(node, dict) else None
-        if not isinstance(value, str):
-            continue
-        text = value.replace("-", "+").replace("_", "/")
-        try:
-            base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-        except (binascii.Error, ValueError) as e:
-            raise InvalidInput(f"{'.'.join((*path, field))} is not valid base64 ({e})") from None
