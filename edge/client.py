@@ -23,8 +23,8 @@ import numpy as np
 from edge.report import MB, ClipRecord, headline, summarize, write_report
 from edge.transports import OVER_BUDGET, PAYLOADS, GrpcTransport, RestSpecTransport, RetryPolicy, Transport
 from kws_rpc.audio import read_wav
-from kws_rpc.features import resample
 from kws_rpc.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
+from kws_rpc.features import resample
 from kws_rpc.model import KwsModel, softmax_margin
 
 log = logging.getLogger(__name__)

@@ -119,7 +119,7 @@ class KwsModel:
             scale, zero = self._out_quant
             y = (y.astype(np.float32) - zero) * scale
         if self.card.output == "logits":
-            y = softmax(y.astype(np.float32))
+            y = softmax(y)
         return y[:n]
 
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
