@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from edge.report import MB, ClipRecord, headline, summarize, write_report
-from edge.transports import OVER_BUDGET, PAYLOADS, GrpcTransport, RestSpecTransport, RetryPolicy, Transport
+from edge.transports import (OVER_BUDGET, PAYLOADS, GrpcTransport, RestSpecTransport, RetryPolicy, Transport,
+                             request_id)
 from kws_rpc.audio import read_wav
 from kws_rpc.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
 from kws_rpc.features import resample
@@ -49,6 +50,20 @@ def load_threshold(path: Path = CASCADE_FILE, way: str = "rest-spec") -> tuple[f
     if way in doc.get("ways", {}):
         return float(doc["ways"][way]["threshold"]), f"{path.name}, calibrated on val for {way}"
     return float(doc["threshold"]), f"{path.name}, calibrated on val for rest-spec"
+
+
+def load_budget(path: Path, way: str, clips: int) -> float | None:
+    """The budget the threshold for ``way`` was calibrated to spend (models/cascade.json), scaled from
+    the calibration's clip count to a run of ``clips`` clips; None if it was calibrated for accuracy."""
+    if not path.is_file():
+        return None
+    doc = json.loads(path.read_text())
+    budget = doc.get("target", {}).get("budget_mb")
+    if isinstance(budget, dict):
+        budget = budget.get(way)
+    if budget is None or not doc.get("val_clips"):
+        return None
+    return float(budget) * clips / int(doc["val_clips"])
 
 
 def warn_if_stale(cfg: ClientConfig, little: KwsModel) -> None:
@@ -113,14 +128,14 @@ def run(cfg: ClientConfig, transport: Transport | None = None) -> tuple[list[Cli
     cap = None if cfg.max_cost_mb is None else int(cfg.max_cost_mb * MB)
     try:
         bar = tqdm(names, desc=f"cascade {cfg.split}", unit="clip", disable=not cfg.progress)
-        for name in bar:
+        for position, name in enumerate(bar):
             audio, idx, margin, little_ms = little_on_file(little, root / name)
             little_label = little.labels[idx]
             big, sent, remote_ms, attempts, error = None, 0, 0.0, 0, ""
             asked = bool(should_ask(margin, cfg.threshold))
             if asked:
                 t0 = time.perf_counter()
-                answer = transport.ask(audio, name, None if cap is None else cap - spent)
+                answer = transport.ask(audio, request_id(position), None if cap is None else cap - spent)
                 remote_ms = 1000 * (time.perf_counter() - t0)
                 big, sent, attempts, error = answer.label, answer.bytes_sent, answer.attempts, answer.error
                 spent += sent
@@ -150,7 +165,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--cascade", default=str(CASCADE_FILE), help="calibrated threshold file")
     ap.add_argument("--max-cost-mb", type=float, default=None,
                     help="never send more than this many MB (2^20 bytes) in the run, e.g. a data plan: a "
-                         "clip whose request would pass it keeps the little answer (counted as over_budget)")
+                         "clip whose request would pass it keeps the little answer (counted as over_budget). "
+                         f"Default: with the threshold from {CASCADE_FILE.name}, the budget it was calibrated "
+                         "to spend, scaled to the number of clips in the run; 0 = no cap")
     ap.add_argument("--split", default="test", choices=("train", "val", "test"))
     ap.add_argument("--limit", type=int, default=None, help="first N clips of the split only")
     ap.add_argument("--data-dir", default=None, help="folder holding mini_speech_commands/ (else $KWS_DATA_DIR)")
@@ -170,13 +187,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def config_from_args(a: argparse.Namespace) -> ClientConfig:
     calibrated_for = None
+    max_cost_mb = a.max_cost_mb
     if a.threshold is None:
         way = "rest-spec" if a.transport == "rest" else f"grpc-{a.payload}"
         threshold, source = load_threshold(Path(a.cascade), way)
         if source != "default":
             calibrated_for = json.loads(Path(a.cascade).read_text()).get("little")
+            if max_cost_mb is None:
+                max_cost_mb = load_budget(Path(a.cascade), way, len(split_names(a.split)[: a.limit]))
     else:
         threshold, source = a.threshold, "--threshold"
+    max_cost_mb = max_cost_mb or None  # 0 = no cap
     suffix = a.transport if a.transport == "rest" or a.payload == "wav" else f"grpc_{a.payload}"
     report = Path(a.report) if a.report else ROOT / "results" / f"edge_{suffix}.json"
     return ClientConfig(little=Path(a.little), transport=a.transport, url=a.url, grpc_target=a.grpc,
@@ -184,7 +205,7 @@ def config_from_args(a: argparse.Namespace) -> ClientConfig:
                         threshold_source=source, split=a.split, limit=a.limit, data_dir=a.data_dir,
                         report=report, device=a.device,
                         policy=RetryPolicy(timeout_s=a.timeout, retries=a.retries), progress=not a.no_progress,
-                        calibrated_for=calibrated_for, max_cost_mb=a.max_cost_mb)
+                        calibrated_for=calibrated_for, max_cost_mb=max_cost_mb)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     run_info = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()}
     write_report(cfg.report, records, summary, run_info)
     print(headline(summary))
-    print(f"(threshold {cfg.threshold:g} from {cfg.threshold_source}; {summary['calls']} calls, "
+    cap = "no cap" if cfg.max_cost_mb is None else f"cap {cfg.max_cost_mb:.3f} MB"
+    print(f"(threshold {cfg.threshold:g} from {cfg.threshold_source}, {cap}; {summary['calls']} calls, "
           f"{summary['failures']} failed, {summary['over_budget']} over budget; little {summary['mean_little_ms']:.1f} ms/clip; report {cfg.report})")
     return 0
 

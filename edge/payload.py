@@ -24,7 +24,8 @@ import numpy as np
 
 from edge.client import CASCADE_FILE, ROOT, little_on_file, load_threshold, should_ask
 from edge.report import MB
-from edge.transports import WAYS, GrpcTransport, RestSpecTransport, RetryPolicy, Transport, request_for, wire_bytes
+from edge.transports import (WAYS, GrpcTransport, RestSpecTransport, RetryPolicy, Transport, request_for, request_id,
+                             wire_bytes)
 from kws.v1 import kws_pb2 as pb
 from kws_rpc.audio import decode_wav
 from kws_rpc.codec import audio_from_proto, check_config, prediction_to_proto, tensor_from_proto
@@ -45,12 +46,14 @@ def local_answer(big: KwsModel, request: pb.PredictRequest | dict[str, Any]) -> 
     return prediction_to_proto(probs[0], big.card).label  # the server's own labelling, ties included
 
 
-def measure(way: str, clips: list[tuple[str, np.ndarray]], big: KwsModel | None, remote: Transport | None,
+def measure(way: str, clips: list[tuple[int, np.ndarray]], big: KwsModel | None, remote: Transport | None,
             device: str) -> dict[str, Any]:
-    """Sends every clip one way; returns sizes and big's labels (None where a remote call failed)."""
+    """Sends every (position in the split, audio) clip one way; returns sizes and big's labels (None where
+    a remote call failed)."""
     sizes: list[int] = []
     labels: list[str | None] = []
-    for name, audio in clips:
+    for position, audio in clips:
+        name = request_id(position)
         label = remote.ask(audio, name).label if remote is not None else None
         config = big.feature_config if big is not None else getattr(remote, "config", None)
         if way.startswith("grpc-mfcc") and config is None:  # the server never sent its metadata
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             remote = (RestSpecTransport(a.url, a.device, policy) if way == "rest-spec"
                       else GrpcTransport(a.grpc, way.split("-", 1)[1], policy))
         try:
-            m = measure(way, [(names[i], x) for i, x in audios.items()], big, remote, a.device)
+            m = measure(way, list(audios.items()), big, remote, a.device)
         finally:
             if remote is not None:
                 remote.close()

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from edge import calibrate
-from edge.client import ClientConfig, load_threshold, run, should_ask
+from edge.client import ClientConfig, config_from_args, load_threshold, parse_args, run, should_ask
 from edge.report import headline, summarize
 from edge.transports import (OVER_BUDGET, PAYLOADS, WAYS, GrpcTransport, RestSpecTransport, RetryPolicy, build_request, spec_body,
                              spec_bytes)
@@ -143,9 +143,38 @@ def test_cascade_replay_and_threshold_choice() -> None:
     assert p.at(0.1)["accuracy"] == 6 / 7 and p.at(0.1)["cost_mb"] == 2.0
     best = calibrate.pick_threshold(p, target_accuracy=6 / 7)
     assert best["calls"] == 2 and 0.1 <= best["threshold"] < 0.3  # midway, robust to small shifts
-    assert calibrate.pick_threshold(p, budget_mb=1.5)["calls"] == 1
     with pytest.raises(ValueError):
         calibrate.pick_threshold(p, target_accuracy=1.0)
+
+
+def test_budget_calibration_spends_the_budget_with_headroom() -> None:
+    p = toy_predictions()  # every request costs 1 MB
+    # At 50 % confidence the bound is the val cost itself: 3 asks fit 3.5 MB. The third ask (clip 6) does
+    # not help on val, but a budget is spent: unsure clips are where big beats little.
+    assert calibrate.pick_threshold(p, budget_mb=1.5, confidence=0.5)["calls"] == 1
+    widest = calibrate.pick_threshold(p, budget_mb=3.5, confidence=0.5)
+    assert widest["calls"] == 3 and widest["accuracy"] == p.at(0.1)["accuracy"]
+    # At 95 % the other split may ask more than val did: c + 1.645 sqrt(2c(1 - c/n)) clips.
+    assert calibrate.pick_threshold(p, budget_mb=1.5)["calls"] == 0
+    assert calibrate.pick_threshold(p, budget_mb=3.5)["calls"] == 1
+    point = {"calls": 20, "cost_mb": 20 * 0.04}
+    assert calibrate.cost_bound_mb(point, 800, 0.5) == pytest.approx(0.8)
+    assert calibrate.cost_bound_mb(point, 800) == pytest.approx((20 + 1.6449 * (40 * 0.975) ** 0.5) * 0.04, rel=1e-4)
+    assert calibrate.cost_bound_mb({"calls": 0, "cost_mb": 0.0}, 800) == 0.0
+
+
+def test_client_caps_at_the_calibrated_budget(tmp_path: Path) -> None:
+    cascade = tmp_path / "cascade.json"
+    cascade.write_text(json.dumps({"threshold": 0.03, "val_clips": 800, "little": "abc",
+                                   "target": {"budget_mb": {"rest-spec": 0.95, "grpc-mfcc-q5z": 0.1}},
+                                   "ways": {"rest-spec": {"threshold": 0.03}, "grpc-mfcc-q5z": {"threshold": 0.2}}}))
+    base = ["--cascade", str(cascade)]
+    assert config_from_args(parse_args(base)).max_cost_mb == pytest.approx(0.95)
+    cfg = config_from_args(parse_args([*base, "--transport", "grpc", "--payload", "mfcc-q5z", "--limit", "200"]))
+    assert cfg.threshold == 0.2 and cfg.max_cost_mb == pytest.approx(0.1 * 200 / 800)  # scaled to the run
+    assert config_from_args(parse_args([*base, "--max-cost-mb", "0"])).max_cost_mb is None
+    assert config_from_args(parse_args([*base, "--max-cost-mb", "2"])).max_cost_mb == 2
+    assert config_from_args(parse_args([*base, "--threshold", "0.1"])).max_cost_mb is None  # not calibrated
 
 
 def test_calibration_uses_val_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -174,7 +203,7 @@ def test_calibration_uses_val_only(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     from edge import client
 
     assert client.main(["--calibrate", "--local-big", "--budget-mb", "5", "--out", str(out)]) == 0  # the client's mode
-    assert splits == ["val", "val"] and json.loads(out.read_text())["target"] == {"budget_mb": 5.0}
+    assert splits == ["val", "val"] and json.loads(out.read_text())["target"] == {"budget_mb": 5.0, "confidence": 0.95}
 
 
 def client_config(little: Path, tmp_path: Path, transport: str, url: str, limit: int) -> ClientConfig:
@@ -235,7 +264,7 @@ def test_payloads_decode_to_the_same_answer(little: Path) -> None:
             if payload in ("wav", "pcm", "mfcc-f32"):
                 assert label == direct, payload
         sizes = {p: build_request(audio, p, word, big.feature_config).ByteSize() for p in PAYLOADS}
-        assert (sizes["mfcc-q5z"] < sizes["mfcc-i8z"] < sizes["mfcc-i8"] < sizes["mfcc-f16"] < sizes["mfcc-f32"]
+        assert (sizes["mfcc-q4z"] < sizes["mfcc-q5z"] < sizes["mfcc-i8z"] < sizes["mfcc-i8"] < sizes["mfcc-f16"] < sizes["mfcc-f32"]
                 < sizes["pcm"] < sizes["wav"]), sizes
         assert sizes["mfcc-q5z"] * 40 < spec_bytes(spec_body(audio, "0x1")), sizes
 
