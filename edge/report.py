@@ -63,6 +63,9 @@ def write_report(path: Path, records: Sequence[ClipRecord], summary: dict[str, A
 REFERENCE_POINTS = (("reference cascade", 0.93125, 0.245), ("reference best", 0.94625, 2.835))
 
 
+LABELLED_THRESHOLDS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
+
+
 def plot_sweep(path: Path, rows: Sequence[dict[str, Any]], split: str, calibrated: float | None,
                little_only: dict[str, Any], big_only: dict[str, Any], cost_of: str = "rest-spec") -> None:
     """Accuracy against communication cost, one point per threshold, with the reference points."""
@@ -74,10 +77,13 @@ def plot_sweep(path: Path, rows: Sequence[dict[str, Any]], split: str, calibrate
     fig, ax = plt.subplots(figsize=(7, 4.5))
     xs, ys = [r["cost_mb"] for r in rows], [100 * r["accuracy"] for r in rows]
     ax.plot(xs, ys, "o-", ms=3, label=f"this cascade ({split})")
-    for r in rows[:: max(1, len(rows) // 8)]:
-        ax.annotate(f"{r['threshold']:.3g}", (r["cost_mb"], 100 * r["accuracy"]), fontsize=7,
-                    textcoords="offset points", xytext=(3, -9))
-    for name, acc, mb in REFERENCE_POINTS:
+    for r in rows:
+        if r["threshold"] in LABELLED_THRESHOLDS:
+            ax.annotate(f"{r['threshold']:g}", (r["cost_mb"], 100 * r["accuracy"]), fontsize=7,
+                        textcoords="offset points", xytext=(3, -9))
+    # The reference's figures are costs of its REST body: comparable only on that axis.
+    references = REFERENCE_POINTS if cost_of == "rest-spec" else ()
+    for name, acc, mb in references:
         ax.plot([mb], [100 * acc], "*", ms=12, label=f"{name}: {100 * acc:.3f}% @ {mb} MB")
     if calibrated is not None:
         c = next(r for r in rows if r["threshold"] == calibrated)
@@ -86,7 +92,7 @@ def plot_sweep(path: Path, rows: Sequence[dict[str, Any]], split: str, calibrate
     ax.axhline(100 * little_only["accuracy"], ls=":", c="gray", label="little only")
     ax.axhline(100 * big_only["accuracy"], ls="--", c="gray", label="big on every clip")
     ax.set_xscale("symlog", linthresh=0.1)
-    ax.set_xlim(0, 1.4 * max([*xs, *(mb for _, _, mb in REFERENCE_POINTS)]))
+    ax.set_xlim(0, 1.4 * max([*xs, *(mb for _, _, mb in references)]))
     ax.set_xlabel(f"communication cost (MB of {cost_of} requests)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"Big/Little cascade: accuracy vs cost over margin thresholds ({split} split)")
