@@ -87,3 +87,24 @@ def test_teacher_targets_average_and_soften(little_path) -> None:
     np.testing.assert_allclose(soft.sum(-1), 1.0, atol=1e-5)
     assert np.all(soft.max(-1) <= plain.max(-1) + 1e-6)  # a higher temperature flattens
     assert np.array_equal(soft.argmax(-1), plain.argmax(-1))
+
+
+def test_export_keeps_the_best_conversion_within_budget(dataset_root, tmp_path) -> None:
+    from kws_rpc.card import load_card
+    from kws_rpc.model import KwsModel
+    from trainers.export import export
+
+    r = Recipe(name="toy", architecture="dscnn", params=TOY["dscnn"], feature=LITTLE_FEATURES, epochs=1,
+               description="toy", quantization="int8", output="logits", zlib_budget=20_000)
+    x = np.random.default_rng(2).normal(size=(64, *LITTLE_FEATURES.shape)).astype(np.float32)
+    tf.keras.utils.set_random_seed(0)
+    model = build_model(r, x.mean(axis=(0, 1)), x.var(axis=(0, 1)))
+    path = export(model, r, x, dataset_root, tmp_path, {"epochs": 0}, "toy")
+    card = load_card(path, path.read_bytes())  # the card describes the file on disk
+    assert card.training["quantization_granularity"] in ("per-channel", "per-tensor")
+    assert card.zlib_bytes <= 20_000 and card.output == "logits"
+    assert set(card.metrics) == {"val_accuracy", "test_accuracy", "val_keras_tflite_agreement"}
+    assert 0.0 <= card.metrics["val_accuracy"] <= 1.0 and card.metrics["val_keras_tflite_agreement"] > 0.5
+    assert KwsModel(path).labels == card.labels
+    with pytest.raises(RuntimeError, match="no conversion fits"):
+        export(model, dataclasses.replace(r, zlib_budget=100), x, dataset_root, tmp_path, {}, "toy")

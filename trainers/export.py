@@ -48,10 +48,9 @@ def strip_names(content: bytes) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-def _accuracy(m: KwsModel, split: str, root: Path) -> tuple[float, np.ndarray]:
+def _features(split: str, root: Path, r: Recipe) -> tuple[np.ndarray, np.ndarray]:
     audio, labels, _ = load_split(split, root)
-    probs = m.predict(mfcc(audio, m.feature_config))
-    return float((probs.argmax(-1) == labels).mean()), probs
+    return mfcc(audio, r.feature), labels
 
 
 def export(model: tf.keras.Model, r: Recipe, calibration: np.ndarray, root: Path, out_dir: Path,
@@ -75,6 +74,7 @@ def export(model: tf.keras.Model, r: Recipe, calibration: np.ndarray, root: Path
         card.save(path.with_suffix(".json"))
         return card
 
+    val_feats, val_labels = _features("val", root, r)  # read once: every conversion is scored on it
     options = [("per-channel", True), ("per-tensor", False)] if r.quantization == "int8" else [("float32", True)]
     best: tuple[float, bytes, str] | None = None
     for granularity, per_channel in options:
@@ -84,7 +84,7 @@ def export(model: tf.keras.Model, r: Recipe, calibration: np.ndarray, root: Path
             log.info("%s %s: %d bytes after zlib, over the %d budget", r.name, granularity, zbytes, r.zlib_budget)
             continue
         write(content, granularity)
-        acc, _ = _accuracy(KwsModel(path), "val", root)
+        acc = float((KwsModel(path).predict(val_feats).argmax(-1) == val_labels).mean())
         log.info("%s %s: %d bytes after zlib, val %.4f", r.name, granularity, zbytes, acc)
         if best is None or acc > best[0]:
             best = (acc, content, granularity)
@@ -92,13 +92,13 @@ def export(model: tf.keras.Model, r: Recipe, calibration: np.ndarray, root: Path
         raise RuntimeError(f"{r.name}: no conversion fits {r.zlib_budget} bytes after zlib; shrink the model")
     card = write(best[1], best[2])
     runtime = KwsModel(path)
-    val_acc, _ = _accuracy(runtime, "val", root)
-    test_acc, _ = _accuracy(runtime, "test", root)
+    val_pred = runtime.predict(val_feats).argmax(-1)
+    val_acc = float((val_pred == val_labels).mean())
+    test_feats, test_labels = _features("test", root, r)
+    test_acc = float((runtime.predict(test_feats).argmax(-1) == test_labels).mean())
     # Keras vs TFLite agreement on val (a float model should agree almost exactly; int8 closely).
-    val_audio, _, _ = load_split("val", root)
-    feats = mfcc(val_audio, r.feature)
-    keras_pred = model.predict(feats, batch_size=256, verbose=0).argmax(-1)
-    agree = float((runtime.predict(feats).argmax(-1) == keras_pred).mean())
+    keras_pred = model.predict(val_feats, batch_size=256, verbose=0).argmax(-1)
+    agree = float((val_pred == keras_pred).mean())
     card.metrics = {"val_accuracy": round(val_acc, 5), "test_accuracy": round(test_acc, 5),
                     "val_keras_tflite_agreement": round(agree, 5)}
     card.save(path.with_suffix(".json"))
