@@ -191,6 +191,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    if not 0 < a.confidence < 1:
+        raise SystemExit(f"--confidence is a probability strictly between 0 and 1, e.g. 0.95; got {a.confidence}")
     split = (a.split or "test") if a.sweep else "val"
     if not a.sweep and a.split not in (None, "val"):
         raise SystemExit("calibration picks the threshold on val only; use --sweep to look at other splits")

@@ -161,6 +161,8 @@ def test_budget_calibration_spends_the_budget_with_headroom() -> None:
     assert calibrate.cost_bound_mb(point, 800, 0.5) == pytest.approx(0.8)
     assert calibrate.cost_bound_mb(point, 800) == pytest.approx((20 + 1.6449 * (40 * 0.975) ** 0.5) * 0.04, rel=1e-4)
     assert calibrate.cost_bound_mb({"calls": 0, "cost_mb": 0.0}, 800) == 0.0
+    with pytest.raises(SystemExit, match="strictly between 0 and 1"):
+        calibrate.main(["--local-big", "--confidence", "1"])
 
 
 def test_client_caps_at_the_calibrated_budget(tmp_path: Path) -> None:
