@@ -188,6 +188,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def config_from_args(a: argparse.Namespace) -> ClientConfig:
     calibrated_for = None
     max_cost_mb = a.max_cost_mb
+    if max_cost_mb is not None and max_cost_mb < 0:
+        raise SystemExit(f"--max-cost-mb is a budget in MB (0 = no cap); got {max_cost_mb}")
     if a.threshold is None:
         way = "rest-spec" if a.transport == "rest" else f"grpc-{a.payload}"
         threshold, source = load_threshold(Path(a.cascade), way)

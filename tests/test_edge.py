@@ -177,6 +177,8 @@ def test_client_caps_at_the_calibrated_budget(tmp_path: Path) -> None:
     assert config_from_args(parse_args([*base, "--max-cost-mb", "0"])).max_cost_mb is None
     assert config_from_args(parse_args([*base, "--max-cost-mb", "2"])).max_cost_mb == 2
     assert config_from_args(parse_args([*base, "--threshold", "0.1"])).max_cost_mb is None  # not calibrated
+    with pytest.raises(SystemExit, match="budget in MB"):
+        config_from_args(parse_args([*base, "--max-cost-mb", "-1"]))
 
 
 def test_calibration_uses_val_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
