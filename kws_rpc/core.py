@@ -69,5 +69,5 @@ class InferenceCore:
         if np.ndim(feats) == 3 and np.shape(feats)[0] != 1:
             raise InvalidInput(f"one clip per request: got features of shape {np.shape(feats)}")
         if self.batcher is not None:
-            return Result(self.batcher.submit(m, feats).result()[0], m.card)
+            return Result(self.batcher.predict(m, feats)[0], m.card)
         return Result(m.predict(feats)[0], m.card)
