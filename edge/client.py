@@ -52,12 +52,9 @@ def load_threshold(path: Path = CASCADE_FILE, way: str = "rest-spec") -> tuple[f
     return float(doc["threshold"]), f"{path.name}, calibrated on val for rest-spec"
 
 
-def load_budget(path: Path, way: str, clips: int) -> float | None:
-    """The budget the threshold for ``way`` was calibrated to spend (models/cascade.json), scaled from
-    the calibration's clip count to a run of ``clips`` clips; None if it was calibrated for accuracy."""
-    if not path.is_file():
-        return None
-    doc = json.loads(path.read_text())
+def calibrated_budget(doc: dict[str, Any], way: str, clips: int) -> float | None:
+    """The budget a cascade.json document's threshold for ``way`` was calibrated to spend, scaled from the
+    calibration's clip count to a run of ``clips`` clips; None if it was calibrated for accuracy."""
     budget = doc.get("target", {}).get("budget_mb")
     if isinstance(budget, dict):
         budget = budget.get(way)
@@ -194,9 +191,10 @@ def config_from_args(a: argparse.Namespace) -> ClientConfig:
         way = "rest-spec" if a.transport == "rest" else f"grpc-{a.payload}"
         threshold, source = load_threshold(Path(a.cascade), way)
         if source != "default":
-            calibrated_for = json.loads(Path(a.cascade).read_text()).get("little")
+            doc = json.loads(Path(a.cascade).read_text())
+            calibrated_for = doc.get("little")
             if max_cost_mb is None:
-                max_cost_mb = load_budget(Path(a.cascade), way, len(split_names(a.split)[: a.limit]))
+                max_cost_mb = calibrated_budget(doc, way, len(split_names(a.split)[: a.limit]))
     else:
         threshold, source = a.threshold, "--threshold"
     max_cost_mb = max_cost_mb or None  # 0 = no cap
