@@ -53,13 +53,13 @@ def measure(way: str, clips: list[tuple[int, np.ndarray]], big: KwsModel | None,
     sizes: list[int] = []
     labels: list[str | None] = []
     for position, audio in clips:
-        name = request_id(position)
-        label = remote.ask(audio, name).label if remote is not None else None
+        rid = request_id(position)
+        label = remote.ask(audio, rid).label if remote is not None else None
         config = big.feature_config if big is not None else getattr(remote, "config", None)
         if way.startswith("grpc-mfcc") and config is None:  # the server never sent its metadata
             labels.append(label)
             continue
-        request = request_for(way, audio, name, device, config)
+        request = request_for(way, audio, rid, device, config)
         sizes.append(wire_bytes(request))
         labels.append(local_answer(big, request) if big is not None else label)
     return {"sizes": sizes, "labels": labels}
