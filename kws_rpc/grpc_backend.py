@@ -25,7 +25,6 @@ _ERROR_OF_STATUS: dict[grpc.StatusCode, type[KwsError]] = {
 }
 
 
-
 def error_from_rpc(e: grpc.RpcError) -> KwsError:
     """The single gRPC -> domain error mapping; the domain error then carries its HTTP status."""
     name = dict(e.trailing_metadata() or ()).get(ERROR_KEY, "")

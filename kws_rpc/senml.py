@@ -49,4 +49,3 @@ def wav_from_senml(body: bytes) -> tuple[bytes, dict[str, Any]]:
     except (binascii.Error, ValueError) as e:
         raise InvalidInput(f'"vd" is not valid base64 ({e}): encode the WAV file bytes with base64') from None
     return wav, {k: base[k] for k in ("bn", "bt") if k in base}
-
