@@ -2,6 +2,11 @@
 
 The edge builds it (``spec_body_for_wav``), the gateway parses it (``wav_from_senml``), and the cost rule
 is the reference's (``spec_bytes``): one module, so both ends agree by construction.
+
+The reply is the reference service's too (``spec_reply``): ``bn`` and ``bt`` echoed and one record
+``{"n": "label_idx", "u": "/", "t": 0, "v": "<index>"}``, the index (a string) of the label in an order
+the server is given (``--spec-labels``, default the course's ``COURSE_LABELS``), which is not the models'
+alphabetical order. The reference client reads only that record; ``label_from_reply`` reads either reply.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ import time
 from typing import Any
 
 from kws_rpc.errors import InvalidInput
+
+# The label order of the course's reference client and service: label_idx indexes this tuple.
+COURSE_LABELS: tuple[str, ...] = ("down", "stop", "right", "left", "up", "yes", "no", "go")
 
 SENML_HINT = 'send {"bn": ..., "bt": ..., "e": [{"n": "audio", "vd": "<base64 of a 16-bit mono WAV>"}]}'
 
@@ -49,3 +57,50 @@ def wav_from_senml(body: bytes) -> tuple[bytes, dict[str, Any]]:
     except (binascii.Error, ValueError) as e:
         raise InvalidInput(f'"vd" is not valid base64 ({e}): encode the WAV file bytes with base64') from None
     return wav, {k: base[k] for k in ("bn", "bt") if k in base}
+
+
+def parse_label_order(text: str) -> tuple[str, ...]:
+    """A ``--spec-labels`` value: comma-separated label names, each once."""
+    return validate_label_order(tuple(n.strip() for n in text.split(",")))
+
+
+def validate_label_order(order: tuple[str, ...]) -> tuple[str, ...]:
+    """``order`` itself, if every name in it is non-empty and appears once (else ValueError)."""
+    if not order or "" in order:
+        raise ValueError(f"--spec-labels {','.join(order)!r} has an empty name: give comma-separated label "
+                         f"names, e.g. {','.join(COURSE_LABELS)}")
+    if repeated := sorted({n for n in order if order.count(n) > 1}):
+        raise ValueError(f"--spec-labels {','.join(order)!r} lists {', '.join(repeated)} more than once")
+    return order
+
+
+def check_label_order(order: tuple[str, ...], labels: list[str], model: str) -> None:
+    """Every label the model can answer needs an index; extra names in ``order`` are allowed."""
+    if missing := [x for x in labels if x not in order]:
+        raise ValueError(f"--spec-labels {','.join(order)} has no index for {', '.join(missing)}, a label of "
+                         f"model {model!r} (labels {','.join(labels)}): list every label of the model")
+
+
+def spec_reply(label: str, order: tuple[str, ...], base: dict[str, Any]) -> dict[str, Any]:
+    """The reference service's reply: the request's bn/bt and one label_idx record (index as a string)."""
+    if label not in order:
+        raise ValueError(f"label {label!r} has no index in --spec-labels {','.join(order)}")
+    return {**base, "e": [{"n": "label_idx", "u": "/", "t": 0, "v": str(order.index(label))}]}
+
+
+def label_from_reply(reply: Any, order: tuple[str, ...] = COURSE_LABELS) -> str:
+    """The label in a reply to the spec body: kws's top-level ``label``, else the reference's label_idx
+    record mapped through ``order``. A reply with neither raises ValueError."""
+    if isinstance(reply, dict) and isinstance(reply.get("label"), str):
+        return reply["label"]
+    records = reply.get("e") if isinstance(reply, dict) else None
+    for r in records if isinstance(records, list) else []:
+        if isinstance(r, dict) and r.get("n") == "label_idx":
+            try:
+                index = int(r["v"])
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"label_idx record without an integer \"v\": {r}") from None
+            if not 0 <= index < len(order):
+                raise ValueError(f"label_idx {index} is outside the label order {','.join(order)}")
+            return order[index]
+    raise ValueError('the reply has neither a "label" nor an "e" record named "label_idx"')
