@@ -3,9 +3,13 @@
 Endpoints (OpenAPI at /docs):
 - ``PUT|POST /``: the reference client's SenML body, sent without a content type:
   ``{"bn": device, "bt": epoch_s, "e": [{"n": "audio", "u": "/", "t": 0, "vd": base64(16 kHz WAV)}]}``
-  (a bare RFC 8428 record list works too). Answers ``{"label", "score", "margin", "probabilities":
-  {label: p}, "model", "model_version", "request_id", "bn", "bt"}``. Other rates of 8-48 kHz are
-  resampled by the server, as for gRPC.
+  (a bare RFC 8428 record list works too). Other rates of 8-48 kHz are resampled by the server, as for
+  gRPC. Answers the reference service's body, ``bn`` and ``bt`` echoed and ``e`` holding one record,
+  ``{"n": "label_idx", "u": "/", "t": 0, "v": "3"}``: ``v`` is the index, as a string, of the label in
+  the server's ``--spec-labels`` order (default the course's ``down,stop,right,left,up,yes,no,go``, so
+  ``"3"`` is ``left``). The reference client reads only that record; kws clients read the fields beside
+  it: ``label``, ``score``, ``margin``, ``probabilities`` ({label: p}), ``model``, ``model_version``,
+  ``request_id``.
 - ``POST /v1/predict`` and ``GET /v1/models/{name}``: the proto messages in proto3 JSON mapping.
 - ``/healthz`` (this process is alive) and ``/readyz`` (the gRPC backend reports SERVING).
 Every failure answers ``{"error": {"code": http_status, "status": grpc_status_name, "message": ...}}``.
@@ -35,7 +39,8 @@ from kws.v1 import kws_pb2 as pb
 from kws_rpc.codec import check_base64_fields
 from kws_rpc.errors import InvalidInput, KwsError, PayloadTooLarge, Unavailable
 from kws_rpc.grpc_backend import Backend
-from kws_rpc.senml import wav_from_senml
+from kws_rpc.senml import (COURSE_LABELS, check_label_order, parse_label_order, spec_reply, validate_label_order,
+                           wav_from_senml)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,10 @@ class GatewayConfig:
     max_body_bytes: int = 1 << 20
     timeout_s: float = 10.0  # per forwarded call
     log_level: str = "info"
+    spec_labels: tuple[str, ...] = COURSE_LABELS  # label_idx in the reply to / indexes this order
+
+    def __post_init__(self) -> None:
+        validate_label_order(self.spec_labels)
 
 
 def error_response(status: int, grpc_status: str, message: str) -> JSONResponse:
@@ -76,7 +85,8 @@ def make_app(config: GatewayConfig) -> FastAPI:
         yield
         backend.channel.close()
 
-    app = FastAPI(title="kws REST gateway", version="1", description=__doc__, lifespan=lifespan)
+    description = f"{__doc__}\nThis gateway's --spec-labels order: {','.join(config.spec_labels)}."
+    app = FastAPI(title="kws REST gateway", version="1", description=description, lifespan=lifespan)
 
     @app.exception_handler(KwsError)
     async def _domain(_: Request, e: KwsError) -> JSONResponse:
@@ -98,10 +108,18 @@ def make_app(config: GatewayConfig) -> FastAPI:
         log.exception("unexpected gateway failure")
         return error_response(500, "INTERNAL", "internal gateway error; the gateway log has details")
 
+    example_base = {"bn": "http://192.168.1.20/", "bt": 1700000000}
+    example_label = "left" if "left" in config.spec_labels else config.spec_labels[0]
     spec_doc: dict[str, Any] = {
         "summary": "Classify a clip sent as the reference SenML body (any or no content type)",
+        "description": f"Answers the reference reply: e = [label_idx record], v indexing --spec-labels "
+                       f"({','.join(config.spec_labels)}); kws's fields beside it.",
         "openapi_extra": {"requestBody": {"required": True, "content": {"application/json": {"example": {
-            "bn": "http://192.168.1.20/", "bt": 1700000000, "e": [{"n": "audio", "u": "/", "t": 0, "vd": "UklGRi..."}]}}}}},
+            **example_base, "e": [{"n": "audio", "u": "/", "t": 0, "vd": "UklGRi..."}]}}}}},
+        "responses": {200: {"content": {"application/json": {"example": {
+            **spec_reply(example_label, config.spec_labels, example_base), "label": example_label,
+            "score": 0.98, "margin": 0.97, "probabilities": {example_label: 0.98}, "model": "big",
+            "model_version": "1", "request_id": "4f2c..."}}}}},
     }
 
     @app.put("/", operation_id="spec_put", **spec_doc)
@@ -112,9 +130,14 @@ def make_app(config: GatewayConfig) -> FastAPI:
         req = pb.PredictRequest(request_id=rid, model=model, audio=pb.Audio(wav=wav))
         p = (await backend.call(backend.stub.Predict, req)).prediction
         labels = await backend.labels(p.model, p.model_version)
-        return {"label": p.label, "score": p.probabilities[p.index], "margin": p.margin,
+        try:
+            check_label_order(config.spec_labels, labels, p.model)
+            reply = spec_reply(p.label, config.spec_labels, base)
+        except ValueError as e:  # a backend model this gateway's order was not checked against at startup
+            raise KwsError(f"gateway misconfigured: {e}") from None
+        return {**reply, "label": p.label, "score": p.probabilities[p.index], "margin": p.margin,
                 "probabilities": dict(zip(labels, p.probabilities)), "model": p.model,
-                "model_version": p.model_version, "request_id": rid, **base}
+                "model_version": p.model_version, "request_id": rid}
 
     @app.post("/v1/predict", summary="PredictRequest -> PredictResponse (proto3 JSON mapping)")
     async def v1_predict(request: Request) -> dict[str, Any]:
@@ -179,6 +202,23 @@ class GatewayServer:
         self._thread.join(timeout)
 
 
+def check_backend_labels(config: GatewayConfig) -> None:
+    """At startup, the backend's default model must fit ``--spec-labels`` (ValueError if not). A backend
+    that is not up yet is only logged: every request to ``/`` checks its model again."""
+    import grpc
+
+    backend = Backend(config.grpc_target, config.timeout_s)
+    try:
+        meta = backend.stub.GetModelMetadata(pb.ModelMetadataRequest(), timeout=min(config.timeout_s, 3.0))
+    except grpc.RpcError as e:
+        log.warning("could not check --spec-labels against %s now (%s); each request checks its model",
+                    config.grpc_target, e.code().name)
+        return
+    finally:
+        backend.channel.close()
+    check_label_order(config.spec_labels, list(meta.labels), meta.name)
+
+
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
@@ -190,9 +230,20 @@ def main(argv: list[str] | None = None) -> None:
                     help="larger bodies get 413 (default %(default)s)")
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds per forwarded call")
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    ap.add_argument("--spec-labels", default=",".join(COURSE_LABELS),
+                    help="label order that label_idx in the reply to / indexes; must name every label of "
+                         "the model (default, the course's: %(default)s)")
     a = ap.parse_args(argv)
-    config = GatewayConfig(a.grpc_target, a.host, a.port, a.max_body_bytes, a.timeout, a.log_level)
+    try:
+        spec_labels = parse_label_order(a.spec_labels)
+    except ValueError as e:
+        ap.error(str(e))
+    config = GatewayConfig(a.grpc_target, a.host, a.port, a.max_body_bytes, a.timeout, a.log_level, spec_labels)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        check_backend_labels(config)
+    except ValueError as e:
+        ap.exit(2, f"{ap.prog}: error: {e}\n")
     log.info("gateway on http://%s:%d -> grpc %s", config.host, config.port, config.grpc_target)
     uvicorn.run(make_app(config), host=config.host, port=config.port, log_level=config.log_level,
                 access_log=config.log_level == "debug")

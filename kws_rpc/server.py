@@ -24,6 +24,7 @@ from kws_rpc.core import InferenceCore
 from kws_rpc.gateway import GatewayConfig, GatewayServer
 from kws_rpc.metrics import Metrics
 from kws_rpc.model import KwsModel
+from kws_rpc.senml import COURSE_LABELS, check_label_order, parse_label_order, validate_label_order
 from kws_rpc.servicer import SERVICE, KwsServicer, add_to_server
 
 log = logging.getLogger("kws_rpc.server")
@@ -44,6 +45,10 @@ class ServerConfig:
     gateway_port: int | None = None  # None = no REST gateway; 0 = a free port
     grace_s: float = 5.0  # how long in-flight calls may finish at shutdown
     log_level: str = "INFO"
+    spec_labels: tuple[str, ...] = COURSE_LABELS  # the gateway's label_idx order; must cover every model
+
+    def __post_init__(self) -> None:
+        validate_label_order(self.spec_labels)
 
     @property
     def batching(self) -> bool:
@@ -95,6 +100,8 @@ def load_core(config: ServerConfig, metrics: Metrics) -> InferenceCore:
         models[m.name] = m
         log.info("loaded model %s v%s (%s, %d labels, input %s) from %s", m.name, m.card.version,
                  m.card.architecture, len(m.labels), m.card.feature.shape, path)
+        if config.gateway_port is not None:  # refuse now, not at the first request to /
+            check_label_order(config.spec_labels, m.labels, m.name)
     batcher = None
     if config.batching:
         batcher = MicroBatcher(config.max_batch_size, config.max_delay_ms, config.workers, config.max_queue,
@@ -124,7 +131,8 @@ def serve(config: ServerConfig) -> ServerHandle:
             metrics_port = metrics.serve(config.host, config.metrics_port)
         if config.gateway_port is not None:
             gateway = GatewayServer(GatewayConfig(f"{_loopback(config.host)}:{port}", config.host,
-                                                  config.gateway_port, log_level=config.log_level.lower()),
+                                                  config.gateway_port, log_level=config.log_level.lower(),
+                                                  spec_labels=config.spec_labels),
                                     grace_s=config.grace_s)
     except BaseException:
         server.stop(0)
@@ -161,11 +169,19 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
                     help="largest gRPC message accepted (default %(default)s bytes)")
     ap.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here")
     ap.add_argument("--gateway-port", type=int, default=None, help="also run the REST gateway here")
+    ap.add_argument("--spec-labels", default=",".join(d.spec_labels),
+                    help="label order that label_idx in the gateway's reply to / indexes; must name every label "
+                         "of every model (default, the course's: %(default)s)")
     ap.add_argument("--grace", type=float, default=d.grace_s, help="seconds for in-flight calls at shutdown")
     ap.add_argument("--log-level", default=d.log_level, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     a = ap.parse_args(argv)
+    try:
+        spec_labels = parse_label_order(a.spec_labels)
+    except ValueError as e:
+        ap.error(str(e))
     return ServerConfig(tuple(a.model), a.host, a.port, a.max_batch_size, a.max_delay_ms, a.workers, a.max_queue,
-                        a.grpc_threads, a.max_message_bytes, a.metrics_port, a.gateway_port, a.grace, a.log_level)
+                        a.grpc_threads, a.max_message_bytes, a.metrics_port, a.gateway_port, a.grace, a.log_level,
+                        spec_labels)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -179,7 +195,10 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    handle = serve(config)
+    try:
+        handle = serve(config)
+    except ValueError as e:  # a configuration the models refuse (e.g. --spec-labels): a message, not a traceback
+        raise SystemExit(f"kws-server: error: {e}") from None
     try:
         while not stop.wait(0.5):
             pass
