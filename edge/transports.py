@@ -22,7 +22,7 @@ from kws_rpc.audio import encode_wav, pad_or_trim
 from kws_rpc.codec import audio_to_proto, config_from_proto, config_to_proto, tensor_to_proto
 from kws_rpc.errors import KwsError
 from kws_rpc.features import FeatureConfig, mfcc
-from kws_rpc.senml import spec_body_for_wav, spec_bytes
+from kws_rpc.senml import label_from_reply, spec_body_for_wav, spec_bytes
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,8 @@ def spec_body(audio: np.ndarray, device: str, timestamp: int | None = None) -> d
 
 
 class RestSpecTransport:
-    """PUTs the spec body to the REST gateway; the reply's ``label`` is big's answer."""
+    """PUTs the spec body to the REST gateway; big's answer is the reply's ``label``, or, from the
+    reference service, its label_idx record in the course's label order."""
 
     def __init__(self, url: str, device: str, policy: RetryPolicy = RetryPolicy()) -> None:
         import requests
@@ -167,7 +168,7 @@ class RestSpecTransport:
                 raise Retryable(f"HTTP {r.status_code}", sent=True)
             try:
                 r.raise_for_status()
-                return str(r.json()["label"])
+                return label_from_reply(r.json())
             except (rq.HTTPError, ValueError, KeyError, TypeError) as e:
                 raise Rejected(f"HTTP {r.status_code}: {r.text[:200]!r} ({type(e).__name__})") from None
 
