@@ -1,13 +1,23 @@
 """Shared fixtures. The real dataset comes from find_dataset (KWS_DATA_DIR, ./data, ../shared/data);
-shipped models come from models/."""
+shipped models come from models/.
+
+The test process runs models on the interpreter users run (ai_edge_litert): TensorFlow never enters it.
+Tests that need TensorFlow use the ``tf_child`` fixture (see tests/tf_child.py), and the guards below fail
+the test that imports TensorFlow here, and the session if the runtime is not the production one.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tf_child import TfChild, tensorflow_installed
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models"
@@ -49,3 +59,49 @@ def served_model_path() -> Path:
 def clip_wavs() -> dict[str, bytes]:
     """One test-split WAV file per word (tests/fixtures/clips/<word>.wav), as bytes."""
     return {p.stem: p.read_bytes() for p in sorted(CLIPS.glob("*.wav"))}
+
+
+def runtime_problem() -> str | None:
+    """Why this process would not run models the way users do, or None."""
+    if "tensorflow" in sys.modules:
+        return "tensorflow is imported in the test process, so kws_rpc.runtime loads models with tf.lite"
+    if importlib.util.find_spec("ai_edge_litert") is not None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        from kws_rpc.runtime import interpreter_class
+
+        if interpreter_class() is not Interpreter:
+            return f"kws_rpc.runtime.interpreter_class() is {interpreter_class()}, not ai_edge_litert's Interpreter"
+    return None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def production_runtime() -> Iterator[None]:
+    """Fails the session if models in this process are not run by the production interpreter: checked once
+    collection has imported every test module, and again at the end."""
+    if problem := runtime_problem():
+        pytest.fail(f"before the first test: {problem} (a test module imports it at collection; "
+                    "use the tf_child fixture)", pytrace=False)
+    yield
+    if problem := runtime_problem():
+        pytest.fail(f"at the end of the session: {problem}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _tensorflow_stays_out(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Names the test that brought TensorFlow into the test process (every later test would use tf.lite)."""
+    before = "tensorflow" in sys.modules
+    yield
+    if not before and "tensorflow" in sys.modules:
+        pytest.fail(f"{request.node.nodeid} imported tensorflow into the test process: run TensorFlow code "
+                    "through the tf_child fixture", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def tf_child() -> Iterator[TfChild]:
+    """A child process for TensorFlow work (skips where TensorFlow is not installed, e.g. the edge)."""
+    if not tensorflow_installed():
+        pytest.skip("tensorflow is not installed (the training extra)")
+    child = TfChild()
+    yield child
+    child.close()

@@ -1,110 +1,163 @@
 """Each architecture, on toy parameters, converts to TFLite and agrees with Keras (float within 1e-4,
-int8 within quantization error)."""
+int8 within quantization error).
+
+Keras, the converter and the trainers run in the tf_child process (tests/tf_child.py): the functions
+below marked "child" import TensorFlow there and send back plain data. The exported TFLite models are run
+here, by kws_rpc.runtime, so they are checked on the interpreter users run.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow")
+from kws_rpc.runtime import make_interpreter
+from tf_child import TfChild
 
-from trainers.architectures import REGISTRY, cnn, dscnn, resnet  # noqa: E402
-from trainers.export import to_tflite  # noqa: E402
-from trainers.recipes import LITTLE_FEATURES, RECIPES, SHARED_FEATURES, Recipe  # noqa: E402
-from trainers.train import build_model  # noqa: E402
-
-TOY = {
-    "dscnn": dscnn.Params(filters=8, blocks=1),
-    "resnet": resnet.Params(stem=4, channels=(4, 8), blocks_per_stage=1),
-    "cnn": cnn.Params(channels=(4, 8)),
+REPO = Path(__file__).resolve().parent.parent
+# Architecture modules, found without importing them (they import TensorFlow); REGISTRY is checked to match.
+ARCHITECTURES = sorted(p.stem for p in (REPO / "trainers" / "architectures").glob("*.py") if p.stem != "__init__")
+TOY: dict[str, dict[str, Any]] = {  # small Params per architecture; one missing here builds its defaults
+    "dscnn": {"filters": 8, "blocks": 1},
+    "resnet": {"stem": 4, "channels": (4, 8), "blocks_per_stage": 1},
+    "cnn": {"channels": (4, 8)},
 }
 
 
-@pytest.mark.parametrize("arch", sorted(REGISTRY))
-@pytest.mark.parametrize("quant", ["float32", "int8"])
-def test_tflite_matches_keras(arch: str, quant: str, tmp_path) -> None:
+def toy_recipe(arch: str, quant: str, **kw: Any) -> Any:
+    """Child: a one-epoch Recipe on toy parameters, with the shipped feature config of its kind."""
+    from trainers.architectures import REGISTRY
+    from trainers.recipes import LITTLE_FEATURES, SHARED_FEATURES, Recipe
+
     feature = LITTLE_FEATURES if quant == "int8" else SHARED_FEATURES
-    r = Recipe(name="toy", architecture=arch, params=TOY[arch], feature=feature, epochs=1, description="toy",
-               quantization=quant)
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(64, *feature.shape)).astype(np.float32)
+    return Recipe(name="toy", architecture=arch, params=REGISTRY[arch].Params(**TOY.get(arch, {})),
+                  feature=feature, epochs=1, description="toy", quantization=quant, **kw)
+
+
+def toy_model(r: Any, seed: int) -> tuple[Any, np.ndarray]:
+    """Child: the Keras model of a toy recipe and 64 random inputs it is calibrated on."""
+    import tensorflow as tf
+
+    from trainers.train import build_model
+
+    x = np.random.default_rng(seed).normal(size=(64, *r.feature.shape)).astype(np.float32)
     tf.keras.utils.set_random_seed(0)
-    model = build_model(r, x.mean(axis=(0, 1)), x.var(axis=(0, 1)))
-    content = to_tflite(model, r, x)
-    interp = tf.lite.Interpreter(model_content=content)
-    interp.allocate_tensors()
+    return build_model(r, x.mean(axis=(0, 1)), x.var(axis=(0, 1))), x
+
+
+def keras_and_tflite(arch: str, quant: str, output: str = "probabilities",
+                     seed: int = 0) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """Child: (TFLite file, inputs, Keras outputs on the first 8): probabilities, or logits as the model ends."""
+    import tensorflow as tf
+
+    from trainers.export import to_tflite
+
+    r = toy_recipe(arch, quant, output=output)
+    model, x = toy_model(r, seed)
+    y = model(x[:8], training=False)
+    return to_tflite(model, r, x), x[:8], (tf.nn.softmax(y) if output == "probabilities" else y).numpy()
+
+
+def run_tflite(content: bytes, x: np.ndarray) -> np.ndarray:
+    """The exported model on each row of x, one at a time, dequantized: on this process's runtime."""
+    interp = make_interpreter(content)
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    keras_probs = tf.nn.softmax(model(x[:8], training=False)).numpy()
-    for i in range(8):
-        xi = x[i : i + 1]
-        if quant == "int8":
+    rows = []
+    for xi in x[:, None]:
+        if inp["dtype"] == np.int8:
             scale, zero = inp["quantization"]
             xi = np.clip(np.round(xi / scale + zero), -128, 127).astype(np.int8)
         interp.set_tensor(inp["index"], xi)
         interp.invoke()
-        y = interp.get_tensor(out["index"])
-        if quant == "int8":
+        y = interp.get_tensor(out["index"])[0]
+        if out["dtype"] == np.int8:
             scale, zero = out["quantization"]
             y = (y.astype(np.float32) - zero) * scale
-        np.testing.assert_allclose(y[0], keras_probs[i], atol=1e-4 if quant == "float32" else 0.06)
+        rows.append(y)
+    return np.stack(rows)
 
 
-def test_recipes_are_consistent() -> None:
-    assert RECIPES["little"].quantization == "int8"
-    for r in RECIPES.values():
-        assert r.architecture in REGISTRY
-        assert dataclasses.is_dataclass(r.params)
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("quant", ["float32", "int8"])
+def test_tflite_matches_keras(arch: str, quant: str, tf_child: TfChild) -> None:
+    content, x, keras_probs = tf_child.run(keras_and_tflite, arch, quant)
+    np.testing.assert_allclose(run_tflite(content, x), keras_probs, atol=1e-4 if quant == "float32" else 0.06)
 
 
-def test_logits_export_matches_keras_logits() -> None:
-    r = Recipe(name="toy", architecture="dscnn", params=TOY["dscnn"], feature=LITTLE_FEATURES, epochs=1,
-               description="toy", quantization="int8", output="logits")
-    x = np.random.default_rng(1).normal(size=(64, *LITTLE_FEATURES.shape)).astype(np.float32)
-    tf.keras.utils.set_random_seed(0)
-    model = build_model(r, x.mean(axis=(0, 1)), x.var(axis=(0, 1)))
-    interp = tf.lite.Interpreter(model_content=to_tflite(model, r, x))
-    interp.allocate_tensors()
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    (s_in, z_in), (s_out, z_out) = inp["quantization"], out["quantization"]
-    interp.set_tensor(inp["index"], np.clip(np.round(x[:1] / s_in + z_in), -128, 127).astype(np.int8))
-    interp.invoke()
-    logits = (interp.get_tensor(out["index"]).astype(np.float32) - z_out) * s_out
-    keras_logits = model(x[:1], training=False).numpy()
-    assert np.abs(logits - keras_logits).max() < 0.1 * np.abs(keras_logits).max() + 0.05
+def recipes_summary() -> dict[str, Any]:
+    """Child: what the recipe test checks, as plain data."""
+    from trainers.architectures import REGISTRY
+    from trainers.recipes import RECIPES
+
+    return {"registry": sorted(REGISTRY),
+            "recipes": {n: (r.architecture, r.quantization, dataclasses.is_dataclass(r.params))
+                        for n, r in RECIPES.items()}}
 
 
-def test_teacher_targets_average_and_soften(little_path) -> None:
+def test_recipes_are_consistent(tf_child: TfChild) -> None:
+    summary = tf_child.run(recipes_summary)
+    assert summary["registry"] == ARCHITECTURES, "every architecture module is registered, and tested above"
+    assert summary["recipes"]["little"][1] == "int8"
+    for name, (arch, _, typed) in summary["recipes"].items():
+        assert arch in ARCHITECTURES and typed, name
+
+
+def test_logits_export_matches_keras_logits(tf_child: TfChild) -> None:
+    content, x, keras_logits = tf_child.run(keras_and_tflite, "dscnn", "int8", "logits", 1)
+    logits = run_tflite(content, x[:1])
+    assert np.abs(logits - keras_logits[:1]).max() < 0.1 * np.abs(keras_logits[:1]).max() + 0.05
+
+
+def teacher_targets_of(path: Path, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Child: trainers.train.teacher_targets of a model, with two copies at T=1 and one at T=3."""
     from kws_rpc.model import KwsModel
     from trainers.train import teacher_targets
 
+    m = KwsModel(path)
+    return teacher_targets([m, m], audio, 1.0), teacher_targets([m], audio, 3.0)
+
+
+def test_teacher_targets_average_and_soften(little_path: Path, tf_child: TfChild) -> None:
+    from kws_rpc.model import KwsModel
+
     m = KwsModel(little_path)
     audio = np.random.default_rng(2).normal(scale=0.1, size=(4, 16000)).astype(np.float32)
-    plain = teacher_targets([m, m], audio, 1.0)
+    plain, soft = tf_child.run(teacher_targets_of, little_path, audio)
     np.testing.assert_allclose(plain, m.predict(m.features(audio)), atol=1e-6)
-    soft = teacher_targets([m], audio, 3.0)
     np.testing.assert_allclose(soft.sum(-1), 1.0, atol=1e-5)
     assert np.all(soft.max(-1) <= plain.max(-1) + 1e-6)  # a higher temperature flattens
     assert np.array_equal(soft.argmax(-1), plain.argmax(-1))
 
 
-def test_export_keeps_the_best_conversion_within_budget(dataset_root, tmp_path) -> None:
-    from kws_rpc.card import load_card
-    from kws_rpc.model import KwsModel
+def export_toy(dataset_root: Path, out_dir: Path) -> tuple[Path, str]:
+    """Child: exports a toy int8 model against the real splits within a 20,000-byte zlib budget; returns
+    its path and the error an impossible 100-byte budget gives."""
     from trainers.export import export
 
-    r = Recipe(name="toy", architecture="dscnn", params=TOY["dscnn"], feature=LITTLE_FEATURES, epochs=1,
-               description="toy", quantization="int8", output="logits", zlib_budget=20_000)
-    x = np.random.default_rng(2).normal(size=(64, *LITTLE_FEATURES.shape)).astype(np.float32)
-    tf.keras.utils.set_random_seed(0)
-    model = build_model(r, x.mean(axis=(0, 1)), x.var(axis=(0, 1)))
-    path = export(model, r, x, dataset_root, tmp_path, {"epochs": 0}, "toy")
+    r = toy_recipe("dscnn", "int8", output="logits", zlib_budget=20_000)
+    model, x = toy_model(r, 2)
+    path = export(model, r, x, dataset_root, out_dir, {"epochs": 0}, "toy")
+    try:
+        export(model, dataclasses.replace(r, zlib_budget=100), x, dataset_root, out_dir, {}, "toy")
+    except RuntimeError as e:
+        return path, str(e)
+    return path, ""
+
+
+def test_export_keeps_the_best_conversion_within_budget(dataset_root: Path, tmp_path: Path,
+                                                        tf_child: TfChild) -> None:
+    from kws_rpc.card import load_card
+    from kws_rpc.model import KwsModel
+
+    path, refused = tf_child.run(export_toy, dataset_root, tmp_path)
+    assert "no conversion fits" in refused
     card = load_card(path, path.read_bytes())  # the card describes the file on disk
     assert card.training["quantization_granularity"] in ("per-channel", "per-tensor")
     assert card.zlib_bytes <= 20_000 and card.output == "logits"
     assert set(card.metrics) == {"val_accuracy", "test_accuracy", "val_keras_tflite_agreement"}
     assert 0.0 <= card.metrics["val_accuracy"] <= 1.0 and card.metrics["val_keras_tflite_agreement"] > 0.5
     assert KwsModel(path).labels == card.labels
-    with pytest.raises(RuntimeError, match="no conversion fits"):
-        export(model, dataclasses.replace(r, zlib_budget=100), x, dataset_root, tmp_path, {}, "toy")
