@@ -39,24 +39,27 @@ class BrokenModel(KwsModel):
 def test_batched_results_equal_unbatched(model: KwsModel, feats: np.ndarray) -> None:
     direct = np.concatenate([model.predict(f) for f in feats])
     sizes: list[int] = []
-    batcher = MicroBatcher(max_batch_size=len(feats), max_delay_ms=200, on_batch=lambda _, n: sizes.append(n))
+    # A one-minute delay: the batch runs when it is full, however slowly the requests arrive.
+    batcher = MicroBatcher(max_batch_size=len(feats), max_delay_ms=60_000, on_batch=lambda _, n: sizes.append(n))
     try:
         futures = [batcher.submit(model, f) for f in feats]
-        batched = np.concatenate([f.result(10) for f in futures])
+        batched = np.concatenate([f.result(30) for f in futures])
     finally:
         batcher.close()
     np.testing.assert_allclose(batched, direct, atol=1e-6)
-    assert sizes == [len(feats)]  # all queued within the delay: one invocation
+    assert sizes == [len(feats)]  # one invocation
 
 
 def test_batches_form_under_concurrency(model: KwsModel, feats: np.ndarray) -> None:
     sizes: list[int] = []
-    batcher = MicroBatcher(max_batch_size=16, max_delay_ms=20, workers=2, on_batch=lambda _, n: sizes.append(n))
+    # 32 callers, batches of 16 and a one-minute delay: batches form however the threads are scheduled,
+    # and each runs as soon as it is full.
+    batcher = MicroBatcher(max_batch_size=16, max_delay_ms=60_000, workers=2, on_batch=lambda _, n: sizes.append(n))
     start = threading.Barrier(32)
 
     def call(i: int) -> np.ndarray:
         start.wait()
-        return batcher.predict(model, feats[i % len(feats)], timeout=10)
+        return batcher.predict(model, feats[i % len(feats)], timeout=30)
 
     try:
         with ThreadPoolExecutor(32) as pool:
@@ -82,24 +85,25 @@ def test_bad_input_fails_only_its_caller(model: KwsModel, feats: np.ndarray) -> 
 
 def test_failed_batch_reaches_its_callers_only(model: KwsModel, served_model_path: Path, feats: np.ndarray) -> None:
     broken = BrokenModel(served_model_path)
-    batcher = MicroBatcher(max_batch_size=8, max_delay_ms=50)
+    # Batches of 2 and a one-minute delay: the two broken-model rows share a batch whatever the timing.
+    batcher = MicroBatcher(max_batch_size=2, max_delay_ms=60_000)
     try:
         poisoned = [batcher.submit(broken, np.full_like(feats[0], 123.0)), batcher.submit(broken, feats[1])]
-        healthy = batcher.submit(model, feats[2])
+        healthy = batcher.submit(model, feats[2:4])  # two rows: a full batch of its own
         for f in poisoned:
             with pytest.raises(RuntimeError, match="poisoned"):
-                f.result(10)
-        np.testing.assert_allclose(healthy.result(10), model.predict(feats[2]), atol=1e-6)
+                f.result(30)
+        np.testing.assert_allclose(healthy.result(30), model.predict(feats[2:4]), atol=1e-6)
     finally:
         batcher.close()
 
 
 def test_full_queue_is_overloaded_and_close_drains(model: KwsModel, feats: np.ndarray) -> None:
-    batcher = MicroBatcher(max_batch_size=64, max_delay_ms=10_000, max_queue=2)
+    batcher = MicroBatcher(max_batch_size=64, max_delay_ms=600_000, max_queue=2)
     queued = [batcher.submit(model, feats[0]), batcher.submit(model, feats[1])]
     with pytest.raises(Overloaded):
         batcher.submit(model, feats[2])
-    batcher.close(timeout=10)  # does not wait the 10 s delay: closing runs queued work at once
+    batcher.close(timeout=60)  # does not wait the 10 min delay: closing runs queued work at once
     assert all(f.done() and f.result().shape == (1, len(model.labels)) for f in queued)
     with pytest.raises(Unavailable):
         batcher.submit(model, feats[0])

@@ -9,7 +9,6 @@ import json
 import os
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -50,16 +49,18 @@ def little(little_path: Path) -> Path:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Records the request; answers like the gateway, optionally after a delay."""
+    """Records the request; answers like the gateway, or with ``hold`` only once the test is over."""
 
-    delay_s = 0.0
+    hold = False
     status = 200
     seen: list[tuple[str, dict[str, str], bytes]] = []
+    released: threading.Event
 
     def do_PUT(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         type(self).seen.append((self.command, dict(self.headers), body))
-        time.sleep(self.delay_s)
+        if self.hold:  # a server slower than any client timeout; a client without one gets an answer late
+            self.released.wait(30)
         reply = json.dumps({"label": "yes"} if self.status == 200 else {"error": "bad"}).encode()
         try:
             self.send_response(self.status)
@@ -75,13 +76,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def http_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, type[_Handler]]]:
-    handler = type("H", (_Handler,), {**getattr(request, "param", {}), "seen": []})
+    handler = type("H", (_Handler,), {**getattr(request, "param", {}), "seen": [], "released": threading.Event()})
     srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     srv.daemon_threads = True
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{srv.server_address[1]}/", handler
     finally:
+        handler.released.set()
         srv.shutdown()
         srv.server_close()
 
@@ -221,24 +223,20 @@ def test_client_keeps_little_answers_when_server_is_down(transport: str, little:
                                                          dataset_root: Path) -> None:
     port = closed_port()
     target = f"http://127.0.0.1:{port}/" if transport == "rest" else f"127.0.0.1:{port}"
-    t0 = time.monotonic()
     records, summary = run(client_config(little, tmp_path, transport, target, limit=12))
-    assert time.monotonic() - t0 < 120  # never hangs (a guard, not a speed goal: the machine may be busy)
     assert summary["calls"] == 12 and summary["failures"] == 12 and summary["cost_mb"] == 0.0
     assert all(r.big_label is None and r.final_label == r.little_label for r in records)
     assert summary["accuracy"] == summary["little_accuracy"]
     assert headline(summary).splitlines()[1] == "Communication Cost: 0.000 MB"
 
 
-@pytest.mark.parametrize("http_server", [{"delay_s": 2.0}], indirect=True)
+@pytest.mark.parametrize("http_server", [{"hold": True}], indirect=True)
 def test_client_survives_a_slow_server(http_server, little: Path, tmp_path: Path, dataset_root: Path) -> None:
     url, handler = http_server
-    t0 = time.monotonic()
     records, summary = run(client_config(little, tmp_path, "rest", url, limit=10))
     # 3 asks time out (2 attempts of 0.3 s each), then the breaker answers locally for the rest: the
     # slow server sees a bounded number of requests however many clips follow.
     assert len(handler.seen) <= 6
-    assert time.monotonic() - t0 < 120  # never hangs (a guard, not a speed goal: the machine may be busy)
     assert summary["failures"] == 10 and all(r.final_label == r.little_label for r in records)
     assert sum(r.bytes_sent > 0 for r in records) == 3  # timed-out bodies did leave the edge
 

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -200,23 +199,39 @@ def test_metrics_endpoint(server: ServerHandle, stub: pb_grpc.KeywordSpottingStu
     assert "kws_ready 1.0" in text
 
 
-def test_graceful_shutdown_finishes_in_flight(served_model_path: Path, clip_wavs: dict[str, bytes]) -> None:
-    # a lone request waits max_delay_ms in the batcher: it is in flight when stop() begins
-    handle = serve(ServerConfig(models=(served_model_path,), max_batch_size=8, max_delay_ms=1500))
+def test_graceful_shutdown_finishes_in_flight(served_model_path: Path, clip_wavs: dict[str, bytes],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    handle = serve(ServerConfig(models=(served_model_path,), max_batch_size=8, max_delay_ms=2))
+    # The call is held inside the model until the gRPC server has begun stopping: in flight by construction.
+    model, in_model, stopping = handle.core.model(), threading.Event(), threading.Event()
+    predict, grpc_stop = model.predict, handle.server.stop
+
+    def held_predict(feats: np.ndarray) -> np.ndarray:
+        in_model.set()
+        stopping.wait(60)
+        return predict(feats)
+
+    def stop_and_tell(grace: float | None) -> threading.Event:
+        done = grpc_stop(grace)
+        stopping.set()
+        return done
+
+    monkeypatch.setattr(model, "predict", held_predict)
+    monkeypatch.setattr(handle.server, "stop", stop_and_tell)
     result: dict[str, object] = {}
     with grpc.insecure_channel(handle.target) as ch:
         stub = pb_grpc.KeywordSpottingStub(ch)
-        stub.GetModelMetadata(pb.ModelMetadataRequest(), timeout=5)  # connected
-        t = threading.Thread(target=lambda: result.update(r=stub.Predict(wav_request(clip_wavs["left"]), timeout=10)))
+        t = threading.Thread(target=lambda: result.update(r=stub.Predict(wav_request(clip_wavs["left"]), timeout=60)))
         t.start()
-        time.sleep(0.3)
-        started = time.monotonic()
-        handle.stop(grace=5)
-        t.join(10)
+        assert in_model.wait(60), "the call never reached the model"
+        stopper = threading.Thread(target=handle.stop, kwargs={"grace": 600})
+        stopper.start()
+        t.join(60)
+        stopper.join(60)  # a stop() that sat out the 10 min grace would still be running
         assert result["r"].prediction.label == "left"  # type: ignore[attr-defined]
-        assert time.monotonic() - started < 4  # done once the call finished, not after the whole grace
+        assert not stopper.is_alive(), "stop() waited past the last call in flight"
         with pytest.raises(grpc.RpcError) as e:
-            stub.Predict(wav_request(clip_wavs["left"]), timeout=2)
+            stub.Predict(wav_request(clip_wavs["left"]), timeout=5)
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
