@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.client import CASCADE_FILE, ROOT, little_on_file, load_threshold
+from edge.client import CASCADE_FILE, RESULTS, ROOT, little_on_file, load_threshold, repo_relative
 from edge.payload import local_answer
 from edge.report import MB, plot_sweep
 from edge.transports import (WAYS, GrpcTransport, RestSpecTransport, RetryPolicy, Transport, request_for, request_id,
@@ -182,8 +182,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="calibration: ways to pick a threshold for (default all; rest-spec always)")
     ap.add_argument("--timeout", type=float, default=5.0)
     ap.add_argument("--device", default=hex(uuid.getnode()))
-    ap.add_argument("--out", default=str(CASCADE_FILE), help="where the calibrated threshold goes")
-    ap.add_argument("--results", default=str(ROOT / "results"), help="folder for sweep JSON + PNG")
+    ap.add_argument("--out", default=str(RESULTS / CASCADE_FILE.name),
+                    help="where the calibrated thresholds go (default: results/; runs read models/cascade.json, "
+                         "so install them there, e.g. with `make calibrate-commit`)")
+    ap.add_argument("--cascade", default=str(CASCADE_FILE),
+                    help="sweep: the calibrated thresholds to mark (default: the installed models/cascade.json)")
+    ap.add_argument("--results", default=str(RESULTS), help="folder for sweep JSON + PNG")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--data-dir", default=None)
     return ap.parse_args(argv)
@@ -207,14 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if transport is not None:
             transport.close()
-    big_source = f"local {a.big}" if a.local_big else f"{a.transport} {a.grpc if a.transport == 'grpc' else a.url}"
+    big_source = f"local {repo_relative(a.big)}" if a.local_big else f"{a.transport} {a.grpc if a.transport == 'grpc' else a.url}"
     return run_sweep(a, preds[a.cost_of], big_source) if a.sweep else write_calibration(a, preds, big_source)
 
 
 def run_sweep(a: argparse.Namespace, preds: SplitPredictions, big_source: str) -> int:
     """Prints and saves accuracy vs cost at fixed thresholds (plus the calibrated one) for one split."""
     split = preds.split
-    calibrated, source = load_threshold(Path(a.out), a.cost_of)
+    calibrated, source = load_threshold(Path(a.cascade), a.cost_of)
     rows = sweep(preds, [*SWEEP_THRESHOLDS, calibrated])
     little_only, big_only = preds.at(-1.0), preds.at(1.0)
     print(f"{'threshold':>9} {'accuracy %':>10} {'cost MB':>8} {'calls':>5}")
@@ -237,8 +241,8 @@ def run_sweep(a: argparse.Namespace, preds: SplitPredictions, big_source: str) -
 
 def write_calibration(a: argparse.Namespace, preds: dict[str, SplitPredictions], big_source: str) -> int:
     """Picks a threshold per way of asking on val (the same budget buys more clips with smaller requests)
-    and records them, with how they were chosen, in models/cascade.json; the top-level threshold is the
-    reference wire format's (rest-spec)."""
+    and records them, with how they were chosen, in --out; the top-level threshold is the reference wire
+    format's (rest-spec). Runs read models/cascade.json: writing there is an explicit --out."""
     target = ({"target_accuracy": a.target_accuracy} if a.target_accuracy is not None
               else {"budget_mb": a.budget_mb} if a.budget_mb is not None
               else {"budget_mb": {way: default_budget(way) for way in preds}})
@@ -263,8 +267,14 @@ def write_calibration(a: argparse.Namespace, preds: dict[str, SplitPredictions],
            "val_little_accuracy": spec.at(-1.0)["accuracy"], "ways": chosen,
            "little": KwsModel(a.little).card.sha256, "big": big_source,
            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    Path(a.out).write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"-> {a.out}")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    shown = repo_relative(out) if out.resolve().is_relative_to(ROOT) else str(out)
+    print(f"-> {shown}")
+    if out.resolve() != CASCADE_FILE.resolve():
+        print(f"runs still read {repo_relative(CASCADE_FILE)}: try these with `python -m edge.client --cascade "
+              f"{shown}`; install them with `cp {shown} {repo_relative(CASCADE_FILE)}` or `make calibrate-commit`")
     return 0
 
 

@@ -30,10 +30,18 @@ from kws_rpc.model import KwsModel, softmax_margin
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
-CASCADE_FILE = ROOT / "models" / "cascade.json"
+CASCADE_FILE = ROOT / "models" / "cascade.json"  # the installed thresholds, which runs read by default
+RESULTS = ROOT / "results"  # where runs write (gitignored); committed figures are refreshed on purpose
 # Used only when models/cascade.json is missing (run `make calibrate`): a margin of 0.2 sends the clips
 # on which the little model is clearly unsure, a few percent of the test split for a decent little model.
 DEFAULT_THRESHOLD = 0.2
+
+
+def repo_relative(path: str | Path) -> str:
+    """A path as recorded in result files: relative to the repository, or only its name if outside it, so
+    no file records where one developer keeps the checkout."""
+    p = Path(path).resolve()
+    return p.relative_to(ROOT).as_posix() if p.is_relative_to(ROOT) else p.name
 
 
 def should_ask(margin: float | np.ndarray, threshold: float) -> bool | np.ndarray:
@@ -48,8 +56,8 @@ def load_threshold(path: Path = CASCADE_FILE, way: str = "rest-spec") -> tuple[f
         return DEFAULT_THRESHOLD, "default"
     doc = json.loads(path.read_text())
     if way in doc.get("ways", {}):
-        return float(doc["ways"][way]["threshold"]), f"{path.name}, calibrated on val for {way}"
-    return float(doc["threshold"]), f"{path.name}, calibrated on val for rest-spec"
+        return float(doc["ways"][way]["threshold"]), f"{repo_relative(path)}, calibrated on val for {way}"
+    return float(doc["threshold"]), f"{repo_relative(path)}, calibrated on val for rest-spec"
 
 
 def calibrated_budget(doc: dict[str, Any], way: str, clips: int) -> float | None:
@@ -176,7 +184,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     modes = ap.add_argument_group("other modes (the same as python -m edge.calibrate; its flags pass through)")
     modes.add_argument("--calibrate", action="store_true",
                        help="choose the threshold on the VAL split (--budget-mb or --target-accuracy; "
-                            "--local-big runs big here) and write it to --out (default models/cascade.json)")
+                            "--local-big runs big here) and write it to --out (default results/cascade.json; "
+                            f"runs read {CASCADE_FILE.name} from models/ unless --cascade names another)")
     modes.add_argument("--sweep", action="store_true",
                        help="accuracy vs cost over thresholds, on test by default: table, JSON and PNG")
     return ap.parse_args(argv)
@@ -199,7 +208,7 @@ def config_from_args(a: argparse.Namespace) -> ClientConfig:
         threshold, source = a.threshold, "--threshold"
     max_cost_mb = max_cost_mb or None  # 0 = no cap
     suffix = a.transport if a.transport == "rest" or a.payload == "wav" else f"grpc_{a.payload}"
-    report = Path(a.report) if a.report else ROOT / "results" / f"edge_{suffix}.json"
+    report = Path(a.report) if a.report else RESULTS / f"edge_{suffix}.json"
     return ClientConfig(little=Path(a.little), transport=a.transport, url=a.url, grpc_target=a.grpc,
                         payload=a.payload if a.transport == "grpc" else "spec", threshold=threshold,
                         threshold_source=source, split=a.split, limit=a.limit, data_dir=a.data_dir,
@@ -217,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         return calibrate.main([a for a in argv if a != "--calibrate"])
     cfg = config_from_args(parse_args(argv))
     records, summary = run(cfg)
-    run_info = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()}
+    run_info = {k: repo_relative(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()}
     write_report(cfg.report, records, summary, run_info)
     print(headline(summary))
     cap = "no cap" if cfg.max_cost_mb is None else f"cap {cfg.max_cost_mb:.3f} MB"

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.client import CASCADE_FILE, ROOT, little_on_file, load_threshold, should_ask
+from edge.client import CASCADE_FILE, RESULTS, ROOT, little_on_file, load_threshold, repo_relative, should_ask
 from edge.report import MB
 from edge.transports import (WAYS, GrpcTransport, RestSpecTransport, RetryPolicy, Transport, request_for, request_id,
                              wire_bytes)
@@ -77,7 +77,7 @@ def outcome(threshold: float, margins: np.ndarray, little: list[str], true: list
             "accuracy": float(np.mean([f == t for f, t in zip(final, true)]))}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--little", default=str(ROOT / "models" / "little.tflite"))
     ap.add_argument("--big", default=str(ROOT / "models" / "big.tflite"), help="with --local-big")
@@ -90,8 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--device", default=hex(uuid.getnode()))
-    ap.add_argument("--out", default=str(ROOT / "results" / "payload.json"))
-    a = ap.parse_args(argv)
+    ap.add_argument("--out", default=str(RESULTS / "payload.json"))
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
 
     from tqdm import tqdm
 
@@ -141,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"split": a.split, "clips": len(names), "spec_threshold": common,
-                               "threshold_source": source, "big": a.big if big is not None else
+                               "threshold_source": source, "big": repo_relative(a.big) if big is not None else
                                {"rest": a.url, "grpc": a.grpc}, "rows": rows}, indent=1) + "\n")
     print(f"wrote {out}")
     return 0
