@@ -1,4 +1,6 @@
 # kws — see README.md. Every target creates the virtual environment if it is missing.
+# Runs write under results/ (gitignored). The figures committed in bench/results/ and models/cascade.json
+# change only through the *-commit targets.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -6,7 +8,8 @@ PYTHON := $(BIN)/python
 DATA ?= data
 export KWS_DATA_DIR ?= $(abspath $(DATA))
 
-.PHONY: help venv protos data train eval demo test server client calibrate sweep payload coop bench clean
+.PHONY: help venv protos data train eval eval-commit demo test server client calibrate calibrate-commit sweep \
+	payload coop bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -30,24 +33,33 @@ $(DATA)/mini_speech_commands/.complete:
 train: venv data  ## retrain every recipe (about 3 h on 2 cores)
 	$(PYTHON) -m trainers.train --all
 
-eval: venv data  ## evaluate every shipped model on the test split (table + bench/results/eval.json)
-	$(PYTHON) -m kws_rpc.evaluate
+eval: venv data  ## evaluate every shipped model on the test split (table + results/eval.json)
+	$(PYTHON) -m kws_rpc.evaluate $(ARGS)
 
-demo: venv data  ## the whole system end to end: eval, server + edge cascade, MQTT cooperative inference
+eval-commit: venv data  ## make eval, refreshing the committed bench/results/eval.json
+	$(PYTHON) -m kws_rpc.evaluate $(ARGS) --out bench/results/eval.json
+
+demo: venv data  ## the whole system end to end: eval, server + edge cascade, MQTT cooperative inference (-> results/)
 	$(PYTHON) scripts/demo.py
 
 server: venv  ## gRPC :50051 + REST gateway :8080 on models/big.tflite (Ctrl-C stops gracefully)
 	$(PYTHON) -m kws_rpc.server --model models/big.tflite --port 50051 --gateway-port 8080
 
-.PHONY: bench-server
-bench-server: venv  ## server throughput/latency: gRPC vs REST, batching on/off, 1-128 clients -> bench/results/server.json
+.PHONY: bench-server bench-server-commit
+bench-server: venv  ## server throughput/latency: gRPC vs REST, batching on/off, 1-128 clients -> results/bench_server.json
 	$(PYTHON) -m bench.bench_server $(ARGS)
+
+bench-server-commit: venv  ## make bench-server, refreshing the committed bench/results/server.json
+	$(PYTHON) -m bench.bench_server $(ARGS) --out bench/results/server.json
 
 client: venv data  ## Big/Little cascade on test as the Pi runs it (REST spec; ARGS="--transport grpc --payload mfcc-q5z")
 	$(PYTHON) -m edge.client $(ARGS)
 
-calibrate: venv data  ## pick the cascade threshold on VAL (big run locally) -> models/cascade.json
+calibrate: venv data  ## pick the cascade thresholds on VAL (big run locally) -> results/cascade.json
 	$(PYTHON) -m edge.calibrate --local-big $(ARGS)
+
+calibrate-commit: venv data  ## make calibrate, installing the thresholds in models/cascade.json (what runs read)
+	$(PYTHON) -m edge.calibrate --local-big $(ARGS) --out models/cascade.json
 
 sweep: venv data  ## accuracy vs cost over thresholds on test -> results/sweep_test.{json,png}
 	$(PYTHON) -m edge.calibrate --sweep --local-big $(ARGS)
@@ -56,13 +68,16 @@ payload: venv data  ## bytes per request per transport/payload and test accuracy
 	$(PYTHON) -m edge.payload --local-big $(ARGS)
 
 coop: venv data  ## cooperative inference over MQTT: embedded broker + the 3 members in-process, policy chosen on val
-	$(PYTHON) -m edge.coop --split test $(ARGS)
+	$(PYTHON) -m edge.coop --split test --report results/coop_report.json $(ARGS)
 
-.PHONY: bench-coop
-bench-coop: venv data  ## 800 test clips, 3 and 5 workers, amqtt and mosquitto -> bench/results/coop.json
+.PHONY: bench-coop bench-coop-commit
+bench-coop: venv data  ## 800 test clips, 3 and 5 workers, amqtt and mosquitto -> results/bench_coop.json
 	$(PYTHON) -m bench.bench_coop $(ARGS)
 
-test: venv data  ## run the test suite
+bench-coop-commit: venv data  ## make bench-coop, refreshing the committed bench/results/coop.json
+	$(PYTHON) -m bench.bench_coop $(ARGS) --out bench/results/coop.json
+
+test: venv data  ## run the test suite (TensorFlow checks included, in a child process)
 	$(BIN)/pytest -q
 
 clean:

@@ -4,7 +4,8 @@ this process. Each configuration is warmed up (first messages, interpreter set-u
 
     python -m bench.bench_coop [--workers 3 5] [--brokers amqtt mosquitto] [--limit N]
 
-Writes bench/results/coop.json and prints a table. Target: 800 clips in <= 5 s, 3 workers, mosquitto.
+Writes results/bench_coop.json (``make bench-coop-commit``: the committed bench/results/coop.json) and prints
+a table. Target: 800 clips in <= 5 s, 3 workers, mosquitto.
 With only 3 member models, 5 workers repeat members under other worker ids.
 """
 
@@ -21,7 +22,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import format_table, write_results
+from bench.common import RESULTS, format_table, write_results
+from edge.client import repo_relative
 from edge.coop import CoopClient, CoopConfig, default_members, report
 from kws_rpc.data import find_dataset, load_split
 from kws_rpc.mqtt.broker import EmbeddedBroker, Mosquitto
@@ -83,15 +85,20 @@ def measure(kind: str, count: int, models: Sequence[str], audio, labels, names) 
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     env = os.environ.get("KWS_TEST_MEMBERS")
     p.add_argument("--models", nargs="+", default=env.split(",") if env else default_members())
     p.add_argument("--workers", nargs="+", type=int, default=[3, 5])
     p.add_argument("--brokers", nargs="+", default=["amqtt", "mosquitto"], choices=("amqtt", "mosquitto"))
     p.add_argument("--limit", type=int, default=0, help="first N test clips (0 = all 800)")
-    p.add_argument("--out", default=str(REPO / "bench" / "results" / "coop.json"))
-    args = p.parse_args(argv)
+    p.add_argument("--out", default=str(RESULTS / "bench_coop.json"), help="JSON results (default: "
+                   "results/bench_coop.json)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     audio, labels, names = load_split("test", find_dataset())
     if args.limit:
@@ -106,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(row)
             print(f"{kind}, {count} workers: {row['e2e_s']} s", flush=True)
     print(format_table(rows, COLUMNS))
-    out = write_results(args.out, {"models": args.models, "target": "800 clips <= 5 s, 3 workers, mosquitto",
+    out = write_results(args.out, {"models": [repo_relative(m) for m in args.models], "target": "800 clips <= 5 s, 3 workers, mosquitto",
                                    "runs": rows})
     print(f"results: {out}")
 

@@ -4,7 +4,8 @@ For batching on and off it starts ``python -m kws_rpc.server`` (with its REST ga
 process, then drives it with 1..128 client threads, over gRPC directly and through the gateway with the
 reference SenML body. Each cell stops after --requests requests or --seconds, whichever comes first.
 Reports requests/s, p50/p99 latency, error rate, wrong labels and the server's RSS; writes
-bench/results/server.json. Run as ``python -m bench.bench_server`` from the repository root.
+results/bench_server.json (``make bench-server-commit`` refreshes the committed bench/results/server.json).
+Run as ``python -m bench.bench_server`` from the repository root.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import grpc
 import psutil
 import requests
 
-from bench.common import format_table, latency_summary, write_results
+from bench.common import RESULTS, format_table, latency_summary, write_results
+from edge.client import repo_relative
 from kws_rpc.senml import spec_body_for_wav
 from kws.v1 import kws_pb2 as pb
 from kws.v1 import kws_pb2_grpc as pb_grpc
@@ -187,7 +189,8 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     ap.add_argument("--batching", default="on,off")
     ap.add_argument("--max-batch-size", type=int, default=32)
     ap.add_argument("--max-delay-ms", type=float, default=2.0)
-    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "server.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "bench_server.json",
+                    help="JSON results (default: results/bench_server.json)")
     a = ap.parse_args(argv)
     return BenchConfig(a.model, tuple(int(c) for c in a.concurrency.split(",")), a.requests, a.seconds,
                        tuple(a.transports.split(",")), tuple(a.batching.split(",")), a.max_batch_size,
@@ -200,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"{config.model} not found: train it (make train) or pass --model")
     print(format_table([], COLUMNS, 10))
     rows = run(config)
-    path = write_results(config.out, {"config": {k: str(v) if isinstance(v, Path) else v
+    path = write_results(config.out, {"config": {k: repo_relative(v) if isinstance(v, Path) else v
                                                  for k, v in dataclasses.asdict(config).items()},
                                       "notes": "loopback; client threads and the server share the machine's "
                                                "cores (see environment.loadavg_1m); requests are 1 s WAV clips "

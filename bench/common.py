@@ -14,6 +14,10 @@ from typing import Any
 
 import numpy as np
 
+# Where benchmarks write by default (gitignored); the committed figures in bench/results/ are refreshed
+# only by an explicit --out (the Makefile's *-commit targets).
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+
 
 def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
     """p50/p90/p99/mean in milliseconds (NaN when nothing was measured)."""

@@ -1,7 +1,9 @@
 """`make eval`: evaluates every shipped model on the fixed test split, from a real run.
 
 Prints a table (accuracy, size, zlib size, per-clip latency of features + inference at batch 1) and the
-offline majority vote of the ensemble named in models/ensemble.json; writes the same as JSON.
+offline majority vote of the ensemble named in models/ensemble.json; writes the same as JSON, to
+results/eval.json unless --out says otherwise (``make eval-commit`` refreshes the committed
+bench/results/eval.json).
 """
 
 from __future__ import annotations
@@ -84,15 +86,19 @@ def run(models_dir: Path, root: Path, split: str, latency_clips: int) -> dict:
     return result
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="models", help="folder of shipped .tflite files with cards")
     ap.add_argument("--data-dir", help="folder holding mini_speech_commands/ (default: $KWS_DATA_DIR, ./data, ...)")
     ap.add_argument("--download", action="store_true", help="download the official zip if no copy is found")
     ap.add_argument("--split", default="test", choices=["test", "val"], help="split to report (default: test)")
     ap.add_argument("--latency-clips", type=int, default=200, help="clips timed one by one per model")
-    ap.add_argument("--out", default="bench/results/eval.json", help="where the JSON goes")
-    args = ap.parse_args(argv)
+    ap.add_argument("--out", default="results/eval.json", help="where the JSON goes (default: %(default)s)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     root = find_dataset(args.data_dir, allow_download=args.download)
     result = run(Path(args.models), root, args.split, args.latency_clips)

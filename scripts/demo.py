@@ -7,7 +7,8 @@
 4. stops the server (SIGTERM, graceful) and runs cooperative inference over MQTT with the embedded broker
    and one worker per ensemble member.
 
-Every step is a separate process started with the same commands a user would type.
+Every step is a separate process started with the same commands a user would type. Everything it writes
+goes under results/ (gitignored): the committed figures in bench/results/ and models/ stay as they are.
 """
 
 from __future__ import annotations
@@ -56,28 +57,40 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None
     raise SystemExit(f"the server was not ready at {url} after {timeout:.0f} s")
 
 
+def commands(limit: int | None, grpc_port: int, http_port: int) -> dict[str, list[str]]:
+    """The python command line of each step (after ``python``); every report they write is under results/."""
+    n = ["--limit", str(limit)] if limit else []
+    return {
+        "eval": ["-m", "kws_rpc.evaluate", "--latency-clips", "100", "--out", "results/eval.json"],
+        "server": ["-m", "kws_rpc.server", "--model", "models/big.tflite", "--port", str(grpc_port),
+                   "--gateway-port", str(http_port), "--log-level", "WARNING"],
+        "client-rest": ["-m", "edge.client", "--transport", "rest", "--url", f"http://127.0.0.1:{http_port}/",
+                        "--report", "results/edge_rest.json", *n],
+        "client-grpc": ["-m", "edge.client", "--transport", "grpc", "--payload", "mfcc-q5z",
+                        "--grpc", f"127.0.0.1:{grpc_port}", "--report", "results/edge_grpc_mfcc-q5z.json", *n],
+        "coop": ["-m", "edge.coop", "--split", "test", "--report", "results/coop_report.json", *n],
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--limit", type=int, help="first N test clips only (a quick look)")
     ap.add_argument("--skip-eval", action="store_true", help="skip the model evaluation table")
     args = ap.parse_args(argv)
-    limit = ["--limit", str(args.limit)] if args.limit else []
+    grpc_port, http_port = free_port(), free_port()
+    cmd = commands(args.limit, grpc_port, http_port)
 
     if not args.skip_eval:
         step("1/4 shipped models on the 800-clip test split")
-        run("-m", "kws_rpc.evaluate", "--latency-clips", "100")
+        run(*cmd["eval"])
 
-    grpc_port, http_port = free_port(), free_port()
     step(f"2/4 gRPC server (big model) on 127.0.0.1:{grpc_port}, REST gateway on 127.0.0.1:{http_port}")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "kws_rpc.server", "--model", "models/big.tflite", "--port", str(grpc_port),
-         "--gateway-port", str(http_port), "--log-level", "WARNING"], cwd=ROOT)
+    server = subprocess.Popen([sys.executable, *cmd["server"]], cwd=ROOT)
     try:
         wait_ready(f"http://127.0.0.1:{http_port}/readyz", server)
         step("3/4 edge cascade: little on every clip, big when unsure")
-        run("-m", "edge.client", "--transport", "rest", "--url", f"http://127.0.0.1:{http_port}/", *limit)
-        run("-m", "edge.client", "--transport", "grpc", "--payload", "mfcc-q5z",
-            "--grpc", f"127.0.0.1:{grpc_port}", *limit)
+        run(*cmd["client-rest"])
+        run(*cmd["client-grpc"])
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -86,8 +99,8 @@ def main(argv: list[str] | None = None) -> None:
             server.kill()
 
     step("4/4 cooperative inference over MQTT (embedded broker, one worker per ensemble member)")
-    run("-m", "edge.coop", "--split", "test", *limit)
-    print("\nreports: results/*.json; tables: bench/results/*.json")
+    run(*cmd["coop"])
+    print("\nreports: results/*.json (the committed figures are in bench/results/ and models/cascade.json)")
 
 
 if __name__ == "__main__":
