@@ -1,16 +1,36 @@
-"""Broker address and the one way kws builds a paho client: MQTT 3.1.1 (amqtt speaks nothing newer), a
-fixed client id with a persistent session (clean_session=False) so QoS-2 clips queued while a participant
-is away are delivered once when it returns, and automatic reconnects with bounded back-off."""
+"""Broker address and the one way kws builds a paho client.
+
+Protocol: MQTT 5 where the broker speaks it (mosquitto 2), else MQTT 3.1.1 (amqtt speaks nothing newer).
+``negotiate`` asks the broker once with an MQTT 5 CONNECT: a broker that refuses the protocol version
+gets 3.1.1, and one that accepts tells us its Receive Maximum, the number of QoS 1/2 messages it will
+take in flight from one client. Publishers must stay under it: mosquitto 2.0 takes 20 by default and,
+for an MQTT 3.1.1 client that sends more, acknowledges the extra QoS 2 messages with a PUBREC and drops
+them; the sender believes them delivered. Where the broker cannot say (3.1.1), ``DEFAULT_INFLIGHT``
+is the conservative guess.
+
+Sessions are persistent (a fixed client id; clean_session=False, or clean_start=False with a session
+expiry in MQTT 5), so QoS 2 clips queued while a participant is away are delivered once when it
+returns; paho reconnects on its own with bounded back-off.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import ssl
+import threading
+import time
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
 
+log = logging.getLogger(__name__)
 SCHEMES = {"mqtt": (1883, False), "tcp": (1883, False), "mqtts": (8883, True), "ssl": (8883, True)}
+PROTOCOLS = {"auto": None, "5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
+DEFAULT_INFLIGHT = 16  # below mosquitto's default of 20, for brokers that cannot tell us (MQTT 3.1.1)
+SESSION_EXPIRY_S = 3600  # MQTT 5: how long the broker keeps a persistent session of a client that left
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +44,12 @@ class BrokerSettings:
     keepalive_s: int = 10  # how fast the broker notices a dead peer and fires its last will
     reconnect_min_s: float = 0.1
     reconnect_max_s: float = 2.0
-    max_inflight: int = 100  # QoS 1/2 messages in flight per client (paho's default of 20 throttles QoS 2)
+    max_inflight: int = 100  # paho's own cap on QoS 1/2 messages in flight; callers keep below the broker's
+    protocol: str = "auto"  # "auto" (MQTT 5 if the broker speaks it), "5" or "3.1.1"
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"MQTT protocol must be one of {sorted(PROTOCOLS)}, not {self.protocol!r}")
 
     @classmethod
     def from_url(cls, url: str, **kw: object) -> "BrokerSettings":
@@ -44,20 +69,111 @@ class BrokerSettings:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
-def make_client(settings: BrokerSettings, client_id: str, persistent: bool = True) -> mqtt.Client:
-    """A configured, not yet connected client. Callers set callbacks and the will, then connect_async."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent,
-                         protocol=mqtt.MQTTv311)
-    client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)
-    client.max_inflight_messages_set(settings.max_inflight)
+@dataclasses.dataclass(frozen=True)
+class BrokerLimits:
+    """What the broker told us when we connected."""
+
+    protocol: int  # mqtt.MQTTv5 or mqtt.MQTTv311
+    receive_maximum: int | None  # QoS 1/2 messages in flight per client; None = not announced (3.1.1)
+
+    @property
+    def name(self) -> str:
+        return "MQTT 5" if self.protocol == mqtt.MQTTv5 else "MQTT 3.1.1"
+
+    def inflight(self, wanted: int) -> int:
+        """How many QoS 1/2 messages a client may keep in flight: its wish, within the broker's limit."""
+        return max(1, min(wanted, self.receive_maximum or DEFAULT_INFLIGHT))
+
+
+def _configure(client: mqtt.Client, settings: BrokerSettings) -> None:
     if settings.username:
         client.username_pw_set(settings.username, settings.password)
     if settings.tls:
         client.tls_set(ca_certs=settings.tls_ca, cert_reqs=ssl.CERT_REQUIRED)
+
+
+def negotiate(settings: BrokerSettings, timeout_s: float | None = 10.0) -> BrokerLimits:
+    """Which protocol to speak and the broker's Receive Maximum: one short MQTT 5 probe connection
+    (clean start, no session kept), unless the settings fix the protocol to 3.1.1. A broker that is not
+    listening yet is retried with the reconnect back-off until timeout_s (None: for ever)."""
+    if settings.protocol == "3.1.1":
+        return BrokerLimits(mqtt.MQTTv311, None)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    delay = settings.reconnect_min_s
+    while True:
+        try:
+            return _probe(settings, 5.0 if deadline is None else max(0.5, deadline - time.monotonic()))
+        except ConnectionError as e:
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s; retrying in %.1f s", e, delay)
+            time.sleep(delay)
+            delay = min(2 * delay, settings.reconnect_max_s)
+
+
+def _probe(settings: BrokerSettings, timeout_s: float) -> BrokerLimits:
+    done = threading.Event()
+    answer: dict[str, object] = {}
+
+    def on_connect(client: mqtt.Client, userdata: object, flags: object, reason: mqtt.ReasonCode,
+                   props: Properties | None) -> None:
+        answer["reason"], answer["props"] = reason, props
+        done.set()
+
+    def on_disconnect(*_: object) -> None:
+        done.set()
+
+    probe = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    _configure(probe, settings)
+    probe.on_connect, probe.on_disconnect = on_connect, on_disconnect
+    try:
+        probe.connect(settings.host, settings.port, keepalive=max(5, settings.keepalive_s))
+    except OSError as e:
+        raise ConnectionError(f"no MQTT broker at {settings.url}: {e}") from None
+    probe.loop_start()
+    try:
+        if not done.wait(timeout_s):
+            raise TimeoutError(f"the broker at {settings.url} did not answer CONNECT in {timeout_s} s")
+    finally:
+        probe.disconnect()
+        probe.loop_stop()
+    reason = answer.get("reason")
+    if isinstance(reason, mqtt.ReasonCode) and not reason.is_failure:
+        props = answer.get("props")
+        limit = getattr(props, "ReceiveMaximum", None)
+        return BrokerLimits(mqtt.MQTTv5, int(limit) if limit else 65535)
+    if settings.protocol == "5":
+        raise ConnectionError(f"the broker at {settings.url} refused MQTT 5: {reason}")
+    # Refused as a protocol version (amqtt), or the connection was dropped: MQTT 3.1.1. Bad credentials
+    # show up again, with their own reason, on the real connection.
+    log.info("%s does not speak MQTT 5 (%s): using MQTT 3.1.1", settings.url, reason or "connection closed")
+    return BrokerLimits(mqtt.MQTTv311, None)
+
+
+def make_client(settings: BrokerSettings, client_id: str, persistent: bool = True,
+                limits: BrokerLimits | None = None) -> mqtt.Client:
+    """A configured, not yet connected client in the negotiated protocol (3.1.1 if ``limits`` is None).
+    Callers set callbacks and the will, then ``connect``."""
+    protocol = limits.protocol if limits else mqtt.MQTTv311
+    if protocol == mqtt.MQTTv5:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
+    else:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent,
+                             protocol=protocol)
+    client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)
+    client.max_inflight_messages_set(limits.inflight(settings.max_inflight) if limits else settings.max_inflight)
+    _configure(client, settings)
     return client
 
 
-def connect(client: mqtt.Client, settings: BrokerSettings) -> None:
-    """Starts the network thread; paho keeps reconnecting on its own until loop_stop()."""
-    client.connect_async(settings.host, settings.port, keepalive=settings.keepalive_s)
+def connect(client: mqtt.Client, settings: BrokerSettings, persistent: bool = True) -> None:
+    """Starts the network thread; paho keeps reconnecting on its own until loop_stop(). ``persistent``
+    must match make_client's."""
+    if client.protocol == mqtt.MQTTv5:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY_S if persistent else 0
+        client.connect_async(settings.host, settings.port, keepalive=settings.keepalive_s,
+                             clean_start=not persistent, properties=props)
+    else:
+        client.connect_async(settings.host, settings.port, keepalive=settings.keepalive_s)
     client.loop_start()

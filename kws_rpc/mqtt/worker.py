@@ -5,6 +5,10 @@ delivered once when it returns), runs its model and publishes a vote (PredictRes
 probabilities). Its retained WorkerStatus says ONLINE; its last will says OFFLINE, so clients know how
 many votes to wait for. Anything it cannot use is logged and skipped; it never dies of a payload.
 
+A client republishes a clip whose votes did not all arrive in time (a lost QoS 0 vote, a broker
+restart). The worker answers each request id once: a repeat gets the cached vote again, without a
+second inference (the last ``VOTE_CACHE`` answers are kept).
+
 ``kws-worker --model models/member_cnn.tflite --broker mqtt://127.0.0.1:1883``. There is deliberately no
 built-in broker: a worker must not own the broker's lifetime. Use a real broker, ``python -m
 kws_rpc.mqtt.broker``, or ``python -m edge.coop`` without ``--broker`` for the all-in-one demo.
@@ -13,6 +17,7 @@ kws_rpc.mqtt.broker``, or ``python -m edge.coop`` without ``--broker`` for the a
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import logging
 import queue
@@ -29,10 +34,11 @@ from kws_rpc.codec import (audio_from_proto, check_config, metadata_to_proto, pa
 from kws_rpc.core import InferenceCore
 from kws_rpc.errors import KwsError
 from kws_rpc.model import KwsModel
-from kws_rpc.mqtt.connection import BrokerSettings, connect, make_client
+from kws_rpc.mqtt.connection import BrokerSettings, connect, make_client, negotiate
 from kws_rpc.mqtt.topics import Topics, check_segment
 
 log = logging.getLogger(__name__)
+VOTE_CACHE = 8192  # answered request ids remembered for repeats (~100 B each)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,17 +62,15 @@ class Worker:
         self.card = self.core.model().card
         self.worker_id = check_segment(config.worker_id or f"{self.card.name}@{socket.gethostname()}", "worker id")
         self.topics = Topics(config.deployment)
-        self.client = make_client(config.broker, f"kws-worker-{config.deployment}-{self.worker_id}")
-        self.client.will_set(self.topics.status(self.worker_id), self._status(pb.WorkerStatus.OFFLINE), 1, True)
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.client.on_disconnect = self._on_disconnect
+        self.client: mqtt.Client | None = None  # made by start(), in the protocol the broker speaks
         self._inbox: queue.Queue[pb.PredictRequest | None] = queue.Queue()
         self._outbox: list[bytes] = []  # votes made while disconnected (QoS 0 would drop them)
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._serve, name=f"worker-{self.worker_id}", daemon=True)
         self.connected = threading.Event()
         self.answered: list[str] = []  # request ids, in order (tests check exactly-once delivery)
+        self._votes: collections.OrderedDict[str, bytes] = collections.OrderedDict()  # id -> vote sent
+        self.repeats = 0  # republished clips answered from the cache
         self.rejected = 0
 
     def _status(self, state: int) -> bytes:
@@ -132,6 +136,10 @@ class Worker:
 
     def _serve(self) -> None:
         while (req := self._inbox.get()) is not None:
+            if (vote := self._votes.get(req.request_id)) is not None:
+                self.repeats += 1
+                self._send(vote)
+                continue
             try:
                 vote = self._answer(req)
             except KwsError as e:
@@ -143,17 +151,31 @@ class Worker:
                 log.exception("%s: failed on clip %s", self.worker_id, req.request_id)
                 continue
             self.answered.append(req.request_id)
+            self._votes[req.request_id] = vote
+            if len(self._votes) > VOTE_CACHE:
+                self._votes.popitem(last=False)
+            self._send(vote)
+
+    def _send(self, vote: bytes) -> None:
+        """Publishes a vote now, or holds it until the next connection (QoS 0 would drop it)."""
+        with self._lock:
+            if not self.connected.is_set():
+                self._outbox.append(vote)
+                return
+        if self.client.publish(self.topics.predictions, vote, qos=0).rc == mqtt.MQTT_ERR_NO_CONN:
             with self._lock:
-                if not self.connected.is_set():
-                    self._outbox.append(vote)
-                    continue
-            if self.client.publish(self.topics.predictions, vote, qos=0).rc == mqtt.MQTT_ERR_NO_CONN:
-                with self._lock:
-                    self._outbox.append(vote)
+                self._outbox.append(vote)
 
     # lifecycle ------------------------------------------------------------------------------------
     def start(self, wait_s: float | None = 10.0) -> "Worker":
         """Connects in the background; with wait_s, blocks until connected (TimeoutError otherwise)."""
+        limits = negotiate(self.config.broker, wait_s)
+        self.client = make_client(self.config.broker, f"kws-worker-{self.config.deployment}-{self.worker_id}",
+                                  limits=limits)
+        self.client.will_set(self.topics.status(self.worker_id), self._status(pb.WorkerStatus.OFFLINE), 1, True)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_disconnect = self._on_disconnect
         self._thread.start()
         connect(self.client, self.config.broker)
         if wait_s is not None and not self.connected.wait(wait_s):
@@ -163,16 +185,18 @@ class Worker:
     def stop(self, timeout_s: float = 5.0) -> None:
         """Clean shutdown: finish queued clips, then say OFFLINE (retained) and disconnect."""
         self._inbox.put(None)
-        self._thread.join(timeout_s)
-        if self.connected.is_set():
-            info = self.client.publish(self.topics.status(self.worker_id), self._status(pb.WorkerStatus.OFFLINE),
-                                       1, True)
-            try:
-                info.wait_for_publish(timeout_s)
-            except (RuntimeError, ValueError) as e:
-                log.warning("%s: OFFLINE status not confirmed: %s", self.worker_id, e)
-        self.client.disconnect()
-        self.client.loop_stop()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+        if self.client is not None:
+            if self.connected.is_set():
+                info = self.client.publish(self.topics.status(self.worker_id),
+                                           self._status(pb.WorkerStatus.OFFLINE), 1, True)
+                try:
+                    info.wait_for_publish(timeout_s)
+                except (RuntimeError, ValueError) as e:
+                    log.warning("%s: OFFLINE status not confirmed: %s", self.worker_id, e)
+            self.client.disconnect()
+            self.client.loop_stop()
         if self._owns_core:
             self.core.close()
 
@@ -187,11 +211,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--username")
     p.add_argument("--password")
     p.add_argument("--tls-ca", help="CA bundle; implies TLS")
+    p.add_argument("--protocol", default="auto", choices=("auto", "5", "3.1.1"),
+                   help="MQTT version: auto = 5 where the broker speaks it, else 3.1.1")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = BrokerSettings.from_url(args.broker, username=args.username, password=args.password,
-                                       tls_ca=args.tls_ca)
+                                       tls_ca=args.tls_ca, protocol=args.protocol)
     worker = Worker(WorkerConfig(args.model, settings, args.deployment, args.worker_id))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
