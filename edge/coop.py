@@ -4,10 +4,14 @@
     python -m edge.coop --broker mqtt://host:1883 --split test  # workers already running (kws-worker)
 
 The client learns the live workers and their feature config from their retained status messages,
-preprocesses each clip once (features as FLOAT16 when all workers share a config, else audio), publishes
-every clip at QoS 2 without waiting, and decides each clip when every live worker has voted, a missing
-one goes OFFLINE, or the clip's timeout passes. The ensemble policy is chosen on the val split
-(``--policy auto``) and reported on the requested split.
+preprocesses each clip once (features as FLOAT16 when all workers share a config, else audio) and
+publishes clips at QoS 2, keeping at most a window of undecided clips in flight: the broker's MQTT 5
+Receive Maximum, or a conservative 16 on an MQTT 3.1.1 broker (mosquitto silently drops QoS 2 messages
+past its in-flight limit). A clip is decided when every live worker has voted or the missing ones went
+OFFLINE or silent; a clip still short of votes is republished after ``--retry`` seconds (then doubling)
+until its ``--timeout``. The run exits 0 only if every clip was decided with a vote from every worker
+that stayed alive; otherwise it names the clips it could not decide and exits 1. The ensemble policy is
+chosen on the val split (``--policy auto``) and reported on the requested split.
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ import argparse
 import dataclasses
 import json
 import logging
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -32,13 +37,15 @@ from kws_rpc.codec import parse
 from kws_rpc.data import LABELS, find_dataset, load_split
 from kws_rpc.errors import KwsError
 from kws_rpc.features import FeatureConfig, mfcc
-from kws_rpc.mqtt.ballot import Ballot
-from kws_rpc.mqtt.broker import EmbeddedBroker
-from kws_rpc.mqtt.connection import BrokerSettings, connect, make_client
+from kws_rpc.mqtt.ballot import Ballot, Clip
+from kws_rpc.mqtt.connection import BrokerLimits, BrokerSettings, connect, make_client, negotiate
 from kws_rpc.mqtt.payloads import audio_request, features_request, shared_config
 from kws_rpc.mqtt.report import Run, clip_votes, report
 from kws_rpc.mqtt.topics import Topics
-from kws_rpc.mqtt.worker import Worker, WorkerConfig
+
+if TYPE_CHECKING:  # the all-in-one demo only: a Pi that talks to a real broker needs neither
+    from kws_rpc.mqtt.broker import EmbeddedBroker
+    from kws_rpc.mqtt.worker import Worker
 
 __all__ = ["CoopClient", "CoopConfig", "Run", "report", "start_local", "main"]
 log = logging.getLogger(__name__)
@@ -61,14 +68,17 @@ class CoopConfig:
     broker: BrokerSettings
     deployment: str = "default"
     client_id: str = "coop"
-    timeout_s: float = 10.0  # per clip, from its publication
+    timeout_s: float = 10.0  # per clip, from its first publication; then it counts as lost
     offline_grace_s: float = 3.0  # an OFFLINE worker is still awaited this long (broker restarts)
     min_workers: int = 1  # wait (up to discover_timeout_s) for at least this many live workers
     discover_s: float = 0.5  # after min_workers are live, how long to keep listening for more
     discover_timeout_s: float = 30.0
     payload: str = "auto"
-    interval_s: float = 0.0  # pause between clips (0 = publish all at once); simulates a live stream
+    interval_s: float = 0.0  # pause between clips (0 = as fast as the window allows); simulates a stream
     progress: bool = True
+    retry_s: float = 1.0  # republish a clip still short of votes after this long, then doubling
+    silence_s: float = 8.0  # drop a worker that owes votes and sent none this long while others voted
+    labels: tuple[str, ...] = tuple(LABELS)  # the client's label order; workers with another set are left out
 
 
 class CoopClient:
@@ -79,13 +89,15 @@ class CoopClient:
             raise ValueError(f"payload must be one of {PAYLOADS}")
         self.config = config
         self.topics = Topics(config.deployment)
-        self.client = make_client(config.broker, f"kws-coop-{config.deployment}-{config.client_id}")
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
+        self.client: mqtt.Client | None = None  # made by start(), in the protocol the broker speaks
+        self.limits = BrokerLimits(mqtt.MQTTv311, None)
+        self.window = 1
         self.connected = threading.Event()
-        self.ballot = Ballot(config.timeout_s, config.offline_grace_s)
+        self.ballot = Ballot(config.timeout_s, config.offline_grace_s, config.retry_s, config.silence_s)
         self.statuses: dict[str, pb.WorkerStatus] = {}
-        self.rejected = 0
+        self.excluded: dict[str, str] = {}  # worker id -> why its votes are not counted
+        self._order: dict[str, np.ndarray] = {}  # worker id -> its probabilities' positions in our order
+        self.rejected = 0  # unusable messages (statuses and votes)
         self._vote_bytes: list[int] = []
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: mqtt.ReasonCode,
@@ -96,6 +108,9 @@ class CoopClient:
         client.subscribe([(self.topics.all_status, 1), (self.topics.predictions, 1)])
         self.connected.set()
 
+    def _on_disconnect(self, *_: object) -> None:
+        self.connected.clear()
+
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         try:
             if msg.topic == self.topics.predictions:
@@ -104,69 +119,125 @@ class CoopClient:
                 self._on_status(wid, parse(pb.WorkerStatus, msg.payload))
         except KwsError as e:
             self.rejected += 1
-            log.warning("coop: skipped %d bytes on %s: %s", len(msg.payload), msg.topic, e)
+            if msg.topic == self.topics.predictions:
+                self.ballot.reject("unparsable")
+            log.warning("coop: skipped %d bytes on %s: %s", len(msg.payload), msg.topic, str(e)[:200])
 
     def _on_status(self, wid: str, status: pb.WorkerStatus) -> None:
         if status.worker_id != wid or status.state not in (pb.WorkerStatus.ONLINE, pb.WorkerStatus.OFFLINE):
-            raise KwsError(f"status of {status.worker_id!r} (state {status.state}) on the topic of {wid!r}")
-        if status.state == pb.WorkerStatus.ONLINE:
-            self.statuses[wid] = status
-            self.ballot.worker_online(wid, status)
-        else:
+            raise KwsError(f"status of {status.worker_id[:64]!r} (state {status.state}) on the topic of {wid!r}")
+        if status.state == pb.WorkerStatus.OFFLINE:
             self.ballot.worker_offline(wid)
-        log.info("coop: worker %s is %s", wid, pb.WorkerStatus.State.Name(status.state))
+            log.info("coop: worker %s is OFFLINE", wid)
+            return
+        labels = list(status.model.labels)
+        if sorted(labels) != sorted(self.config.labels) or len(set(labels)) != len(labels):
+            why = f"its model {status.model.name!r} has labels {labels[:16]}, not {sorted(self.config.labels)}"
+            if self.excluded.get(wid) != why:
+                log.warning("coop: worker %s left out: %s", wid, why)
+            self.excluded[wid] = why
+            self.ballot.worker_offline(wid)
+            return
+        self.excluded.pop(wid, None)
+        self._order[wid] = np.array([labels.index(name) for name in self.config.labels])
+        self.statuses[wid] = status
+        self.ballot.worker_online(wid, status)
+        log.info("coop: worker %s is ONLINE (%s)", wid, status.model.name)
 
     def _on_vote(self, resp: pb.PredictResponse, size: int) -> None:
-        status = self.statuses.get(resp.worker_id)
+        order = self._order.get(resp.worker_id)
+        if order is None:
+            self.ballot.reject("excluded worker" if resp.worker_id in self.excluded else "unknown worker")
+            return
         probs = np.asarray(resp.prediction.probabilities, dtype=np.float32)
-        if status is not None and len(probs) != len(status.model.labels):
-            raise KwsError(f"vote of {resp.worker_id} has {len(probs)} probabilities, "
-                           f"its model has {len(status.model.labels)} labels")
-        if self.ballot.vote(resp.request_id, resp.worker_id, resp.prediction.model, probs):
+        if len(probs) != len(order):
+            self.ballot.reject("wrong length")
+            log.warning("coop: vote of %s has %d probabilities, its model has %d labels: refused",
+                        resp.worker_id, len(probs), len(order))
+            return
+        if not np.all(np.isfinite(probs)):
+            self.ballot.reject("not finite")
+            log.warning("coop: vote of %s on %s is not finite: refused", resp.worker_id, resp.request_id[:64])
+            return
+        if self.ballot.vote(resp.request_id, resp.worker_id, resp.prediction.model, probs[order]):
             self._vote_bytes.append(size)
 
     def start(self, wait_s: float = 10.0) -> "CoopClient":
-        connect(self.client, self.config.broker)
+        settings = self.config.broker
+        self.limits = negotiate(settings, wait_s)
+        self.window = self.limits.inflight(settings.max_inflight)
+        self.client = make_client(settings, f"kws-coop-{self.config.deployment}-{self.config.client_id}",
+                                  limits=self.limits)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        connect(self.client, settings)
         if not self.connected.wait(wait_s):
-            raise TimeoutError(f"coop: no connection to {self.config.broker.url} in {wait_s} s")
+            raise TimeoutError(f"coop: no connection to {settings.url} in {wait_s} s")
+        log.info("coop: %s over %s, at most %d clips in flight", settings.url, self.limits.name, self.window)
         return self
 
     def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        if self.client is not None:
+            self.client.disconnect()
+            self.client.loop_stop()
 
     def discover(self) -> dict[str, pb.WorkerStatus]:
         """Live workers, after at least min_workers appeared and a short settle for the rest."""
         live = self.ballot.wait_for_workers(self.config.min_workers, self.config.discover_timeout_s)
         if len(live) < self.config.min_workers:
             raise TimeoutError(f"only {len(live)} of {self.config.min_workers} workers online on "
-                               f"{self.topics.all_status} after {self.config.discover_timeout_s} s")
+                               f"{self.topics.all_status} after {self.config.discover_timeout_s} s"
+                               + (f" ({len(self.excluded)} left out: {self.excluded})" if self.excluded else ""))
         threading.Event().wait(self.config.discover_s)
         return self.ballot.live()
 
     def labels(self) -> list[str]:
-        names = {tuple(s.model.labels) for s in self.ballot.live().values()}
-        if len(names) != 1:
-            raise KwsError(f"live workers disagree on labels: {sorted(names)}")
-        return list(names.pop())
+        """The label order of every vote the client counts (workers' own orders are mapped onto it)."""
+        return list(self.config.labels)
 
     def label_indices(self, y: Sequence[int]) -> list[int]:
-        """Dataset label indices (kws_rpc.data.LABELS) as indices into the workers' label list."""
-        names = self.labels()
-        return [names.index(LABELS[int(i)]) for i in y]
+        """Dataset label indices (kws_rpc.data.LABELS) as indices into labels()."""
+        return [self.config.labels.index(LABELS[int(i)]) for i in y]
+
+    def _pump(self, done: Callable[[], bool], payloads: dict[str, bytes],
+              progress: Callable[[int], None] | None = None, timeout_s: float | None = None) -> bool:
+        """Waits until done() (True) or timeout_s (False), republishing clips the ballot says are due
+        (while connected)."""
+        end = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            left = None if end is None else max(0.0, end - time.monotonic())
+            finished, due = self.ballot.pump(done, left, progress)
+            for clip in due:
+                if self.connected.is_set() and clip.request_id in payloads:
+                    log.info("coop: clip %s still short of %s: published again (#%d)", clip.request_id,
+                             sorted(clip.expected - set(clip.votes)), clip.publishes)
+                    self.client.publish(self.topics.clips, payloads[clip.request_id], qos=2)
+            if finished:
+                return True
+            if end is not None and time.monotonic() >= end:
+                return False
 
     def run(self, audio: np.ndarray) -> Run:
-        """Publishes every clip, then waits until each is decided."""
+        """Publishes every clip, at most ``window`` undecided at a time, and waits until each is decided."""
         live = self.discover()
         self.ballot.reset()
         self._vote_bytes = []
         tag = uuid.uuid4().hex[:8]
         rids = [f"{tag}-{i:05d}" for i in range(len(audio))]
+        payloads: dict[str, bytes] = {}  # kept for republishing until their clip is decided
         t0 = time.perf_counter()
         sizes: list[int] = []
         kinds: dict[str, int] = {}
         shape: tuple[int, ...] = ()
         preprocess_s = 0.0
+        room = lambda: len(self.ballot.clips) - self.ballot.decided < self.window  # noqa: E731
+        bar = None
+        if self.config.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(rids), desc=f"votes from {len(live)} workers", unit="clip")
+        progress = (lambda n: bar.update(n - bar.n)) if bar else None
         # Features are computed chunk by chunk between publishes, so workers start on the first chunk
         # while the client computes the next one. The payload is decided per clip from the workers it
         # invites: one that joins mid-run with another feature config turns later clips into audio.
@@ -174,6 +245,11 @@ class CoopClient:
             chunk = audio[start : start + PREPROCESS_CHUNK]
             feats: dict[FeatureConfig, np.ndarray] = {}
             for j, rid in enumerate(rids[start : start + len(chunk)]):
+                self._pump(room, payloads, progress)
+                # A worker whose OFFLINE is still in its grace (a broker restart fires every will) is
+                # probably coming back: new clips wait for it, or for the grace to end.
+                if not self._pump(self.ballot.settled, payloads, progress, self.config.discover_timeout_s):
+                    log.warning("coop: no live worker for %.0f s", self.config.discover_timeout_s)
                 clip = self.ballot.open(rid, start + j)  # before publishing, so an early vote finds it
                 cfg = self._payload_config(clip.invited)
                 if cfg is not None:
@@ -184,18 +260,16 @@ class CoopClient:
                     data, shape, kind = features_request(rid, feats[cfg][j], cfg), feats[cfg].shape[1:], "features-f16"
                 else:
                     data, kind = audio_request(rid, chunk[j], SAMPLE_RATE), "audio-pcm16"
+                payloads[rid] = data
                 self.client.publish(self.topics.clips, data, qos=2)
                 sizes.append(len(data))
                 kinds[kind] = kinds.get(kind, 0) + 1
                 if self.config.interval_s:
                     threading.Event().wait(self.config.interval_s)
+            for rid in [r for r in payloads if self.ballot.clips[r].decided_s is not None]:
+                del payloads[rid]
         t2 = time.perf_counter()
-        bar = None
-        if self.config.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(rids), desc=f"votes from {len(live)} workers", unit="clip")
-        self.ballot.wait(len(rids), progress=(lambda n: bar.update(n - bar.n)) if bar else None)
+        self._pump(lambda: self.ballot.decided >= len(rids), payloads, progress)
         if bar:
             bar.close()
         t3 = time.perf_counter()
@@ -213,8 +287,18 @@ class CoopClient:
         return cfg
 
 
-def start_local(models: Sequence[str], deployment: str) -> tuple[EmbeddedBroker, list[Worker]]:
-    """The one-command demo: an embedded amqtt broker on loopback and one in-process worker per model."""
+def failed_clips(run: Run, names: Sequence[str]) -> list[str]:
+    """Clips decided without a vote from some worker that stayed alive (lost), or with no vote at all."""
+    return [f"{name} ({clip.reason}; missing {', '.join(sorted(clip.expected - set(clip.votes))) or '-'})"
+            for name, clip in zip(names, (run.ballot.clips[r] for r in run.request_ids)) if not clip.ok]
+
+
+def start_local(models: Sequence[str], deployment: str) -> tuple["EmbeddedBroker", list["Worker"]]:
+    """The one-command demo: an embedded amqtt broker on loopback and one in-process worker per model
+    (needs the server extras: pip install 'kws[server]')."""
+    from kws_rpc.mqtt.broker import EmbeddedBroker
+    from kws_rpc.mqtt.worker import Worker, WorkerConfig
+
     broker = EmbeddedBroker().start()
     settings = BrokerSettings.from_url(broker.url)
     workers = [Worker(WorkerConfig(m, settings, deployment, f"w{i}-{Path(m).stem}")).start()
@@ -236,24 +320,39 @@ def main(argv: list[str] | None = None) -> None:
                    help="auto = run the val split first and take the best policy there")
     p.add_argument("--workers", type=int, default=0, help="wait for this many live workers (default 1, or "
                    "all --models when embedded)")
-    p.add_argument("--timeout", type=float, default=10.0, help="per-clip timeout, s")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds a clip may take from its first publication; after that it counts as lost")
+    p.add_argument("--retry", type=float, default=1.0,
+                   help="republish a clip still short of votes after this many seconds (then doubling)")
+    p.add_argument("--silence", type=float, default=8.0,
+                   help="drop a worker (with a warning) that owes votes and sent none for this many seconds "
+                        "while others voted: a stale retained ONLINE status must not stall the run")
+    p.add_argument("--max-inflight", type=int, default=100,
+                   help="undecided clips in flight at most; capped by the broker's MQTT 5 Receive Maximum, "
+                        "or by 16 on an MQTT 3.1.1 broker")
+    p.add_argument("--protocol", default="auto", choices=("auto", "5", "3.1.1"),
+                   help="MQTT version: auto = 5 where the broker speaks it, else 3.1.1")
     p.add_argument("--payload", default="auto", choices=PAYLOADS)
-    p.add_argument("--interval", type=float, default=0.0, help="seconds between clips (0 = all at once)")
+    p.add_argument("--interval", type=float, default=0.0, help="seconds between clips (0 = as fast as the "
+                   "window allows)")
     p.add_argument("--username")
     p.add_argument("--password")
     p.add_argument("--tls-ca")
-    p.add_argument("--report", default="bench/results/coop_report.json")
+    p.add_argument("--report", default="results/coop_report.json", help="per-clip JSON report")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--log-level", default="WARNING")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     broker, workers = (None, []) if args.broker else start_local(args.models, args.deployment)
     url = args.broker or broker.url  # type: ignore[union-attr]
-    settings = BrokerSettings.from_url(url, username=args.username, password=args.password, tls_ca=args.tls_ca)
+    settings = BrokerSettings.from_url(url, username=args.username, password=args.password, tls_ca=args.tls_ca,
+                                       max_inflight=args.max_inflight, protocol=args.protocol)
     config = CoopConfig(settings, args.deployment, args.client_id, args.timeout,
-                        args.workers or len(workers) or 1, payload=args.payload, interval_s=args.interval,
-                        progress=not args.no_progress)
+                        min_workers=args.workers or len(workers) or 1, payload=args.payload,
+                        interval_s=args.interval, progress=not args.no_progress, retry_s=args.retry,
+                        silence_s=args.silence)
     client = CoopClient(config).start()
+    failed: list[str] = []
     try:
         root = find_dataset()
         result: dict[str, Any] = {"broker": url, "embedded": broker is not None}
@@ -261,6 +360,7 @@ def main(argv: list[str] | None = None) -> None:
         if policy == "auto":
             val_audio, val_y, val_names = load_split("val", root)
             val_run = client.run(val_audio)
+            failed += [f"val/{f}" for f in failed_clips(val_run, val_names)]
             val_y = client.label_indices(val_y)
             val = report(val_run, val_y, val_names, client.labels(), "mean")
             policy, scores = ensemble.choose_policy(
@@ -271,9 +371,13 @@ def main(argv: list[str] | None = None) -> None:
         if args.limit:
             audio, y, names = audio[: args.limit], y[: args.limit], names[: args.limit]
         run = client.run(audio)
+        failed += [f"{args.split}/{f}" for f in failed_clips(run, names)]
         y = client.label_indices(y)
         result.update(report(run, y, names, client.labels(), policy))
         result["workers"] = {w: s.model.name for w, s in client.statuses.items()}
+        result["excluded_workers"] = dict(client.excluded)
+        result["protocol"], result["window"] = client.limits.name, client.window
+        result["lost_clips"] = failed
     finally:
         client.stop()
         for w in workers:
@@ -289,6 +393,15 @@ def main(argv: list[str] | None = None) -> None:
     for m, a in result["per_model_accuracy"].items():
         print(f"  {m:<16} {100 * a['accuracy']:.3f}%")
     print(f"Accuracy: {100 * result['accuracy']:.3f}%")
+    for wid, why in result["excluded_workers"].items():
+        print(f"warning: worker {wid} left out: {why}", file=sys.stderr)
+    if result["dropped_workers"]:
+        print(f"warning: dropped silent workers {result['dropped_workers']} (stale ONLINE status?)", file=sys.stderr)
+    if failed:
+        shown = "\n  ".join(failed[:50]) + (f"\n  ... and {len(failed) - 50} more" if len(failed) > 50 else "")
+        print(f"error: {len(failed)} clips were not decided with a vote from every live worker "
+              f"(see {out}):\n  {shown}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

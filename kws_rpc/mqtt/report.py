@@ -51,7 +51,9 @@ def summarize(clips: Sequence[Clip], labels: Sequence[int], names: Sequence[str]
     """Accuracy of every policy, per model, missing votes, and one record per clip."""
     votes = clip_votes(clips)
     decisions = {p: ensemble.decide_all(p, votes) for p in ensemble.POLICIES}
-    expected_votes = sum(len(c.invited | set(c.votes)) for c in clips)
+    # A worker that went OFFLINE or was dropped as silent is excused: its missing votes are counted
+    # apart, not as lost.
+    expected_votes = sum(len((c.invited - c.excused) | set(c.votes)) for c in clips)
     received = sum(len(c.votes) for c in clips)
     per_clip = [{
         "request_id": c.request_id, "name": n, "label": label_names[int(y)],
@@ -72,6 +74,9 @@ def summarize(clips: Sequence[Clip], labels: Sequence[int], names: Sequence[str]
         "votes_expected": expected_votes,
         "votes_received": received,
         "missing_predictions": expected_votes - received,
+        "excused_predictions": sum(len(c.excused - set(c.votes)) for c in clips),
+        "republished_clips": sum(1 for c in clips if c.publishes > 1),
+        "lost": sum(1 for c in clips if not c.ok),
         "clips_without_votes": sum(1 for v in votes if len(v) == 0),
         "decided_by": {r: sum(1 for c in clips if c.reason == r) for r in sorted({c.reason for c in clips})},
         "per_clip": per_clip,
@@ -95,8 +100,10 @@ def report(run: Run, labels: Sequence[int], names: Sequence[str], label_names: S
         "clips_per_s": round(len(clips) / max(run.end_to_end_s, 1e-9), 1),
         "bytes_per_clip_message": round(float(np.mean(run.clip_bytes)), 1) if run.clip_bytes else 0,
         "bytes_per_prediction_message": round(float(np.mean(run.vote_bytes)), 1) if run.vote_bytes else 0,
-        "late_votes": run.ballot.late_votes, "duplicate_votes": run.ballot.duplicate_votes,
-        "foreign_votes": run.ballot.foreign_votes,
+        "late_votes": run.ballot.refused["late"], "duplicate_votes": run.ballot.refused["duplicate"],
+        "foreign_votes": run.ballot.refused["unknown request"],
+        "refused_votes": dict(sorted(run.ballot.refused.items())),
+        "dropped_workers": sorted(run.ballot.dropped),
     })
     if feats is not None:
         out["senml_json_base64_f32_clip_bytes"] = len(senml_reference(run.request_ids[0], feats))
