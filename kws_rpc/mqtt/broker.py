@@ -2,7 +2,7 @@
 
 ``EmbeddedBroker`` runs amqtt (MQTT 3.1.1) in this process, in its own thread with its own asyncio loop,
 so the one-command demo needs no installed broker. ``Mosquitto`` runs the real ``mosquitto`` binary as a
-subprocess with persistence on, so tests can restart it and check that persistent sessions survive.
+subprocess, stock or with a configuration file, so tests can kill and restart it.
 
 ``python -m kws_rpc.mqtt.broker [--port N]`` serves an embedded broker until Ctrl-C.
 """
@@ -120,9 +120,15 @@ class EmbeddedBroker:
 
 
 class Mosquitto:
-    """A real mosquitto on loopback with persistence, restartable on the same port (for tests)."""
+    """A real mosquitto on loopback, restartable on the same port (for tests and benches).
 
-    def __init__(self, port: int = 0, workdir: str | Path | None = None) -> None:
+    ``config=None`` runs it as users first meet it: ``mosquitto -p PORT``, no configuration file (loopback
+    only, no persistence, at most 20 QoS 1/2 messages in flight per client). With a path (such as
+    ``deploy/mosquitto.conf``) it runs that file with the listener moved to this port and persistence
+    into a temporary folder.
+    """
+
+    def __init__(self, port: int = 0, config: str | Path | None = None, workdir: str | Path | None = None) -> None:
         binary = shutil.which("mosquitto") or next(
             (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)), None)
         if binary is None:
@@ -131,16 +137,26 @@ class Mosquitto:
         self.port = port or free_port()
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="kws-mosquitto-"))
         self.proc: subprocess.Popen | None = None
-        conf = self.dir / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} {LOOPBACK}\nallow_anonymous true\npersistence true\n"
-            f"user {getpass.getuser()}\n"  # as root mosquitto would switch to a user that cannot write here
+        self.conf: Path | None = None
+        if config is not None:
+            lines = []
+            for line in Path(config).read_text().splitlines():
+                key = line.split(maxsplit=1)[0] if line.strip() else ""
+                if key == "listener":
+                    line = f"listener {self.port} {LOOPBACK}"
+                elif key == "persistence_location":
+                    line = f"persistence_location {self.dir}/"
+                elif key == "user":
+                    continue
+                lines.append(line)
+            # as root, mosquitto would switch to a user that cannot write the temporary folder
+            lines.append(f"user {getpass.getuser()}")
+            self.conf = self.dir / "mosquitto.conf"
+            self.conf.write_text("\n".join(lines) + "\n")
 
-            f"persistence_location {self.dir}/\nautosave_interval 1\nmax_queued_messages 0\n"
-            # votes are QoS 0; queue them for a client whose persistent session is briefly away
-            "queue_qos0_messages true\n"
-            "max_inflight_messages 100\nlog_dest stderr\nlog_type error\nlog_type warning\n")
-        self.conf = conf
+    @property
+    def command(self) -> list[str]:
+        return [self.binary, "-c", str(self.conf)] if self.conf else [self.binary, "-p", str(self.port)]
 
     @property
     def url(self) -> str:
@@ -151,15 +167,16 @@ class Mosquitto:
         return shutil.which("mosquitto") is not None or os.path.exists("/usr/sbin/mosquitto")
 
     def start(self) -> "Mosquitto":
-        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=open(self.dir / "mosquitto.log", "ab"))
+        with open(self.dir / "mosquitto.log", "ab") as log_file:
+            self.proc = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=log_file)
         wait_listening(LOOPBACK, self.port)
         return self
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """SIGTERM: mosquitto saves its sessions and queued messages to disk before exiting."""
+    def stop(self, timeout_s: float = 10.0, kill: bool = False) -> None:
+        """SIGTERM: mosquitto saves its sessions and queued messages to disk (if persistent) before
+        exiting; ``kill`` sends SIGKILL instead (a crash: nothing saved, no last wills)."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
             try:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
@@ -167,8 +184,8 @@ class Mosquitto:
                 self.proc.wait()
         self.proc = None
 
-    def restart(self) -> None:
-        self.stop()
+    def restart(self, kill: bool = False) -> None:
+        self.stop(kill=kill)
         self.start()
 
     def __enter__(self) -> "Mosquitto":
