@@ -42,6 +42,11 @@ eval-commit: venv data  ## make eval, refreshing the committed bench/results/eva
 demo: venv data  ## the whole system end to end: eval, server + edge cascade, MQTT cooperative inference (-> results/)
 	$(PYTHON) scripts/demo.py
 
+.PHONY: certs
+certs: certs/ca.pem  ## dev CA, server and client certificates in certs/ (gitignored; rm -r certs to renew)
+certs/ca.pem:
+	$(MAKE) venv && $(PYTHON) -m kws_rpc.certs --out certs $(ARGS)
+
 server: venv  ## gRPC :50051 + REST gateway :8080 on models/big.tflite (Ctrl-C stops gracefully)
 	$(PYTHON) -m kws_rpc.server --model models/big.tflite --port 50051 --gateway-port 8080
 
