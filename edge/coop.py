@@ -39,6 +39,7 @@ from kws_rpc.errors import KwsError
 from kws_rpc.features import FeatureConfig, mfcc
 from kws_rpc.mqtt.ballot import Ballot, Clip
 from kws_rpc.mqtt.connection import BrokerLimits, BrokerSettings, connect, make_client, negotiate
+from kws_rpc.mqtt.options import add_broker_arguments, broker_settings
 from kws_rpc.mqtt.payloads import audio_request, features_request, shared_config
 from kws_rpc.mqtt.report import Run, clip_votes, report
 from kws_rpc.mqtt.topics import Topics
@@ -105,7 +106,7 @@ class CoopClient:
         if reason.is_failure:
             log.warning("coop: broker refused the connection: %s", reason)
             return
-        client.subscribe([(self.topics.all_status, 1), (self.topics.predictions, 1)])
+        client.subscribe([(self.topics.all_status, 1), (self.topics.all_predictions, 1)])
         self.connected.set()
 
     def _on_disconnect(self, *_: object) -> None:
@@ -113,13 +114,13 @@ class CoopClient:
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         try:
-            if msg.topic == self.topics.predictions:
-                self._on_vote(parse(pb.PredictResponse, msg.payload), len(msg.payload))
+            if (voter := self.topics.voter_of(msg.topic)) is not None:
+                self._on_vote(voter, parse(pb.PredictResponse, msg.payload), len(msg.payload))
             elif (wid := self.topics.worker_of(msg.topic)) is not None:
                 self._on_status(wid, parse(pb.WorkerStatus, msg.payload))
         except KwsError as e:
             self.rejected += 1
-            if msg.topic == self.topics.predictions:
+            if self.topics.voter_of(msg.topic) is not None:
                 self.ballot.reject("unparsable")
             log.warning("coop: skipped %d bytes on %s: %s", len(msg.payload), msg.topic, str(e)[:200])
 
@@ -144,7 +145,11 @@ class CoopClient:
         self.ballot.worker_online(wid, status)
         log.info("coop: worker %s is ONLINE (%s)", wid, status.model.name)
 
-    def _on_vote(self, resp: pb.PredictResponse, size: int) -> None:
+    def _on_vote(self, voter: str, resp: pb.PredictResponse, size: int) -> None:
+        if resp.worker_id != voter:  # with the shipped ACL, the topic's id is the publisher's user name
+            self.ballot.reject("identity mismatch")
+            log.warning("coop: a vote for %r came on the topic of %r: refused", resp.worker_id[:64], voter)
+            return
         order = self._order.get(resp.worker_id)
         if order is None:
             self.ballot.reject("excluded worker" if resp.worker_id in self.excluded else "unknown worker")
@@ -330,14 +335,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-inflight", type=int, default=100,
                    help="undecided clips in flight at most; capped by the broker's MQTT 5 Receive Maximum, "
                         "or by 16 on an MQTT 3.1.1 broker")
-    p.add_argument("--protocol", default="auto", choices=("auto", "5", "3.1.1"),
-                   help="MQTT version: auto = 5 where the broker speaks it, else 3.1.1")
     p.add_argument("--payload", default="auto", choices=PAYLOADS)
     p.add_argument("--interval", type=float, default=0.0, help="seconds between clips (0 = as fast as the "
                    "window allows)")
-    p.add_argument("--username")
-    p.add_argument("--password")
-    p.add_argument("--tls-ca")
+    add_broker_arguments(p)
     p.add_argument("--report", default="results/coop_report.json", help="per-clip JSON report")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--log-level", default="WARNING")
@@ -345,8 +346,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     broker, workers = (None, []) if args.broker else start_local(args.models, args.deployment)
     url = args.broker or broker.url  # type: ignore[union-attr]
-    settings = BrokerSettings.from_url(url, username=args.username, password=args.password, tls_ca=args.tls_ca,
-                                       max_inflight=args.max_inflight, protocol=args.protocol)
+    settings = broker_settings(url, args, max_inflight=args.max_inflight)
     config = CoopConfig(settings, args.deployment, args.client_id, args.timeout,
                         min_workers=args.workers or len(workers) or 1, payload=args.payload,
                         interval_s=args.interval, progress=not args.no_progress, retry_s=args.retry,

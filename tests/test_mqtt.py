@@ -305,7 +305,7 @@ def test_malformed_and_foreign_payloads_are_skipped(any_broker: str, members: li
         dtype=pb.FLOAT32, shape=shape, data=np.full(shape, np.nan, np.float32).tobytes())))
     junk = [(topics.clips, b"\xff\x00garbage"), (topics.clips, b""), (topics.clips, wrong.SerializeToString()),
             (topics.clips, nan.SerializeToString()), (topics.clips, b'{"json": "not a proto"}'),
-            (topics.predictions, b"\x0a\xff"), (topics.predictions, pb.PredictResponse(
+            (topics.predictions("w0"), b"\x0a\xff"), (topics.predictions("w0"), pb.PredictResponse(
                 request_id="nobody", worker_id="w0").SerializeToString()),
             (topics.status("ghost"), b"\x12\x34garbage"),
             (topics.status("ghost"), pb.WorkerStatus(worker_id="w0", state=1).SerializeToString())]
@@ -485,7 +485,7 @@ def test_worker_with_other_labels_is_left_out(any_broker: str, members: list[str
     try:
         client.discover()
         vote = pb.PredictResponse(request_id="x", worker_id="odd", prediction=pb.Prediction(probabilities=[1, 0, 0]))
-        pub.publish(Topics(dep).predictions, vote.SerializeToString(), qos=1).wait_for_publish(5)
+        pub.publish(Topics(dep).predictions("odd"), vote.SerializeToString(), qos=1).wait_for_publish(5)
         run = client.run(audio[:12])
         rep = report(run, client.label_indices(labels[:12]), names[:12], client.labels(), "mean")
     finally:
@@ -512,7 +512,7 @@ def test_unknown_invalid_and_repeated_votes_are_refused_and_counted(any_broker: 
         rid = pb.PredictRequest.FromString(msg.payload).request_id
         for wid, probs in (("intruder", [0, 0, 0, 0, 0, 0, 0, 1]), ("w0", [float("nan")] * 8), ("w1", [1.0])):
             vote = pb.PredictResponse(request_id=rid, worker_id=wid, prediction=pb.Prediction(probabilities=probs))
-            c.publish(topics.predictions, vote.SerializeToString(), qos=0)
+            c.publish(topics.predictions(wid), vote.SerializeToString(), qos=0)
         spoofed[0] += 1
         answered.set()
 
@@ -551,7 +551,7 @@ def test_worker_answers_a_republished_clip_from_its_cache(any_broker: str, membe
     listener = _publisher(any_broker, "listener")
     listener.on_message = on_message
     listener.on_subscribe = lambda *_: subscribed.set()
-    listener.subscribe(topics.predictions, qos=0)
+    listener.subscribe(topics.all_predictions, qos=0)
     shape = worker.card.feature.shape
     req = pb.PredictRequest(request_id="again", features=pb.Features(tensor=pb.Tensor(
         dtype=pb.FLOAT32, shape=list(shape), data=np.zeros(shape, np.float32).tobytes())))

@@ -128,7 +128,8 @@ class Mosquitto:
     into a temporary folder.
     """
 
-    def __init__(self, port: int = 0, config: str | Path | None = None, workdir: str | Path | None = None) -> None:
+    def __init__(self, port: int = 0, config: str | Path | None = None, workdir: str | Path | None = None,
+                 overrides: dict[str, str] | None = None) -> None:
         binary = shutil.which("mosquitto") or next(
             (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)), None)
         if binary is None:
@@ -139,16 +140,15 @@ class Mosquitto:
         self.proc: subprocess.Popen | None = None
         self.conf: Path | None = None
         if config is not None:
+            # ``overrides`` replace the value of other keys (password_file, acl_file, cafile, ...).
+            values = {"listener": f"{self.port} {LOOPBACK}", "persistence_location": f"{self.dir}/",
+                      **(overrides or {})}
             lines = []
             for line in Path(config).read_text().splitlines():
                 key = line.split(maxsplit=1)[0] if line.strip() else ""
-                if key == "listener":
-                    line = f"listener {self.port} {LOOPBACK}"
-                elif key == "persistence_location":
-                    line = f"persistence_location {self.dir}/"
-                elif key == "user":
+                if key == "user":
                     continue
-                lines.append(line)
+                lines.append(f"{key} {values[key]}" if key in values else line)
             # as root, mosquitto would switch to a user that cannot write the temporary folder
             lines.append(f"user {getpass.getuser()}")
             self.conf = self.dir / "mosquitto.conf"

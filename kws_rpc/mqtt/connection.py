@@ -39,6 +39,8 @@ class BrokerSettings:
     port: int
     tls: bool = False
     tls_ca: str | None = None  # CA bundle for TLS; None = system CAs
+    tls_cert: str | None = None  # client certificate (PEM) for brokers that require one (mutual TLS)
+    tls_key: str | None = None  # its private key
     username: str | None = None
     password: str | None = None
     keepalive_s: int = 10  # how fast the broker notices a dead peer and fires its last will
@@ -58,7 +60,8 @@ class BrokerSettings:
         if parts.scheme not in SCHEMES or not parts.hostname:
             raise ValueError(f"broker URL {url!r} must look like mqtt://host:port or mqtts://host:port")
         default_port, tls = SCHEMES[parts.scheme]
-        fields = {"host": parts.hostname, "port": parts.port or default_port, "tls": tls or bool(kw.get("tls_ca"))}
+        fields = {"host": parts.hostname, "port": parts.port or default_port,
+                  "tls": tls or bool(kw.get("tls_ca")) or bool(kw.get("tls_cert"))}
         if parts.username:
             fields["username"], fields["password"] = parts.username, parts.password
         fields.update({k: v for k, v in kw.items() if v is not None})
@@ -89,7 +92,8 @@ def _configure(client: mqtt.Client, settings: BrokerSettings) -> None:
     if settings.username:
         client.username_pw_set(settings.username, settings.password)
     if settings.tls:
-        client.tls_set(ca_certs=settings.tls_ca, cert_reqs=ssl.CERT_REQUIRED)
+        client.tls_set(ca_certs=settings.tls_ca, certfile=settings.tls_cert, keyfile=settings.tls_key,
+                       cert_reqs=ssl.CERT_REQUIRED)
 
 
 def negotiate(settings: BrokerSettings, timeout_s: float | None = 10.0) -> BrokerLimits:
@@ -138,6 +142,8 @@ def _probe(settings: BrokerSettings, timeout_s: float) -> BrokerLimits:
         probe.disconnect()
         probe.loop_stop()
     reason = answer.get("reason")
+    if isinstance(reason, mqtt.ReasonCode) and reason.value in (0x86, 0x87):  # bad credentials / not authorized
+        raise PermissionError(f"the broker at {settings.url} refused the credentials: {reason}")
     if isinstance(reason, mqtt.ReasonCode) and not reason.is_failure:
         props = answer.get("props")
         limit = getattr(props, "ReceiveMaximum", None)

@@ -1,8 +1,12 @@
 """Topic layout, namespaced per deployment so several ensembles can share one broker.
 
     kws/<deployment>/clips                         PredictRequest, QoS 2, client -> every worker
-    kws/<deployment>/predictions                   PredictResponse, QoS 0, worker -> client
+    kws/<deployment>/predictions/<worker_id>       PredictResponse, QoS 0, worker -> client
     kws/<deployment>/workers/<worker_id>/status    WorkerStatus, retained; last will = OFFLINE
+
+Each worker writes only topics that end in its own id, so a broker ACL (mosquitto's ``pattern write
+.../%u``, deploy/mosquitto.acl) can bind a worker id to an authenticated user; the client then counts
+a vote only if the id in its topic is the id in its payload.
 """
 
 from __future__ import annotations
@@ -36,8 +40,18 @@ class Topics:
         return f"{self.base}/clips"
 
     @property
-    def predictions(self) -> str:
-        return f"{self.base}/predictions"
+    def all_predictions(self) -> str:
+        """Subscription filter for every worker's votes."""
+        return f"{self.base}/predictions/+"
+
+    def predictions(self, worker_id: str) -> str:
+        return f"{self.base}/predictions/{check_segment(worker_id, 'worker id')}"
+
+    def voter_of(self, topic: str) -> str | None:
+        """The worker id in a prediction topic of this deployment, else None."""
+        prefix = f"{self.base}/predictions/"
+        wid = topic[len(prefix):] if topic.startswith(prefix) else ""
+        return wid if wid and "/" not in wid else None
 
     @property
     def all_status(self) -> str:

@@ -35,6 +35,7 @@ from kws_rpc.core import InferenceCore
 from kws_rpc.errors import KwsError
 from kws_rpc.model import KwsModel
 from kws_rpc.mqtt.connection import BrokerSettings, connect, make_client, negotiate
+from kws_rpc.mqtt.options import add_broker_arguments, broker_settings
 from kws_rpc.mqtt.topics import Topics, check_segment
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class Worker:
             pending, self._outbox = self._outbox, []
             self.connected.set()
         for vote in pending:
-            client.publish(self.topics.predictions, vote, qos=0)
+            client.publish(self.topics.predictions(self.worker_id), vote, qos=0)
         log.info("%s: connected (session present: %s), %d held votes sent", self.worker_id,
                  flags.session_present, len(pending))
 
@@ -162,7 +163,7 @@ class Worker:
             if not self.connected.is_set():
                 self._outbox.append(vote)
                 return
-        if self.client.publish(self.topics.predictions, vote, qos=0).rc == mqtt.MQTT_ERR_NO_CONN:
+        if self.client.publish(self.topics.predictions(self.worker_id), vote, qos=0).rc == mqtt.MQTT_ERR_NO_CONN:
             with self._lock:
                 self._outbox.append(vote)
 
@@ -207,18 +208,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--broker", required=True, help="mqtt://host:port or mqtts://host:port "
                    "(no built-in broker: run one, or `python -m kws_rpc.mqtt.broker`)")
     p.add_argument("--deployment", default="default", help="topic namespace: kws/<deployment>/...")
-    p.add_argument("--worker-id", default="", help="default: <model name>@<hostname>")
-    p.add_argument("--username")
-    p.add_argument("--password")
-    p.add_argument("--tls-ca", help="CA bundle; implies TLS")
-    p.add_argument("--protocol", default="auto", choices=("auto", "5", "3.1.1"),
-                   help="MQTT version: auto = 5 where the broker speaks it, else 3.1.1")
+    p.add_argument("--worker-id", default="", help="default: the MQTT user name, else <model name>@<hostname>")
+    add_broker_arguments(p)
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = BrokerSettings.from_url(args.broker, username=args.username, password=args.password,
-                                       tls_ca=args.tls_ca, protocol=args.protocol)
-    worker = Worker(WorkerConfig(args.model, settings, args.deployment, args.worker_id))
+    try:
+        settings = broker_settings(args.broker, args)
+    except (ValueError, OSError) as e:
+        p.error(str(e))
+    # Behind the shipped ACL a worker may write only topics ending in its user name: same id by default.
+    worker = Worker(WorkerConfig(args.model, settings, args.deployment, args.worker_id or settings.username or ""))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
