@@ -107,6 +107,8 @@ def negotiate(settings: BrokerSettings, timeout_s: float | None = 10.0) -> Broke
     while True:
         try:
             return _probe(settings, 5.0 if deadline is None else max(0.5, deadline - time.monotonic()))
+        except ConnectionRefusedError:
+            raise
         except ConnectionError as e:
             if deadline is not None and time.monotonic() + delay > deadline:
                 raise
@@ -132,6 +134,8 @@ def _probe(settings: BrokerSettings, timeout_s: float) -> BrokerLimits:
     probe.on_connect, probe.on_disconnect = on_connect, on_disconnect
     try:
         probe.connect(settings.host, settings.port, keepalive=max(5, settings.keepalive_s))
+    except ssl.SSLError as e:  # a certificate that does not verify will not verify on a retry either
+        raise ConnectionRefusedError(f"TLS with the broker at {settings.url} failed: {e}") from None
     except OSError as e:
         raise ConnectionError(f"no MQTT broker at {settings.url}: {e}") from None
     probe.loop_start()

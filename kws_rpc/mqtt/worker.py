@@ -69,6 +69,7 @@ class Worker:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._serve, name=f"worker-{self.worker_id}", daemon=True)
         self.connected = threading.Event()
+        self._stopping = threading.Event()
         self.answered: list[str] = []  # request ids, in order (tests check exactly-once delivery)
         self._votes: collections.OrderedDict[str, bytes] = collections.OrderedDict()  # id -> vote sent
         self.repeats = 0  # republished clips answered from the cache
@@ -86,7 +87,7 @@ class Worker:
             return
         # Subscribing here (not once after connect) re-establishes the subscription after every reconnect,
         # even if the broker lost the session.
-        client.subscribe(self.topics.clips, qos=2)
+        client.subscribe([(self.topics.clips, 2), (self.topics.status(self.worker_id), 1)])
         client.publish(self.topics.status(self.worker_id), self._status(pb.WorkerStatus.ONLINE), 1, True)
         with self._lock:
             pending, self._outbox = self._outbox, []
@@ -103,6 +104,9 @@ class Worker:
         log.info("%s: disconnected (%s); paho reconnects", self.worker_id, reason)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == self.topics.status(self.worker_id):
+            self._on_own_status(client, msg.payload)
+            return
         if msg.topic != self.topics.clips:
             # amqtt 0.12 has been seen handing a fresh subscriber other topics' retained messages
             # (worker status) under load; a WorkerStatus even parses as a PredictRequest.
@@ -118,6 +122,18 @@ class Worker:
                         msg.topic, e)
             return
         self._inbox.put(req)
+
+    def _on_own_status(self, client: mqtt.Client, payload: bytes) -> None:
+        """Someone else said this worker is OFFLINE (a stale last will after a broker restart, or a
+        spoofer where no ACL stops it): while running, say ONLINE again."""
+        try:
+            state = parse(pb.WorkerStatus, payload).state
+        except KwsError:
+            state = pb.WorkerStatus.STATE_UNSPECIFIED
+        if state != pb.WorkerStatus.ONLINE and not self._stopping.is_set():
+            log.warning("%s: my status topic says %s: publishing ONLINE again", self.worker_id,
+                        pb.WorkerStatus.State.Name(state) if state in pb.WorkerStatus.State.values() else "garbage")
+            client.publish(self.topics.status(self.worker_id), self._status(pb.WorkerStatus.ONLINE), 1, True)
 
     def _reject(self) -> None:
         with self._lock:
@@ -185,6 +201,7 @@ class Worker:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Clean shutdown: finish queued clips, then say OFFLINE (retained) and disconnect."""
+        self._stopping.set()
         self._inbox.put(None)
         if self._thread.is_alive():
             self._thread.join(timeout_s)
