@@ -17,7 +17,7 @@ import pytest
 from edge.coop import CoopClient, CoopConfig, report
 from kws.v1 import kws_pb2 as pb
 from kws_rpc import ensemble
-from kws_rpc.mqtt.broker import Mosquitto
+from kws_rpc.mqtt.broker import EmbeddedBroker, Mosquitto, TlsFiles
 from kws_rpc.mqtt.connection import BrokerSettings, negotiate
 from kws_rpc.mqtt.topics import Topics
 from kws_rpc.mqtt.worker import Worker, WorkerConfig
@@ -52,10 +52,35 @@ def secure_broker(pki: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
         yield broker
 
 
-def settings(broker: Mosquitto, pki: dict[str, Path], user: str | None, ca: str = "ca.pem",
+@pytest.fixture(scope="module")
+def secure_amqtt(pki: dict[str, Path]) -> Iterator[EmbeddedBroker]:
+    """The embedded broker with the same users and rules, over TLS."""
+    tls = TlsFiles(str(pki["server.pem"]), str(pki["server.key"]), str(pki["ca.pem"]))
+    with EmbeddedBroker(users={u: f"{u}-pw" for u in USERS}, workers=("w0", "w1", "w2"), tls=tls) as broker:
+        yield broker
+
+
+@pytest.fixture(params=["mosquitto", "amqtt"])
+def secure(request: pytest.FixtureRequest) -> Mosquitto | EmbeddedBroker:
+    return request.getfixturevalue("secure_broker" if request.param == "mosquitto" else "secure_amqtt")
+
+
+def settings(broker: Mosquitto | EmbeddedBroker, pki: dict[str, Path], user: str | None, ca: str = "ca.pem",
              password: str | None = None) -> BrokerSettings:
     return BrokerSettings.from_url(f"mqtts://127.0.0.1:{broker.port}", tls_ca=str(pki[ca]), username=user,
                                    password=password or (f"{user}-pw" if user else None))
+
+
+def test_amqtt_refusals(secure_amqtt: EmbeddedBroker, pki: dict[str, Path]) -> None:
+    """amqtt speaks MQTT 3.1.1 only: refusals show as a connection that never completes."""
+    assert negotiate(settings(secure_amqtt, pki, "w0")).name == "MQTT 3.1.1"
+    with pytest.raises(ConnectionError):
+        negotiate(settings(secure_amqtt, pki, "w0", ca="other-ca.pem"), timeout_s=2)
+    for bad in (settings(secure_amqtt, pki, "coop", password="wrong"), settings(secure_amqtt, pki, None)):
+        client = CoopClient(CoopConfig(bad, deployment(), progress=False))
+        with pytest.raises(TimeoutError):
+            client.start(wait_s=2)
+        client.stop()
 
 
 def test_refusals(secure_broker: Mosquitto, pki: dict[str, Path]) -> None:
@@ -134,22 +159,25 @@ def _decisions(rep: dict) -> list[str]:
     return [c["decided"] for c in rep["per_clip"]]
 
 
-def test_spoofer_changes_no_decision_behind_the_acl(secure_broker: Mosquitto, pki: dict[str, Path],
+def test_spoofer_changes_no_decision_behind_the_acl(secure: Mosquitto | EmbeddedBroker, pki: dict[str, Path],
                                                     test_audio) -> None:
     audio = test_audio[0][:CLIPS]
     members = member_paths()
-    rep, client = _run_with_spoofer({w: settings(secure_broker, pki, w) for w in ("w0", "w1", "w2")},
-                                    settings(secure_broker, pki, "coop"), settings(secure_broker, pki, "mallory"),
-                                    audio)
+    rep, client = _run_with_spoofer({w: settings(secure, pki, w) for w in ("w0", "w1", "w2")},
+                                    settings(secure, pki, "coop"), settings(secure, pki, "mallory"), audio)
     offline = offline_votes(members, audio)
     expected = [client.labels()[d] for d in ensemble.decide_all("mean", offline)]
     assert _decisions(rep) == expected
     assert rep["lost"] == 0 and rep["missing_predictions"] == 0 and rep["decided_by"] == {"all voted": CLIPS}
     assert all(set(c["votes"]) == {"w0", "w1", "w2"} for c in rep["per_clip"])
-    # what got through the broker at all: only mallory's own topic (the ACL pattern allows it), where
-    # the client refuses a payload in w0's name, and mallory's own id, which has no ONLINE status
+    # What got through the broker at all: on mosquitto, mallory's own topic (the ACL pattern lets every
+    # user write its own), where the client refuses a payload in w0's name and mallory's own id (no
+    # ONLINE status); amqtt, whose rules name the workers, lets nothing of mallory's through.
     refused = rep["refused_votes"]
-    assert refused.get("identity mismatch", 0) >= 1 and refused.get("unknown worker", 0) >= 1
+    if isinstance(secure, Mosquitto):
+        assert refused.get("identity mismatch", 0) >= 1 and refused.get("unknown worker", 0) >= 1
+    else:
+        assert not refused.get("identity mismatch") and not refused.get("unknown worker")
     assert "w0" in client.ballot.live()  # the fake OFFLINE never reached the client
 
 

@@ -10,8 +10,9 @@ subprocess, stock or with a configuration file, so tests can kill and restart it
 from __future__ import annotations
 
 import argparse
-import getpass
 import asyncio
+import dataclasses
+import getpass
 import logging
 import os
 import shutil
@@ -22,6 +23,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from kws_rpc.mqtt import acl
 
 log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
@@ -46,12 +49,29 @@ def wait_listening(host: str, port: int, timeout_s: float = 10.0) -> None:
             time.sleep(0.05)
 
 
-class EmbeddedBroker:
-    """amqtt in a daemon thread. start() returns once it listens; stop() shuts it down and joins."""
+@dataclasses.dataclass(frozen=True)
+class TlsFiles:
+    certfile: str
+    keyfile: str
+    cafile: str | None = None  # to verify client certificates (amqtt asks for them but does not require them)
 
-    def __init__(self, host: str = LOOPBACK, port: int = 0) -> None:
+
+class EmbeddedBroker:
+    """amqtt in a daemon thread. start() returns once it listens; stop() shuts it down and joins.
+
+    With ``users`` (name -> password) it refuses anonymous clients and applies kws's ACL
+    (kws_rpc.mqtt.acl): ``coordinator`` publishes clips; ``workers`` (default: every other user) each
+    act as the worker named after itself; any other user may do nothing. What amqtt 0.12 cannot do that mosquitto does: ``%u`` patterns (rules are spelled out per
+    user, so a new worker needs a restart), and checks on delivery (only publish and subscribe are
+    checked). With ``tls`` the listener speaks TLS only.
+    """
+
+    def __init__(self, host: str = LOOPBACK, port: int = 0, users: dict[str, str] | None = None,
+                 coordinator: str = "coop", workers: tuple[str, ...] | None = None,
+                 tls: TlsFiles | None = None) -> None:
         self.host = host
         self.port = port or free_port(host)
+        self.users, self.coordinator, self.workers, self.tls = users, coordinator, workers, tls
         self._loop: asyncio.AbstractEventLoop | None = None
         self._broker: object | None = None
         self._thread: threading.Thread | None = None
@@ -60,13 +80,34 @@ class EmbeddedBroker:
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     def _config(self) -> dict:
-        # Bind explicitly (amqtt's default is 0.0.0.0:1883); only the anonymous-auth plugin: the $SYS and
+        # Bind explicitly (amqtt's default is 0.0.0.0:1883); only the auth (and ACL) plugins: the $SYS and
         # packet-logging plugins cost time per message and are of no use here.
-        return {"listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
-                "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}}
+        listener: dict = {"type": "tcp", "bind": f"{self.host}:{self.port}"}
+        if self.tls:
+            listener.update(ssl=True, certfile=self.tls.certfile, keyfile=self.tls.keyfile)
+            if self.tls.cafile:
+                listener["cafile"] = self.tls.cafile
+        if not self.users:
+            plugins = {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}
+        else:
+            from pwdlib import PasswordHash
+            from pwdlib.hashers.argon2 import Argon2Hasher
+
+            hasher = PasswordHash((Argon2Hasher(),))
+            passwd = Path(tempfile.mkdtemp(prefix="kws-amqtt-")) / "passwd"
+            passwd.write_text("".join(f"{u}:{hasher.hash(p)}\n" for u, p in self.users.items()))
+            passwd.chmod(0o600)
+            workers = self.workers if self.workers is not None else [u for u in self.users if u != self.coordinator]
+            plugins = {
+                "amqtt.plugins.authentication.FileAuthPlugin": {"password_file": str(passwd)},
+                "amqtt.plugins.topic_checking.TopicAccessControlListPlugin": {
+                    "publish_acl": acl.publish_rules(self.coordinator, workers),
+                    "acl": acl.subscribe_rules(self.coordinator, workers)},
+            }
+        return {"listeners": {"default": listener}, "plugins": plugins}
 
     def _run(self) -> None:
         from amqtt.broker import Broker

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 SCHEMES = {"mqtt": (1883, False), "tcp": (1883, False), "mqtts": (8883, True), "ssl": (8883, True)}
 PROTOCOLS = {"auto": None, "5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
 DEFAULT_INFLIGHT = 16  # below mosquitto's default of 20, for brokers that cannot tell us (MQTT 3.1.1)
+PROBE_WAIT_S = 2.0  # a connected broker silent this long to an MQTT 5 CONNECT is taken for 3.1.1
 SESSION_EXPIRY_S = 3600  # MQTT 5: how long the broker keeps a persistent session of a client that left
 
 
@@ -140,8 +141,11 @@ def _probe(settings: BrokerSettings, timeout_s: float) -> BrokerLimits:
         raise ConnectionError(f"no MQTT broker at {settings.url}: {e}") from None
     probe.loop_start()
     try:
-        if not done.wait(timeout_s):
-            raise TimeoutError(f"the broker at {settings.url} did not answer CONNECT in {timeout_s} s")
+        if not done.wait(min(timeout_s, PROBE_WAIT_S)):
+            # Connected, but no CONNACK: amqtt with authentication or TLS drops an MQTT 5 CONNECT without
+            # an answer. A broker that is there but silent to MQTT 5 gets MQTT 3.1.1.
+            log.info("%s did not answer an MQTT 5 CONNECT in %.0f s: using MQTT 3.1.1", settings.url, PROBE_WAIT_S)
+            return BrokerLimits(mqtt.MQTTv311, None)
     finally:
         probe.disconnect()
         probe.loop_stop()
