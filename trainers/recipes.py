@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from kws_rpc.features import FeatureConfig
-from trainers.architectures import cnn, dscnn, resnet
+from trainers.architectures import bcresnet, cnn, dscnn, resnet
 from trainers.augment import AugmentConfig
 
 # Every shipped model reads one feature config (49 frames x 40 log-mel bins): the edge computes it once
@@ -55,6 +55,15 @@ RECIPES: dict[str, Recipe] = {
             description="Edge model: DS-CNN (48 filters, 4 depthwise-separable blocks) on 49x40 log-mel, "
                         "distilled from the server ensemble, int8 full-integer with int8 logits out, "
                         "<= 20,000 bytes after zlib.",
+        ),
+        Recipe(
+            name="little_bc", architecture="bcresnet", feature=LITTLE_FEATURES, epochs=50, seed=1,
+            params=bcresnet.Params(stem=16, channels=(8, 12, 16, 20), blocks=(1, 1, 3, 3), head=32),
+            quantization="int8", zlib_budget=20_000, output="logits",
+            teachers=ENSEMBLE_TEACHERS, distill_weight=0.7, distill_temperature=2.0,
+            description="Edge candidate: BC-ResNet (broadcasted residual blocks, SubSpectralNorm with 5 "
+                        "sub-bands; width 1, 8 blocks) on 49x40 log-mel, distilled from the server ensemble, "
+                        "int8 full-integer with int8 logits out, <= 20,000 bytes after zlib.",
         ),
         Recipe(
             name="little_pruned", architecture="dscnn", feature=LITTLE_FEATURES, epochs=40, seed=1,
