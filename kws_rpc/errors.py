@@ -50,6 +50,21 @@ class Overloaded(Unavailable):
     grpc_code = "RESOURCE_EXHAUSTED"
 
 
+class RateLimited(Overloaded):
+    """This client sent more than its rate limit allows; ``retry_after_s`` says when a request would pass."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class Unauthenticated(KwsError):
+    """No valid credentials. The message is fixed: it never says which part was wrong."""
+
+    http_status = 401
+    grpc_code = "UNAUTHENTICATED"
+
+
 class DeadlineExceeded(KwsError):
     http_status = 504
     grpc_code = "DEADLINE_EXCEEDED"

@@ -11,7 +11,9 @@ Endpoints (OpenAPI at /docs):
   it: ``label``, ``score``, ``margin``, ``probabilities`` ({label: p}), ``model``, ``model_version``,
   ``request_id``.
 - ``POST /v1/predict`` and ``GET /v1/models/{name}``: the proto messages in proto3 JSON mapping.
-- ``/healthz`` (this process is alive) and ``/readyz`` (the gRPC backend reports SERVING).
+- ``/healthz`` (this process is alive) and ``/readyz`` (the gRPC backend reports SERVING): always open.
+With a token file, every other path needs ``Authorization: Bearer <token>`` (401 otherwise; /docs and
+/openapi.json only with --auth-introspection), and each client has a rate limit (429 with Retry-After).
 Every failure answers ``{"error": {"code": http_status, "status": grpc_status_name, "message": ...}}``.
 """
 
@@ -22,11 +24,13 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import socket
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -37,8 +41,12 @@ from starlette.exceptions import HTTPException
 
 from kws.v1 import kws_pb2 as pb
 from kws_rpc.codec import check_base64_fields
-from kws_rpc.errors import InvalidInput, KwsError, PayloadTooLarge, Unavailable
+from kws_rpc import auth, tls
+from kws_rpc.auth import AuthConfig, Guard, retry_after_header
+from kws_rpc.errors import InvalidInput, KwsError, PayloadTooLarge, RateLimited, Unavailable
 from kws_rpc.grpc_backend import Backend
+from kws_rpc.http_auth import GuardMiddleware
+from kws_rpc.tls import ClientTls, ServerTls, describe
 from kws_rpc.senml import (COURSE_LABELS, check_label_order, parse_label_order, spec_reply, validate_label_order,
                            wav_from_senml)
 
@@ -54,6 +62,11 @@ class GatewayConfig:
     timeout_s: float = 10.0  # per forwarded call
     log_level: str = "info"
     spec_labels: tuple[str, ...] = COURSE_LABELS  # label_idx in the reply to / indexes this order
+    tls: ServerTls | None = None  # None = plain HTTP
+    auth: AuthConfig = AuthConfig()  # tokens (None = open) and the per-client rate limit
+    backend_tls: ClientTls | None = None  # TLS to the gRPC server; None = plaintext
+    # Sent to the gRPC server on every call; None = forward each HTTP client's own Authorization.
+    backend_token: str | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         validate_label_order(self.spec_labels)
@@ -77,8 +90,10 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def make_app(config: GatewayConfig) -> FastAPI:
-    backend = Backend(config.grpc_target, config.timeout_s)
+def make_app(config: GatewayConfig, guard: Guard | None = None) -> FastAPI:
+    """``guard``: the co-hosting server's (shared rate limits); default, one of this app's own."""
+    backend = Backend(config.grpc_target, config.timeout_s,
+                      config.backend_tls.grpc_credentials() if config.backend_tls else None, config.backend_token)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -87,12 +102,18 @@ def make_app(config: GatewayConfig) -> FastAPI:
 
     description = f"{__doc__}\nThis gateway's --spec-labels order: {','.join(config.spec_labels)}."
     app = FastAPI(title="kws REST gateway", version="1", description=description, lifespan=lifespan)
+    app.add_middleware(GuardMiddleware, guard=guard or Guard(config.auth))
 
     @app.exception_handler(KwsError)
     async def _domain(_: Request, e: KwsError) -> JSONResponse:
         if e.http_status >= 500:
             log.warning("%s: %s", type(e).__name__, e)
-        return error_response(e.http_status, e.grpc_code, str(e))
+        response = error_response(e.http_status, e.grpc_code, str(e))
+        if isinstance(e, RateLimited):  # the gRPC server's own limit, through a standalone gateway
+            response.headers["retry-after"] = retry_after_header(e.retry_after_s)
+        elif e.http_status == 401:
+            response.headers["www-authenticate"] = "Bearer"
+        return response
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, e: HTTPException) -> JSONResponse:
@@ -128,8 +149,9 @@ def make_app(config: GatewayConfig) -> FastAPI:
         wav, base = wav_from_senml(await read_body(request, config.max_body_bytes))
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
         req = pb.PredictRequest(request_id=rid, model=model, audio=pb.Audio(wav=wav))
-        p = (await backend.call(backend.stub.Predict, req)).prediction
-        labels = await backend.labels(p.model, p.model_version)
+        creds = request.headers.get("authorization")
+        p = (await backend.call(backend.stub.Predict, req, auth=creds)).prediction
+        labels = await backend.labels(p.model, p.model_version, auth=creds)
         try:
             check_label_order(config.spec_labels, labels, p.model)
             reply = spec_reply(p.label, config.spec_labels, base)
@@ -150,11 +172,13 @@ def make_app(config: GatewayConfig) -> FastAPI:
         except (json.JSONDecodeError, json_format.ParseError, UnicodeDecodeError) as e:
             raise InvalidInput(f"body is not a kws.v1.PredictRequest in proto3 JSON: {e}") from None
         check_base64_fields(doc)
-        return json_format.MessageToDict(await backend.call(backend.stub.Predict, req))
+        return json_format.MessageToDict(await backend.call(backend.stub.Predict, req,
+                                                            auth=request.headers.get("authorization")))
 
     @app.get("/v1/models/{name}", summary="ModelMetadata of a served model (proto3 JSON mapping)")
-    async def v1_model(name: str) -> dict[str, Any]:
-        meta = await backend.call(backend.stub.GetModelMetadata, pb.ModelMetadataRequest(model=name))
+    async def v1_model(name: str, request: Request) -> dict[str, Any]:
+        meta = await backend.call(backend.stub.GetModelMetadata, pb.ModelMetadataRequest(model=name),
+                                  auth=request.headers.get("authorization"))
         return json_format.MessageToDict(meta)
 
     @app.get("/healthz", summary="The gateway process is alive")
@@ -173,7 +197,7 @@ def make_app(config: GatewayConfig) -> FastAPI:
 class GatewayServer:
     """The gateway on a background thread of this process (``kws-server --gateway-port``, tests)."""
 
-    def __init__(self, config: GatewayConfig, grace_s: float = 5.0) -> None:
+    def __init__(self, config: GatewayConfig, grace_s: float = 5.0, guard: Guard | None = None) -> None:
         import uvicorn
 
         # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say so; without it every
@@ -183,10 +207,11 @@ class GatewayServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((config.host, config.port))
         self.port: int = sock.getsockname()[1]
-        self.url = f"http://{config.host}:{self.port}"
+        self.url = f"{'https' if config.tls else 'http'}://{config.host}:{self.port}"
         self._server = uvicorn.Server(uvicorn.Config(
-            make_app(config), log_level=config.log_level, access_log=config.log_level == "debug",
-            log_config=None, timeout_graceful_shutdown=int(grace_s) or 1))  # the host process owns logging
+            make_app(config, guard), log_level=config.log_level, access_log=config.log_level == "debug",
+            log_config=None, timeout_graceful_shutdown=int(grace_s) or 1,  # the host process owns logging
+            **(config.tls.uvicorn_kwargs() if config.tls else {})))
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
                                         name="kws-gateway", daemon=True)
         self._thread.start()
@@ -207,9 +232,12 @@ def check_backend_labels(config: GatewayConfig) -> None:
     that is not up yet is only logged: every request to ``/`` checks its model again."""
     import grpc
 
-    backend = Backend(config.grpc_target, config.timeout_s)
+    backend = Backend(config.grpc_target, config.timeout_s,
+                      config.backend_tls.grpc_credentials() if config.backend_tls else None, config.backend_token)
     try:
-        meta = backend.stub.GetModelMetadata(pb.ModelMetadataRequest(), timeout=min(config.timeout_s, 3.0))
+        meta = backend.stub.GetModelMetadata(
+            pb.ModelMetadataRequest(), timeout=min(config.timeout_s, 3.0),
+            metadata=(("authorization", f"Bearer {config.backend_token}"),) if config.backend_token else None)
     except grpc.RpcError as e:
         log.warning("could not check --spec-labels against %s now (%s); each request checks its model",
                     config.grpc_target, e.code().name)
@@ -233,20 +261,42 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--spec-labels", default=",".join(COURSE_LABELS),
                     help="label order that label_idx in the reply to / indexes; must name every label of "
                          "the model (default, the course's: %(default)s)")
+    ap.add_argument("--insecure", action="store_true", help="allow plain HTTP on a non-loopback --host")
+    tls.add_server_args(ap)
+    auth.add_server_args(ap)
+    env = dict(os.environ)
+    g = ap.add_argument_group("the gRPC server behind (each flag defaults to its environment variable)")
+    g.add_argument("--grpc-tls-ca", default=env.get("KWS_GRPC_TLS_CA"),
+                   help="TLS to the gRPC server, trusting this CA ($KWS_GRPC_TLS_CA); any --grpc-tls-* turns TLS on")
+    g.add_argument("--grpc-tls-cert", default=env.get("KWS_GRPC_TLS_CERT"),
+                   help="client certificate ($KWS_GRPC_TLS_CERT)")
+    g.add_argument("--grpc-tls-key", default=env.get("KWS_GRPC_TLS_KEY"), help="its key ($KWS_GRPC_TLS_KEY)")
+    g.add_argument("--grpc-token", default=env.get("KWS_GRPC_TOKEN"),
+                   help="bearer token for the gRPC server ($KWS_GRPC_TOKEN); default: forward each client's own")
     a = ap.parse_args(argv)
     try:
         spec_labels = parse_label_order(a.spec_labels)
+        server_tls = tls.server_tls_from_args(a)
+        backend_tls = None
+        if a.grpc_tls_ca or a.grpc_tls_cert or a.grpc_tls_key:
+            backend_tls = ClientTls(*(Path(p) if p else None for p in (a.grpc_tls_ca, a.grpc_tls_cert, a.grpc_tls_key)))
+            backend_tls.check()
+        if server_tls is not None:
+            server_tls.check()
+        tls.check_exposure(a.host, server_tls, a.insecure)
+        config = GatewayConfig(a.grpc_target, a.host, a.port, a.max_body_bytes, a.timeout, a.log_level, spec_labels,
+                               server_tls, auth.auth_config_from_args(a), backend_tls, a.grpc_token or None)
     except ValueError as e:
         ap.error(str(e))
-    config = GatewayConfig(a.grpc_target, a.host, a.port, a.max_body_bytes, a.timeout, a.log_level, spec_labels)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         check_backend_labels(config)
     except ValueError as e:
         ap.exit(2, f"{ap.prog}: error: {e}\n")
-    log.info("gateway on http://%s:%d -> grpc %s", config.host, config.port, config.grpc_target)
+    log.info("gateway on %s://%s:%d -> grpc %s (%s)", "https" if config.tls else "http", config.host, config.port,
+             config.grpc_target, describe(config.tls, config.auth))
     uvicorn.run(make_app(config), host=config.host, port=config.port, log_level=config.log_level,
-                access_log=config.log_level == "debug")
+                access_log=config.log_level == "debug", **(config.tls.uvicorn_kwargs() if config.tls else {}))
 
 
 if __name__ == "__main__":

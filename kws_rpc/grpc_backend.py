@@ -22,36 +22,52 @@ _ERROR_OF_STATUS: dict[grpc.StatusCode, type[KwsError]] = {
     grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
     grpc.StatusCode.RESOURCE_EXHAUSTED: errors.Overloaded,
     grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
+    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
 }
 
 
 def error_from_rpc(e: grpc.RpcError) -> KwsError:
     """The single gRPC -> domain error mapping; the domain error then carries its HTTP status."""
-    name = dict(e.trailing_metadata() or ()).get(ERROR_KEY, "")
+    trailers = dict(e.trailing_metadata() or ())
+    name = trailers.get(ERROR_KEY, "")
     cls = getattr(errors, name, None)
     if not (isinstance(cls, type) and issubclass(cls, KwsError)):
         cls = _ERROR_OF_STATUS.get(e.code(), KwsError)
     message = e.details() or e.code().name
     if e.code() == grpc.StatusCode.UNAVAILABLE and not name:
         message = f"the inference backend is unavailable ({message}); retry shortly"
+    if issubclass(cls, errors.RateLimited):
+        try:
+            return cls(message, float(trailers.get("retry-after", "1")))
+        except ValueError:
+            return cls(message)
     return cls(message)
 
 
 class Backend:
     """The gRPC side: one channel, calls awaited without tying up a thread each."""
 
-    def __init__(self, target: str, timeout_s: float) -> None:
+    def __init__(self, target: str, timeout_s: float, credentials: grpc.ChannelCredentials | None = None,
+                 token: str | None = None) -> None:
+        """``credentials``: TLS to the server (None = plaintext); ``token``: sent on every call (None = each
+        call forwards the ``auth`` it is given, the HTTP client's own Authorization)."""
         self.target = target
         self.timeout = timeout_s
-        self.channel = grpc.insecure_channel(target)
+        self.token = token
+        self.channel = (grpc.secure_channel(target, credentials) if credentials is not None
+                        else grpc.insecure_channel(target))
         self.stub = pb_grpc.KeywordSpottingStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self._labels: dict[tuple[str, str], list[str]] = {}
 
-    async def call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+    async def call(self, method: Any, request: Any, timeout: float | None = None, auth: str | None = None) -> Any:
         loop = asyncio.get_running_loop()
         done: asyncio.Future = loop.create_future()
-        call = method.future(request, timeout=timeout or self.timeout)
+        auth = f"Bearer {self.token}" if self.token else auth
+        if auth and not (auth.isascii() and auth.isprintable()):  # gRPC would refuse the metadata with a 500
+            auth = None  # the server then answers UNAUTHENTICATED, as for any bad credentials
+        call = method.future(request, timeout=timeout or self.timeout,
+                             metadata=(("authorization", auth),) if auth else None)
 
         def transfer(f: Any) -> None:
             if not done.done():
@@ -69,9 +85,9 @@ class Backend:
             call.cancel()
             raise
 
-    async def labels(self, model: str, version: str) -> list[str]:
+    async def labels(self, model: str, version: str, auth: str | None = None) -> list[str]:
         if (model, version) not in self._labels:
-            meta = await self.call(self.stub.GetModelMetadata, pb.ModelMetadataRequest(model=model))
+            meta = await self.call(self.stub.GetModelMetadata, pb.ModelMetadataRequest(model=model), auth=auth)
             self._labels[(model, version)] = list(meta.labels)
         return self._labels[(model, version)]
 

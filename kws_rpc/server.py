@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import shutil
 import signal
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,13 +21,18 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from kws_rpc import auth, tls
+from kws_rpc.auth import AuthConfig, Guard
 from kws_rpc.batching import MicroBatcher
 from kws_rpc.core import InferenceCore
 from kws_rpc.gateway import GatewayConfig, GatewayServer
+from kws_rpc.grpc_auth import GuardInterceptor
+from kws_rpc.http_auth import wsgi_guard
 from kws_rpc.metrics import Metrics
 from kws_rpc.model import KwsModel
 from kws_rpc.senml import COURSE_LABELS, check_label_order, parse_label_order, validate_label_order
 from kws_rpc.servicer import SERVICE, KwsServicer, add_to_server
+from kws_rpc.tls import ServerTls
 
 log = logging.getLogger("kws_rpc.server")
 
@@ -46,6 +53,9 @@ class ServerConfig:
     grace_s: float = 5.0  # how long in-flight calls may finish at shutdown
     log_level: str = "INFO"
     spec_labels: tuple[str, ...] = COURSE_LABELS  # the gateway's label_idx order; must cover every model
+    tls: ServerTls | None = None  # gRPC, the gateway and /metrics; None = plaintext (loopback, or --insecure)
+    auth: AuthConfig = AuthConfig()  # bearer tokens (default none) and the per-client rate limit
+    insecure: bool = False  # allow plaintext on a non-loopback host
 
     def __post_init__(self) -> None:
         validate_label_order(self.spec_labels)
@@ -60,10 +70,11 @@ class ServerHandle:
 
     def __init__(self, config: ServerConfig, server: grpc.Server, port: int, core: InferenceCore,
                  health_servicer: health.HealthServicer, metrics: Metrics, metrics_port: int | None,
-                 gateway: GatewayServer | None) -> None:
+                 gateway: GatewayServer | None, private_dir: str | None = None) -> None:
         self.config, self.server, self.port, self.core = config, server, port, core
         self.health, self.metrics, self.metrics_port, self.gateway = health_servicer, metrics, metrics_port, gateway
         self.target = f"{_loopback(config.host)}:{port}"
+        self._private_dir = private_dir
         self._stopped = threading.Event()
 
     def stop(self, grace: float | None = None) -> None:
@@ -81,6 +92,8 @@ class ServerHandle:
             self.server.stop(grace).wait()
             self.core.close()
             self.metrics.stop()
+            if self._private_dir is not None:
+                shutil.rmtree(self._private_dir, ignore_errors=True)
             log.info("stopped")
 
     def wait(self) -> None:
@@ -113,41 +126,61 @@ def serve(config: ServerConfig) -> ServerHandle:
     """Loads the models, starts gRPC (+ gateway, + metrics) and reports SERVING."""
     if not config.models:
         raise ValueError("no model given: pass --model models/big.tflite")
+    if config.tls is not None:
+        config.tls.check()
+    tls.check_exposure(config.host, config.tls, config.insecure)
     metrics = Metrics()
     core = load_core(config, metrics)
+    guard = Guard(config.auth)
     opts = [("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes), ("grpc.so_reuseport", 0)]
-    server = grpc.server(ThreadPoolExecutor(config.grpc_threads, thread_name_prefix="kws-grpc"), options=opts)
+    server = grpc.server(ThreadPoolExecutor(config.grpc_threads, thread_name_prefix="kws-grpc"), options=opts,
+                         interceptors=[GuardInterceptor(guard, metrics)])
     add_to_server(KwsServicer(core, metrics), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    address = f"{config.host}:{config.port}"
+    port = (server.add_secure_port(address, config.tls.grpc_credentials()) if config.tls is not None
+            else server.add_insecure_port(address))
+    backend, private_dir = f"{_loopback(config.host)}:{port}", None
+    if config.tls is not None and config.gateway_port is not None:
+        # The co-hosted gateway reaches gRPC over a Unix socket in a directory only this user can enter:
+        # plaintext that never leaves the machine, and no certificate the gateway would have to trust.
+        private_dir = tempfile.mkdtemp(prefix="kws-server-")
+        backend = f"unix:{private_dir}/grpc.sock"
+        server.add_insecure_port(backend)
     server.start()
     gateway = metrics_port = None
     try:
         if config.metrics_port is not None:
-            metrics_port = metrics.serve(config.host, config.metrics_port)
+            protect = config.auth.tokens is not None and config.auth.protect_introspection
+            metrics_port = metrics.serve(config.host, config.metrics_port,
+                                         config.tls.ssl_context() if config.tls is not None else None,
+                                         (lambda app: wsgi_guard(app, guard)) if protect else None)
         if config.gateway_port is not None:
-            gateway = GatewayServer(GatewayConfig(f"{_loopback(config.host)}:{port}", config.host,
-                                                  config.gateway_port, log_level=config.log_level.lower(),
-                                                  spec_labels=config.spec_labels),
-                                    grace_s=config.grace_s)
+            gateway = GatewayServer(GatewayConfig(backend, config.host, config.gateway_port,
+                                                  log_level=config.log_level.lower(), spec_labels=config.spec_labels,
+                                                  tls=config.tls, auth=config.auth, backend_token=guard.internal),
+                                    grace_s=config.grace_s, guard=guard)
     except BaseException:
         server.stop(0)
         core.close()
         metrics.stop()
+        if private_dir is not None:
+            shutil.rmtree(private_dir, ignore_errors=True)
         raise
     for name in ("", SERVICE):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     metrics.ready.set(1)
-    log.info("serving %s on grpc %s:%d (batching %s), gateway %s, metrics %s", sorted(core.models),
+    log.info("serving %s on grpc %s:%d (batching %s), gateway %s, metrics %s; %s", sorted(core.models),
              config.host, port,
              f"max {config.max_batch_size} rows / {config.max_delay_ms} ms" if config.batching else "off",
              gateway.url if gateway else "off",
-             f"http://{config.host}:{metrics_port}/metrics" if metrics_port is not None else "off")
-    return ServerHandle(config, server, port, core, health_servicer, metrics, metrics_port, gateway)
+             f"{'https' if config.tls else 'http'}://{config.host}:{metrics_port}/metrics"
+             if metrics_port is not None else "off", tls.describe(config.tls, config.auth))
+    return ServerHandle(config, server, port, core, health_servicer, metrics, metrics_port, gateway, private_dir)
 
 
 def parse_args(argv: list[str] | None = None) -> ServerConfig:
@@ -174,14 +207,19 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
                          "of every model (default, the course's: %(default)s)")
     ap.add_argument("--grace", type=float, default=d.grace_s, help="seconds for in-flight calls at shutdown")
     ap.add_argument("--log-level", default=d.log_level, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    ap.add_argument("--insecure", action="store_true",
+                    help="allow plaintext on a non-loopback --host (refused otherwise: give --tls-cert/--tls-key)")
+    tls.add_server_args(ap)
+    auth.add_server_args(ap)
     a = ap.parse_args(argv)
     try:
         spec_labels = parse_label_order(a.spec_labels)
+        security = {"tls": tls.server_tls_from_args(a), "auth": auth.auth_config_from_args(a), "insecure": a.insecure}
     except ValueError as e:
         ap.error(str(e))
     return ServerConfig(tuple(a.model), a.host, a.port, a.max_batch_size, a.max_delay_ms, a.workers, a.max_queue,
                         a.grpc_threads, a.max_message_bytes, a.metrics_port, a.gateway_port, a.grace, a.log_level,
-                        spec_labels)
+                        spec_labels, **security)
 
 
 def main(argv: list[str] | None = None) -> None:
