@@ -23,10 +23,13 @@ import numpy as np
 from edge.report import MB, ClipRecord, headline, summarize, write_report
 from edge.transports import (OVER_BUDGET, PAYLOADS, GrpcTransport, RestSpecTransport, RetryPolicy, Transport,
                              request_id)
+from kws_rpc import tls
 from kws_rpc.audio import read_wav
+from kws_rpc.auth import client_token
 from kws_rpc.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
 from kws_rpc.features import resample
 from kws_rpc.model import KwsModel, softmax_margin
+from kws_rpc.tls import ClientTls
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,12 +112,14 @@ class ClientConfig:
     progress: bool = True
     calibrated_for: str | None = None  # sha256 of the little model the threshold was calibrated for
     max_cost_mb: float | None = None  # hard cap on bytes sent over the run (a data plan); None = no cap
+    tls: ClientTls | None = None  # gRPC: TLS on when set; REST: an https:// URL, verified with these
+    token: str | None = dataclasses.field(default=None, repr=False)  # bearer token; never written to reports
 
 
 def make_transport(cfg: ClientConfig) -> Transport:
     if cfg.transport == "rest":
-        return RestSpecTransport(cfg.url, cfg.device, cfg.policy)
-    return GrpcTransport(cfg.grpc_target, cfg.payload, cfg.policy)
+        return RestSpecTransport(cfg.url, cfg.device, cfg.policy, cfg.tls, cfg.token)
+    return GrpcTransport(cfg.grpc_target, cfg.payload, cfg.policy, cfg.tls, cfg.token)
 
 
 def run(cfg: ClientConfig, transport: Transport | None = None) -> tuple[list[ClipRecord], dict[str, Any]]:
@@ -181,6 +186,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--timeout", type=float, default=2.0, help="seconds per remote attempt")
     ap.add_argument("--retries", type=int, default=2, help="extra attempts after a retryable failure")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--token", default=None,
+                    help="bearer token for the server, or @FILE to read it from a file (default $KWS_TOKEN)")
+    tls.add_client_args(ap)
     modes = ap.add_argument_group("other modes (the same as python -m edge.calibrate; its flags pass through)")
     modes.add_argument("--calibrate", action="store_true",
                        help="choose the threshold on the VAL split (--budget-mb or --target-accuracy; "
@@ -207,6 +215,14 @@ def config_from_args(a: argparse.Namespace) -> ClientConfig:
     else:
         threshold, source = a.threshold, "--threshold"
     max_cost_mb = max_cost_mb or None  # 0 = no cap
+    try:
+        client_tls, token = tls.client_tls_from_args(a), client_token(a.token)
+        if client_tls is not None:
+            client_tls.check()
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"kws-edge: error: {e}") from None
+    if a.transport == "rest" and client_tls is not None and not a.url.lower().startswith("https://"):
+        raise SystemExit(f"kws-edge: error: --tls-* flags were given, but --url {a.url} is not https://")
     suffix = a.transport if a.transport == "rest" or a.payload == "wav" else f"grpc_{a.payload}"
     report = Path(a.report) if a.report else RESULTS / f"edge_{suffix}.json"
     return ClientConfig(little=Path(a.little), transport=a.transport, url=a.url, grpc_target=a.grpc,
@@ -214,7 +230,7 @@ def config_from_args(a: argparse.Namespace) -> ClientConfig:
                         threshold_source=source, split=a.split, limit=a.limit, data_dir=a.data_dir,
                         report=report, device=a.device,
                         policy=RetryPolicy(timeout_s=a.timeout, retries=a.retries), progress=not a.no_progress,
-                        calibrated_for=calibrated_for, max_cost_mb=max_cost_mb)
+                        calibrated_for=calibrated_for, max_cost_mb=max_cost_mb, tls=client_tls, token=token)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(parse_args(argv))
     records, summary = run(cfg)
     run_info = {k: repo_relative(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()}
+    if cfg.tls is not None:
+        run_info["tls"] = {k: repo_relative(v) for k, v in dataclasses.asdict(cfg.tls).items() if v}
+    run_info["token"] = "set" if cfg.token else None  # the secret itself stays out of the report
     write_report(cfg.report, records, summary, run_info)
     print(headline(summary))
     cap = "no cap" if cfg.max_cost_mb is None else f"cap {cfg.max_cost_mb:.3f} MB"

@@ -3,7 +3,12 @@
 A remote answer is an optimisation, never a dependency: every failure (refused, slow, bad answer) ends
 in ``Answer(None, ...)`` so the caller keeps the little model's label, and is counted. Retries are bounded
 and back off; after ``open_after`` consecutive failures a breaker skips the network for ``cooldown_s``, so
-a dead server costs a run seconds, not ``clips x timeout``.
+a dead server costs a run seconds, not ``clips x timeout``. A server that says when to come back
+(HTTP 429 ``Retry-After``, the gRPC ``retry-after`` trailer) is waited for up to ``max_retry_after_s``;
+a longer wait keeps the little answer and sends nothing until then.
+
+Both transports take TLS settings (``kws_rpc.tls.ClientTls``: the CA to trust, a client certificate for
+mutual TLS) and a bearer token, sent as ``authorization: Bearer <token>`` on every request.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from kws_rpc.codec import audio_to_proto, config_from_proto, config_to_proto, te
 from kws_rpc.errors import KwsError
 from kws_rpc.features import FeatureConfig, mfcc
 from kws_rpc.senml import label_from_reply, spec_body_for_wav, spec_bytes
+from kws_rpc.tls import ClientTls
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +57,11 @@ class RetryPolicy:
     backoff_s: float = 0.1  # sleep before retry k is backoff_s * 2**k
     open_after: int = 5  # consecutive failed asks that open the breaker
     cooldown_s: float = 5.0  # how long an open breaker skips the network
+    max_retry_after_s: float = 1.0  # longest a clip waits on a server's Retry-After before a retry
 
     def __post_init__(self) -> None:
-        if self.timeout_s <= 0 or self.retries < 0 or self.backoff_s < 0 or self.open_after < 1:
+        if (self.timeout_s <= 0 or self.retries < 0 or self.backoff_s < 0 or self.open_after < 1
+                or self.max_retry_after_s < 0):
             raise ValueError(f"bad retry policy: {self}")
 
 
@@ -79,11 +87,13 @@ class Transport(Protocol):
 
 
 class Retryable(Exception):
-    """An attempt failed in a way a retry may fix; ``sent`` says whether the request left the edge."""
+    """An attempt failed in a way a retry may fix; ``sent`` says whether the request left the edge;
+    ``retry_after`` is the server's own word on when to try again (seconds), if it gave one."""
 
-    def __init__(self, reason: str, sent: bool) -> None:
+    def __init__(self, reason: str, sent: bool, retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.sent = sent
+        self.retry_after = retry_after
 
 
 class Rejected(Exception):
@@ -98,20 +108,21 @@ class _Caller:
         self.failures = 0
         self._streak = 0
         self._open_until = 0.0
+        self._open_reason = "breaker open"
 
     def call(self, attempt: Callable[[], str], size: int, max_bytes: int | None = None) -> Answer:
         if max_bytes is not None and size > max_bytes:
             return Answer(None, 0, 0, OVER_BUDGET)  # not a remote failure: the breaker is not involved
         if time.monotonic() < self._open_until:
             self.failures += 1
-            return Answer(None, 0, 0, "breaker open")
-        sent, error = 0, ""
+            return Answer(None, 0, 0, self._open_reason)
+        sent, error, retry_after = 0, "", 0.0
         for k in range(self.policy.retries + 1):
             if k and max_bytes is not None and sent + size > max_bytes:
                 error = f"{error}; no retry: {OVER_BUDGET}"
                 break
             if k:
-                time.sleep(self.policy.backoff_s * 2 ** (k - 1))
+                time.sleep(max(self.policy.backoff_s * 2 ** (k - 1), retry_after))
             try:
                 label = attempt()
                 self._streak = 0
@@ -119,6 +130,11 @@ class _Caller:
             except Retryable as e:
                 sent += size if e.sent else 0
                 error = str(e)
+                retry_after = e.retry_after or 0.0
+                if retry_after > self.policy.max_retry_after_s:  # longer than a clip may wait: stay away
+                    self._open_until = max(self._open_until, time.monotonic() + retry_after)
+                    self._open_reason = "server asked to retry later"
+                    break
             except Rejected as e:  # resending the same request would get the same answer
                 sent += size
                 error = str(e)
@@ -126,7 +142,8 @@ class _Caller:
         self.failures += 1
         self._streak += 1
         if self._streak >= self.policy.open_after:
-            self._open_until = time.monotonic() + self.policy.cooldown_s
+            self._open_until = max(self._open_until, time.monotonic() + self.policy.cooldown_s)
+            self._open_reason = "breaker open"
             log.warning("%d remote failures in a row (%s); local answers only for %.1f s",
                         self._streak, error, self.policy.cooldown_s)
         return Answer(None, sent, k + 1, error[:300])
@@ -141,12 +158,19 @@ class RestSpecTransport:
     """PUTs the spec body to the REST gateway; big's answer is the reply's ``label``, or, from the
     reference service, its label_idx record in the course's label order."""
 
-    def __init__(self, url: str, device: str, policy: RetryPolicy = RetryPolicy()) -> None:
+    def __init__(self, url: str, device: str, policy: RetryPolicy = RetryPolicy(), tls: ClientTls | None = None,
+                 token: str | None = None) -> None:
         import requests
 
+        if tls is not None and not url.lower().startswith("https://"):
+            raise ValueError(f"TLS settings were given, but {url[:200]} is not an https:// URL")
         self._requests = requests
         self.url, self.device = url, device
         self._session = requests.Session()
+        # per request: a Session's own verify loses to $REQUESTS_CA_BUNDLE, a request's does not
+        self._tls = tls.requests_kwargs() if tls is not None else {}
+        if token:
+            self._session.headers["Authorization"] = f"Bearer {token}"
         self._caller = _Caller(policy)
 
     @property
@@ -159,13 +183,13 @@ class RestSpecTransport:
 
         def attempt() -> str:
             try:
-                r = self._session.put(self.url, data=data, timeout=self._caller.policy.timeout_s)
+                r = self._session.put(self.url, data=data, timeout=self._caller.policy.timeout_s, **self._tls)
             except rq.ConnectionError as e:  # includes ConnectTimeout: the body never left
                 raise Retryable(f"connection: {e}", sent=False) from None
             except rq.Timeout as e:
                 raise Retryable(f"timeout: {e}", sent=True) from None
             if r.status_code in (429, 502, 503, 504):
-                raise Retryable(f"HTTP {r.status_code}", sent=True)
+                raise Retryable(f"HTTP {r.status_code}", sent=True, retry_after=_seconds(r.headers.get("retry-after")))
             try:
                 r.raise_for_status()
                 return label_from_reply(r.json())
@@ -176,6 +200,14 @@ class RestSpecTransport:
 
     def close(self) -> None:
         self._session.close()
+
+
+def _seconds(value: str | None) -> float | None:
+    """A Retry-After value in seconds (an HTTP-date is not worth parsing here: treated as absent)."""
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
 
 
 def request_id(position: int) -> str:
@@ -222,7 +254,8 @@ class GrpcTransport:
     """Unary Predict over one channel; for MFCC payloads the features are computed here, as the
     server's GetModelMetadata says, with the same ``kws_rpc.features.mfcc`` the server uses."""
 
-    def __init__(self, target: str, payload: str = "wav", policy: RetryPolicy = RetryPolicy()) -> None:
+    def __init__(self, target: str, payload: str = "wav", policy: RetryPolicy = RetryPolicy(),
+                 tls: ClientTls | None = None, token: str | None = None) -> None:
         import grpc
 
         from kws.v1 import kws_pb2_grpc
@@ -231,7 +264,9 @@ class GrpcTransport:
             raise ValueError(f"unknown payload {payload!r}; choose from {PAYLOADS}")
         self._grpc = grpc
         self.target, self.payload = target, payload
-        self._channel = grpc.insecure_channel(target)
+        self._channel = (grpc.secure_channel(target, tls.grpc_credentials()) if tls is not None
+                         else grpc.insecure_channel(target))
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._stub = kws_pb2_grpc.KeywordSpottingStub(self._channel)
         self._caller = _Caller(policy)
         self.config: FeatureConfig | None = None
@@ -243,14 +278,17 @@ class GrpcTransport:
     def _rpc_error(self, e: Any) -> Exception:
         code = e.code().name if e.code() is not None else "UNKNOWN"
         if code in _RETRY_CODES:
-            return Retryable(f"{code}: {e.details()}", sent=code != "UNAVAILABLE")
+            trailers = dict(e.trailing_metadata() or ())
+            return Retryable(f"{code}: {e.details()}", sent=code != "UNAVAILABLE",
+                             retry_after=_seconds(trailers.get("retry-after")))
         if code == "INVALID_ARGUMENT":  # e.g. the server now runs another model: relearn its features
             self.config = None
         return Rejected(f"{code}: {e.details()}")
 
     def _fetch_config(self) -> str:
         try:
-            meta = self._stub.GetModelMetadata(pb.ModelMetadataRequest(), timeout=self._caller.policy.timeout_s)
+            meta = self._stub.GetModelMetadata(pb.ModelMetadataRequest(), timeout=self._caller.policy.timeout_s,
+                                               metadata=self._metadata)
         except self._grpc.RpcError as e:
             raise self._rpc_error(e) from None
         try:
@@ -268,7 +306,7 @@ class GrpcTransport:
 
         def attempt() -> str:
             try:
-                reply = self._stub.Predict(request, timeout=self._caller.policy.timeout_s)
+                reply = self._stub.Predict(request, timeout=self._caller.policy.timeout_s, metadata=self._metadata)
             except self._grpc.RpcError as e:
                 raise self._rpc_error(e) from None
             if not reply.prediction.label:
