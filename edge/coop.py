@@ -43,6 +43,7 @@ from kws_rpc.mqtt.options import add_broker_arguments, broker_settings
 from kws_rpc.mqtt.payloads import audio_request, features_request, shared_config
 from kws_rpc.mqtt.report import Run, clip_votes, report
 from kws_rpc.mqtt.topics import Topics
+from kws_rpc.threads import pin_native_threads
 
 if TYPE_CHECKING:  # the all-in-one demo only: a Pi that talks to a real broker needs neither
     from kws_rpc.mqtt.broker import EmbeddedBroker
@@ -100,6 +101,7 @@ class CoopClient:
         self._order: dict[str, np.ndarray] = {}  # worker id -> its probabilities' positions in our order
         self.rejected = 0  # unusable messages (statuses and votes)
         self._vote_bytes: list[int] = []
+        self._configs: dict[tuple, FeatureConfig | None] = {}
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: mqtt.ReasonCode,
                     props: object) -> None:
@@ -286,7 +288,10 @@ class CoopClient:
         """The feature config to send to these workers, or None to send audio."""
         if self.config.payload == "audio" or not invited:
             return None
-        cfg = shared_config([self.statuses[w] for w in sorted(invited) if w in self.statuses])
+        key = (invited, tuple(id(self.statuses.get(w)) for w in sorted(invited)))
+        if key not in self._configs:  # one decision per set of workers and statuses, not per clip
+            self._configs = {key: shared_config([self.statuses[w] for w in sorted(invited) if w in self.statuses])}
+        cfg = self._configs[key]
         if cfg is None and self.config.payload == "features":
             raise KwsError("--payload features: the live workers do not share one feature config")
         return cfg
@@ -344,6 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--log-level", default="WARNING")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    pin_native_threads()
     broker, workers = (None, []) if args.broker else start_local(args.models, args.deployment)
     url = args.broker or broker.url  # type: ignore[union-attr]
     settings = broker_settings(url, args, max_inflight=args.max_inflight)

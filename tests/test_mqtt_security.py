@@ -73,7 +73,7 @@ def settings(broker: Mosquitto | EmbeddedBroker, pki: dict[str, Path], user: str
 
 def test_amqtt_refusals(secure_amqtt: EmbeddedBroker, pki: dict[str, Path]) -> None:
     """amqtt speaks MQTT 3.1.1 only: refusals show as a connection that never completes."""
-    assert negotiate(settings(secure_amqtt, pki, "w0")).name == "MQTT 3.1.1"
+    assert negotiate(settings(secure_amqtt, pki, "w0")).receive_maximum is None
     with pytest.raises(ConnectionError):
         negotiate(settings(secure_amqtt, pki, "w0", ca="other-ca.pem"), timeout_s=2)
     for bad in (settings(secure_amqtt, pki, "coop", password="wrong"), settings(secure_amqtt, pki, None)):
@@ -84,7 +84,7 @@ def test_amqtt_refusals(secure_amqtt: EmbeddedBroker, pki: dict[str, Path]) -> N
 
 
 def test_refusals(secure_broker: Mosquitto, pki: dict[str, Path]) -> None:
-    assert negotiate(settings(secure_broker, pki, "w0")).name == "MQTT 5"
+    assert negotiate(settings(secure_broker, pki, "w0")).receive_maximum == 100  # deploy's max_inflight_messages
     with pytest.raises(PermissionError):
         negotiate(settings(secure_broker, pki, "w0", password="wrong"), timeout_s=2)
     with pytest.raises(PermissionError):

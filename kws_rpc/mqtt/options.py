@@ -25,7 +25,8 @@ def add_broker_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tls-cert", help=f"client certificate, for brokers that require one (${ENV['tls_cert']})")
     g.add_argument("--tls-key", help=f"its private key (${ENV['tls_key']})")
     g.add_argument("--protocol", default="auto", choices=sorted(PROTOCOLS),
-                   help="MQTT version: auto = 5 where the broker speaks it, else 3.1.1")
+                   help="MQTT version of the data path; auto = 3.1.1 after an MQTT 5 probe has read the "
+                        "broker's Receive Maximum (cheaper in paho), 5 = MQTT 5 throughout")
 
 
 def broker_settings(url: str, args: argparse.Namespace, **extra: object) -> BrokerSettings:

@@ -9,6 +9,7 @@ computes its own features.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 
 import numpy as np
@@ -26,10 +27,15 @@ def shared_config(statuses: list[pb.WorkerStatus]) -> FeatureConfig | None:
     return config_from_proto(statuses[0].model.feature_config)
 
 
+@functools.lru_cache(maxsize=16)
+def _config_wire(config: FeatureConfig) -> pb.FeatureConfig:
+    return config_to_proto(config)  # one per config, not one per clip (dataclasses.asdict is slow)
+
+
 def features_request(request_id: str, feats: np.ndarray, config: FeatureConfig,
                      dtype: int = pb.FLOAT16) -> bytes:
     return pb.PredictRequest(request_id=request_id, features=pb.Features(
-        tensor=tensor_to_proto(feats, dtype), config=config_to_proto(config))).SerializeToString()
+        tensor=tensor_to_proto(feats, dtype), config=_config_wire(config))).SerializeToString()
 
 
 def audio_request(request_id: str, audio: np.ndarray, sample_rate: int) -> bytes:
