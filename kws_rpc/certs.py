@@ -111,7 +111,8 @@ def make_dev_pki(out_dir: str | Path, hosts: tuple[str, ...] = DEFAULT_HOSTS,
         raise ValueError("the server certificate needs at least one host name or address")
     for name in clients:
         if not _NAME.match(name) or name in RESERVED:
-            raise ValueError(f"bad client name {name[:80]!r}: letters, digits, '_', '.', '-' (not {', '.join(RESERVED)})")
+            raise ValueError(f"bad client name {name[:80]!r}: letters, digits, '_', '.', '-' "
+                             f"(not {', '.join(RESERVED)})")
     if len(set(clients)) != len(clients):
         raise ValueError(f"client names repeat: {clients}")
     out = Path(out_dir)
@@ -141,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
                     help=f"another name or address clients dial, added to the server certificate's "
                          f"{', '.join(DEFAULT_HOSTS)}; repeat (a Pi dials the server's LAN name or IP)")
     ap.add_argument("--client", action="append", default=None,
-                    help=f"a client certificate to make (CN = the name); repeat (default: {', '.join(DEFAULT_CLIENTS)})")
+                    help=f"a client certificate to make (CN = the name); repeat "
+                         f"(default: {', '.join(DEFAULT_CLIENTS)})")
     ap.add_argument("--days", type=int, default=VALID_DAYS, help="validity (default %(default)s days)")
     a = ap.parse_args(argv)
     try:
