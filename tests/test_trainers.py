@@ -161,3 +161,28 @@ def test_export_keeps_the_best_conversion_within_budget(dataset_root: Path, tmp_
     assert set(card.metrics) == {"val_accuracy", "test_accuracy", "val_keras_tflite_agreement"}
     assert 0.0 <= card.metrics["val_accuracy"] <= 1.0 and card.metrics["val_keras_tflite_agreement"] > 0.5
     assert KwsModel(path).labels == card.labels
+
+
+def rebuilt_logits(path: str, x: np.ndarray) -> np.ndarray:
+    """Child: the Keras model rebuilt from a shipped .tflite (trainers.from_tflite), on x."""
+    from trainers.from_tflite import rebuild
+
+    keras, _ = rebuild(path)
+    return keras.predict(x, verbose=0)
+
+
+@pytest.mark.parametrize("name", ["big", "member_cnn", "member_dscnn"])
+def test_rebuilt_keras_matches_the_shipped_tflite(name: str, tf_child: TfChild) -> None:
+    """trainers.quantize quantizes the shipped weights, not a new training run: the Keras model rebuilt
+    from each shipped float .tflite computes the same probabilities (and its int8 sibling agrees)."""
+    from kws_rpc.model import KwsModel, softmax
+
+    path = REPO / "models" / f"{name}.tflite"
+    model = KwsModel(path)
+    x = np.random.default_rng(0).normal(size=(16, *model.feature_config.shape)).astype(np.float32) * 3 - 5
+    np.testing.assert_allclose(softmax(tf_child.run(rebuilt_logits, str(path), x)), model.predict(x), atol=1e-4)
+    sibling = REPO / "models" / f"{name}_int8.tflite"
+    if sibling.is_file():
+        card = KwsModel(sibling).card
+        assert card.quantization == "int8" and card.training["float_sha256"] == model.card.sha256
+        assert abs(card.metrics["test_accuracy"] - card.metrics["float_test_accuracy"]) <= 0.0025
