@@ -630,3 +630,33 @@ def test_stock_mosquitto_killed_mid_run_loses_nothing(stock_mosquitto: Mosquitto
         assert len(w.answered) == len(set(w.answered)), f"{w.worker_id} ran a clip twice"
     offline = offline_votes(members, audio)
     assert rep["per_policy_accuracy"]["mean"] == ensemble.accuracy("mean", offline, client.label_indices(labels))
+
+
+def test_replicas_share_a_members_clips_one_vote_per_clip(stock_mosquitto: Mosquitto, members: list[str],
+                                                           clips) -> None:
+    """Two replicas of member w0 (one in-process, one a process SIGKILLed mid-run) and w1: the replicas
+    split w0's clips through a shared subscription, every clip gets exactly one w0 vote, nothing is lost."""
+    audio, labels, names = clips
+    dep = deployment()
+    url = stock_mosquitto.url
+    settings = BrokerSettings.from_url(url)
+    w1 = Worker(WorkerConfig(members[1], settings, dep, "w1")).start()
+    a = Worker(WorkerConfig(members[0], settings, dep, "w0", replica="a")).start()
+    b = subprocess.Popen([sys.executable, "-m", "kws_rpc.mqtt.worker", "--model", members[0], "--broker", url,
+                          "--deployment", dep, "--worker-id", "w0", "--replica", "b", "--log-level", "WARNING"],
+                         cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert b.stdout is not None and "worker w0" in b.stdout.readline()  # connected and subscribed
+    client = coop(url, dep, 2, timeout_s=30.0)
+    _gate(client, CLIPS // 2, lambda: b.send_signal(signal.SIGKILL))
+    try:
+        run = client.run(audio)
+        rep = report(run, client.label_indices(labels), names, client.labels(), "mean")
+    finally:
+        b.kill()
+        b.wait()
+        stop_all([a, w1], client)
+    assert rep["lost"] == 0 and rep["missing_predictions"] == 0
+    assert all(set(c["votes"]) == {"w0", "w1"} for c in rep["per_clip"]), (rep["decided_by"], rep["dropped_workers"])
+    assert 0 < len(set(a.answered)) < CLIPS, "replica a answered every clip: b never shared the load"
+    offline = offline_votes(members[:2], audio)
+    assert rep["per_policy_accuracy"]["mean"] == ensemble.accuracy("mean", offline, client.label_indices(labels))

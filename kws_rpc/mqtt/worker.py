@@ -49,9 +49,15 @@ class WorkerConfig:
     broker: BrokerSettings
     deployment: str = "default"
     worker_id: str = ""  # empty = <model name>@<hostname>
+    # Non-empty: this process is one replica of worker_id. Replicas share the clips through an MQTT shared
+    # subscription ($share/..., mosquitto; not amqtt), so each clip goes to one of them, and vote as
+    # worker_id: one vote per member however many replicas run.
+    replica: str = ""
 
     def __post_init__(self) -> None:
         check_segment(self.deployment, "deployment")
+        if self.replica:
+            check_segment(self.replica, "replica")
 
 
 class Worker:
@@ -88,7 +94,9 @@ class Worker:
             return
         # Subscribing here (not once after connect) re-establishes the subscription after every reconnect,
         # even if the broker lost the session.
-        client.subscribe([(self.topics.clips, 2), (self.topics.status(self.worker_id), 1)])
+        clips = f"$share/{self.config.deployment}.{self.worker_id}/{self.topics.clips}" if self.config.replica \
+            else self.topics.clips
+        client.subscribe([(clips, 2), (self.topics.status(self.worker_id), 1)])
         client.publish(self.topics.status(self.worker_id), self._status(pb.WorkerStatus.ONLINE), 1, True)
         with self._lock:
             pending, self._outbox = self._outbox, []
@@ -188,14 +196,19 @@ class Worker:
     def start(self, wait_s: float | None = 10.0) -> "Worker":
         """Connects in the background; with wait_s, blocks until connected (TimeoutError otherwise)."""
         limits = negotiate(self.config.broker, wait_s)
-        self.client = make_client(self.config.broker, f"kws-worker-{self.config.deployment}-{self.worker_id}",
-                                  limits=limits)
+        replica = f"-{self.config.replica}" if self.config.replica else ""
+        # A replica keeps no session: mosquitto goes on handing shared-subscription messages to the stored
+        # session of a replica that died, where they wait for ever; without one, its share goes to the
+        # others at once, and the client republishes what the dead replica held.
+        self._persistent = not self.config.replica
+        self.client = make_client(self.config.broker, f"kws-worker-{self.config.deployment}-{self.worker_id}{replica}",
+                                  persistent=self._persistent, limits=limits)
         self.client.will_set(self.topics.status(self.worker_id), self._status(pb.WorkerStatus.OFFLINE), 1, True)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_disconnect = self._on_disconnect
         self._thread.start()
-        connect(self.client, self.config.broker)
+        connect(self.client, self.config.broker, persistent=self._persistent)
         if wait_s is not None and not self.connected.wait(wait_s):
             raise TimeoutError(f"{self.worker_id}: no connection to {self.config.broker.url} in {wait_s} s")
         return self
@@ -227,6 +240,9 @@ def main(argv: list[str] | None = None) -> None:
                    "(no built-in broker: run one, or `python -m kws_rpc.mqtt.broker`)")
     p.add_argument("--deployment", default="default", help="topic namespace: kws/<deployment>/...")
     p.add_argument("--worker-id", default="", help="default: the MQTT user name, else <model name>@<hostname>")
+    p.add_argument("--replica", default="", help="run as one replica of --worker-id (a name unique among them, "
+                   "e.g. the host): replicas share its clips through a shared subscription (mosquitto), one "
+                   "vote per clip")
     add_broker_arguments(p)
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
@@ -237,7 +253,10 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, OSError) as e:
         p.error(str(e))
     # Behind the shipped ACL a worker may write only topics ending in its user name: same id by default.
-    worker = Worker(WorkerConfig(args.model, settings, args.deployment, args.worker_id or settings.username or ""))
+    worker_id = args.worker_id or settings.username or ""
+    if args.replica and not worker_id:
+        p.error("--replica needs --worker-id (or --username): the member the replicas vote as")
+    worker = Worker(WorkerConfig(args.model, settings, args.deployment, worker_id, args.replica))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
