@@ -573,7 +573,7 @@ def _readme_mqtt_recipe() -> str:
     return block
 
 
-def test_readme_mqtt_recipe_on_stock_mosquitto(members: list[str], test_audio, tmp_path: Path) -> None:
+def test_readme_mqtt_recipe_on_stock_mosquitto(test_audio, tmp_path: Path) -> None:
     """The README's recipe, verbatim but for the port: stock `mosquitto -p PORT`, three kws-workers and
     the coop client on all 800 test clips (after 800 val clips for the policy): exit 0, 0 missing votes,
     and the accuracy the same models give offline."""
@@ -596,7 +596,9 @@ def test_readme_mqtt_recipe_on_stock_mosquitto(members: list[str], test_audio, t
     assert rep["clips"] == 800 and rep["missing_predictions"] == 0 and rep["lost"] == 0
     assert rep["decided_by"] == {"all voted": 800} and len(rep["workers"]) == 3
     audio, labels, _ = test_audio
-    offline = offline_votes(members, audio)
+    models = re.findall(r"kws-worker --model (\S+)", recipe)
+    assert len(models) == 3
+    offline = offline_votes([str(REPO / m) for m in models], audio)
     expected = ensemble.accuracy(rep["policy"], offline, labels)
     assert re.search(rf"^Accuracy: {100 * expected:.3f}%$", proc.stdout, re.M), (expected, proc.stdout[-500:])
 
