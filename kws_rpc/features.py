@@ -132,6 +132,8 @@ def resample(audio: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
     x = np.asarray(audio, dtype=np.float32)
     n_in = x.shape[-1]
     n_out = int(round(n_in * dst_rate / src_rate))
+    if n_out == 0:  # a clip shorter than one output sample: nothing survives (callers pad short clips)
+        return np.zeros(x.shape[:-1] + (0,), dtype=np.float32)
     spec = np.fft.rfft(x, axis=-1)
     keep = min(spec.shape[-1], n_out // 2 + 1)
     out_spec = np.zeros(x.shape[:-1] + (n_out // 2 + 1,), dtype=spec.dtype)
