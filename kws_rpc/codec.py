@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import zlib
 
 import numpy as np
@@ -18,6 +19,7 @@ from kws_rpc.features import FeatureConfig
 
 _NP_DTYPE = {pb.FLOAT32: np.dtype("<f4"), pb.FLOAT16: np.dtype("<f2"), pb.INT8: np.dtype("i1")}
 MAX_TENSOR_ELEMENTS = 1 << 20
+MAX_TENSOR_RANK = 4  # (batch, frames, coefficients) needs 3
 MAX_PCM_SECONDS = 2.0
 
 
@@ -50,7 +52,7 @@ def diff2_zlib_encode(q: np.ndarray) -> bytes:
 
 def diff2_zlib_decode(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
     """Inverse of diff2_zlib_encode; never inflates more than the shape needs (no zip bombs)."""
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)  # Python ints: no int64 wrap-around
     d = zlib.decompressobj()
     try:
         raw = d.decompress(data, count + 1)
@@ -93,10 +95,12 @@ def tensor_from_proto(t: pb.Tensor) -> np.ndarray:
         raise InvalidInput(f"tensor encoding {t.encoding} is not supported: use RAW or DIFF2_ZLIB")
     if t.encoding == pb.TENSOR_ENCODING_DIFF2_ZLIB and t.dtype != pb.INT8:
         raise InvalidInput("DIFF2_ZLIB encoding applies to INT8 tensors only")
+    if len(t.shape) > MAX_TENSOR_RANK:
+        raise InvalidInput(f"tensor has {len(t.shape)} dimensions; at most {MAX_TENSOR_RANK} are accepted")
     shape = tuple(int(d) for d in t.shape)
     if not shape or any(d == 0 for d in shape):
         raise InvalidInput(f"tensor shape {list(shape)} is empty")
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)  # Python ints: a product of uint32s never wraps to 0 or below
     if count > MAX_TENSOR_ELEMENTS:
         raise PayloadTooLarge(f"tensor of {count} elements exceeds the limit of {MAX_TENSOR_ELEMENTS}")
     dt = _NP_DTYPE[t.dtype]
@@ -110,10 +114,12 @@ def tensor_from_proto(t: pb.Tensor) -> np.ndarray:
     if t.dtype == pb.INT8:
         if not np.isfinite(t.scale) or t.scale <= 0:
             raise InvalidInput("INT8 tensor needs a positive finite scale")
-        return ((x.astype(np.float32) - t.zero_point) * t.scale).astype(np.float32)
+        with np.errstate(over="ignore"):  # a huge scale overflows to inf, refused below
+            x = (x.astype(np.float32) - np.float32(t.zero_point)) * np.float32(t.scale)
     x = x.astype(np.float32)
     if not np.all(np.isfinite(x)):
-        raise InvalidInput("tensor contains NaN or infinite values")
+        raise InvalidInput("tensor contains NaN or infinite values" + (" (scale * (q - zero_point) overflows "
+                           "float32)" if t.dtype == pb.INT8 else ""))
     return x
 
 

@@ -6,6 +6,26 @@ gRPC code is kept as a name so this module imports no transport).
 
 from __future__ import annotations
 
+MAX_ECHO_CHARS = 200  # the most of one user value an error or a log line repeats
+MAX_MESSAGE_CHARS = 1000  # the most of any error message a client is sent or a log line holds
+
+
+def clip(value: object, limit: int = MAX_ECHO_CHARS) -> str:
+    """``value`` (a string as is, anything else as its repr) cut to ``limit`` characters, with the length
+    it had, and any lone surrogate escaped: user input repeated in an error or a log line. A 1 MB model
+    name must not become a 1 MB message (gRPC refuses trailers over 16 kB) or 1 MB of log."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text)} chars)"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def quote(value: object, limit: int = MAX_ECHO_CHARS) -> str:
+    """A user's value quoted and escaped as ``{value!r}`` would be, but at most ``limit`` characters of it."""
+    if isinstance(value, (str, bytes)) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} {'chars' if isinstance(value, str) else 'bytes'})"
+    return clip(repr(value), limit)
+
 
 class KwsError(Exception):
     """Base class: a message a user can act on."""
@@ -63,6 +83,13 @@ class Unauthenticated(KwsError):
 
     http_status = 401
     grpc_code = "UNAUTHENTICATED"
+
+
+class RequestTimeout(KwsError):
+    """The client was too slow: an HTTP body not sent in time, a stream with no request for too long."""
+
+    http_status = 408
+    grpc_code = "DEADLINE_EXCEEDED"
 
 
 class DeadlineExceeded(KwsError):

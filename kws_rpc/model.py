@@ -15,6 +15,9 @@ from kws_rpc.features import FeatureConfig, mfcc, resample
 from kws_rpc.runtime import make_interpreter
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# Log-mel and MFCC features of audio in [-1, 1] stay within about +-130; far larger values only make a
+# float model overflow (3e38 everywhere gave NaN probabilities and the label "yes").
+MAX_FEATURE_ABS = 1e4
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -92,6 +95,9 @@ class KwsModel:
             )
         if not np.all(np.isfinite(x)):
             raise InvalidInput("features contain NaN or infinite values")
+        if x.size and float(np.abs(x).max()) > MAX_FEATURE_ABS:
+            raise InvalidInput(f"features reach {float(np.abs(x).max()):.3g}; the model's features of audio in "
+                               f"[-1, 1] stay within +-{MAX_FEATURE_ABS:g} (compute them as its card says)")
         return x
 
     def predict(self, feats: np.ndarray) -> np.ndarray:
