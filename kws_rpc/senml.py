@@ -17,12 +17,15 @@ import json
 import time
 from typing import Any
 
-from kws_rpc.errors import InvalidInput
+from kws_rpc import safejson
+from kws_rpc.errors import InvalidInput, quote
 
 # The label order of the course's reference client and service: label_idx indexes this tuple.
 COURSE_LABELS: tuple[str, ...] = ("down", "stop", "right", "left", "up", "yes", "no", "go")
 
 SENML_HINT = 'send {"bn": ..., "bt": ..., "e": [{"n": "audio", "vd": "<base64 of a 16-bit mono WAV>"}]}'
+MAX_BN_CHARS = 256  # bn and bt are echoed in the reply: a device name, a time in seconds
+MAX_BT = 2.0 ** 53  # beyond this a JSON number is not an exact integer in JavaScript
 
 
 def spec_body_for_wav(wav: bytes, device: str, timestamp: int | None = None) -> dict[str, Any]:
@@ -41,7 +44,7 @@ def wav_from_senml(body: bytes) -> tuple[bytes, dict[str, Any]]:
     if not body.strip():
         raise InvalidInput(f"empty body: {SENML_HINT}")
     try:
-        doc = json.loads(body)
+        doc = safejson.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InvalidInput(f"body is not JSON ({e}): {SENML_HINT}") from None
     records = doc.get("e") if isinstance(doc, dict) else doc
@@ -56,7 +59,24 @@ def wav_from_senml(body: bytes) -> tuple[bytes, dict[str, Any]]:
         wav = base64.b64decode(audio[0]["vd"], validate=True)
     except (binascii.Error, ValueError) as e:
         raise InvalidInput(f'"vd" is not valid base64 ({e}): encode the WAV file bytes with base64') from None
-    return wav, {k: base[k] for k in ("bn", "bt") if k in base}
+    return wav, echoed_base(base)
+
+
+def echoed_base(base: dict[str, Any]) -> dict[str, Any]:
+    """The base name and time to echo, checked before any inference runs: ``bn`` a string (valid Unicode:
+    a lone surrogate cannot be encoded in the reply), ``bt`` a finite number (RFC 8428)."""
+    out = {k: base[k] for k in ("bn", "bt") if k in base}
+    bn, bt = out.get("bn", ""), out.get("bt", 0)
+    if not isinstance(bn, str) or len(bn) > MAX_BN_CHARS:
+        raise InvalidInput(f'"bn" must be a string of at most {MAX_BN_CHARS} characters (the device name), '
+                           f"got {quote(bn, 40)}")
+    try:
+        bn.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f'"bn" {quote(bn, 40)} is not valid Unicode (a lone UTF-16 surrogate)') from None
+    if isinstance(bt, bool) or not isinstance(bt, (int, float)) or not abs(bt) <= MAX_BT:
+        raise InvalidInput(f'"bt" must be a number of seconds within +-2**53, got {quote(bt, 40)}')
+    return out
 
 
 def parse_label_order(text: str) -> tuple[str, ...]:
