@@ -18,7 +18,7 @@ from kws.v1 import kws_pb2 as pb
 from kws.v1 import kws_pb2_grpc as pb_grpc
 from kws_rpc import codec
 from kws_rpc.core import InferenceCore
-from kws_rpc.errors import InvalidInput, KwsError
+from kws_rpc.errors import MAX_MESSAGE_CHARS, InvalidInput, KwsError, clip, quote
 from kws_rpc.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -27,12 +27,15 @@ SERVICE = pb.DESCRIPTOR.services_by_name["KeywordSpotting"].full_name
 # Trailing metadata naming the kws_rpc.errors class of a failure, so the REST gateway can answer the
 # exact HTTP status (INVALID_ARGUMENT alone cannot tell 400 from 413 or 422).
 ERROR_KEY = "kws-error"
+MAX_REQUEST_ID_CHARS = 256  # request ids are echoed in every reply
 
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
 
 
 def predict(core: InferenceCore, req: pb.PredictRequest) -> pb.PredictResponse:
+    if len(req.request_id) > MAX_REQUEST_ID_CHARS:
+        raise InvalidInput(f"request_id {quote(req.request_id, 40)} is longer than {MAX_REQUEST_ID_CHARS} characters")
     kind = req.WhichOneof("input")
     if kind == "audio":
         audio, rate = codec.audio_from_proto(req.audio)
@@ -87,7 +90,7 @@ class KwsServicer(pb_grpc.KeywordSpottingServicer):
             request_id = req.request_id
             return predict(self.core, req)
         except KwsError as e:
-            raise type(e)(f"stream item {index} (request_id {request_id!r}): {e}") from None
+            raise type(e)(f"stream item {index} (request_id {quote(request_id, 40)}): {e}") from None
 
     def _guard(self, method: str, context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
         with self.metrics.call(method) as record:
@@ -95,9 +98,10 @@ class KwsServicer(pb_grpc.KeywordSpottingServicer):
                 return fn()
             except KwsError as e:
                 record.fail(e.grpc_code, type(e).__name__)
-                log.info("%s -> %s: %s", method, e.grpc_code, e)
+                message = clip(str(e), MAX_MESSAGE_CHARS)  # bounded even if a value slipped in whole
+                log.info("%s -> %s: %s", method, e.grpc_code, message)
                 context.set_trailing_metadata(((ERROR_KEY, type(e).__name__),))
-                context.abort(grpc.StatusCode[e.grpc_code], str(e))
+                context.abort(grpc.StatusCode[e.grpc_code], message)
             except Exception:
                 record.fail("INTERNAL", "unexpected")
                 log.exception("%s failed unexpectedly", method)
