@@ -316,7 +316,7 @@ def start_local(models: Sequence[str], deployment: str) -> tuple["EmbeddedBroker
     return broker, workers
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Cooperative keyword spotting over MQTT (ensemble of workers).")
     p.add_argument("--broker", help="mqtt://host:port of running workers; absent = embedded broker + in-process "
                    "workers for --models")
@@ -347,6 +347,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--report", default="results/coop_report.json", help="per-clip JSON report")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--log-level", default="WARNING")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = build_parser()
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     pin_native_threads()

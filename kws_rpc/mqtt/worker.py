@@ -233,7 +233,7 @@ class Worker:
             self.core.close()
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="kws MQTT inference worker (one model, one vote per clip).")
     p.add_argument("--model", required=True, help="a .tflite with its .json card, e.g. models/member_cnn.tflite")
     p.add_argument("--broker", required=True, help="mqtt://host:port or mqtts://host:port "
@@ -245,6 +245,11 @@ def main(argv: list[str] | None = None) -> None:
                    "vote per clip")
     add_broker_arguments(p)
     p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = build_parser()
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     pin_native_threads()
