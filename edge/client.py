@@ -168,7 +168,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--little", default=str(ROOT / "models" / "little.tflite"), help="edge model (.tflite + card)")
     ap.add_argument("--transport", choices=("rest", "grpc"), default="rest")
     ap.add_argument("--url", default="http://127.0.0.1:8080/", help="REST gateway (spec body, PUT)")
-    ap.add_argument("--grpc", default="127.0.0.1:50051", help="gRPC server target host:port")
+    ap.add_argument("--grpc", default="127.0.0.1:50051",
+                    help="gRPC server host:port, an ip:port list, or dns:///name:port (several servers: balanced "
+                         "with gRPC round_robin and health checks)")
     ap.add_argument("--payload", choices=PAYLOADS, default="wav", help="gRPC payload (REST is always the spec)")
     ap.add_argument("--threshold", type=float, default=None,
                     help=f"ask big when margin <= this (default: {CASCADE_FILE.name}, else {DEFAULT_THRESHOLD})")

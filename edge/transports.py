@@ -264,8 +264,10 @@ class GrpcTransport:
             raise ValueError(f"unknown payload {payload!r}; choose from {PAYLOADS}")
         self._grpc = grpc
         self.target, self.payload = target, payload
-        self._channel = (grpc.secure_channel(target, tls.grpc_credentials()) if tls is not None
-                         else grpc.insecure_channel(target))
+        from kws_rpc.channels import open_channel
+
+        # one server, an ip:port list or dns:///name:port: balanced with round_robin, health-checked
+        self._channel = open_channel(target, tls.grpc_credentials() if tls is not None else None)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._stub = kws_pb2_grpc.KeywordSpottingStub(self._channel)
         self._caller = _Caller(policy)

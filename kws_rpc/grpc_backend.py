@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kws.v1 import kws_pb2 as pb
 from kws.v1 import kws_pb2_grpc as pb_grpc
 from kws_rpc import errors
+from kws_rpc.channels import open_channel
 from kws_rpc.errors import KwsError
 from kws_rpc.servicer import ERROR_KEY, SERVICE
 
@@ -54,8 +55,7 @@ class Backend:
         self.target = target
         self.timeout = timeout_s
         self.token = token
-        self.channel = (grpc.secure_channel(target, credentials) if credentials is not None
-                        else grpc.insecure_channel(target))
+        self.channel = open_channel(target, credentials)  # one server, a list, or dns:/// (round_robin)
         self.stub = pb_grpc.KeywordSpottingStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self._labels: dict[tuple[str, str], list[str]] = {}
