@@ -14,12 +14,17 @@ Endpoints (OpenAPI at /docs):
 - ``/healthz`` (this process is alive) and ``/readyz`` (the gRPC backend reports SERVING): always open.
 With a token file, every other path needs ``Authorization: Bearer <token>`` (401 otherwise; /docs and
 /openapi.json only with --auth-introspection), and each client has a rate limit (429 with Retry-After).
-Every failure answers ``{"error": {"code": http_status, "status": grpc_status_name, "message": ...}}``.
+Every failure answers ``{"error": {"code": http_status, "status": grpc_status_name, "message": ...}}``,
+the message clipped to 1,000 characters. JSON bodies nested over 32 levels or with numbers over 40
+characters are 400 (``kws_rpc.safejson``). A body not received within ``--http-body-timeout-s`` (10 s) is
+408; a connection with no complete request head within ``--http-header-timeout-s`` (10 s) is closed
+(``kws_rpc.http_limits``); a client that hangs up mid-request is logged at INFO.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -38,14 +43,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from google.protobuf import json_format
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from kws.v1 import kws_pb2 as pb
 from kws_rpc.codec import check_base64_fields
-from kws_rpc import auth, tls
+from kws_rpc import auth, safejson, tls
 from kws_rpc.auth import AuthConfig, Guard, retry_after_header
-from kws_rpc.errors import InvalidInput, KwsError, PayloadTooLarge, RateLimited, Unavailable
+from kws_rpc.errors import (MAX_MESSAGE_CHARS, InvalidInput, KwsError, PayloadTooLarge, RateLimited, RequestTimeout,
+                            Unavailable, clip)
 from kws_rpc.grpc_backend import Backend
 from kws_rpc.http_auth import GuardMiddleware
+from kws_rpc.http_limits import uvicorn_options
+from kws_rpc.limits import Limits, add_limit_args, limits_from_args
 from kws_rpc.tls import ClientTls, ServerTls, describe
 from kws_rpc.senml import (COURSE_LABELS, check_label_order, parse_label_order, spec_reply, validate_label_order,
                            wav_from_senml)
@@ -67,26 +76,38 @@ class GatewayConfig:
     backend_tls: ClientTls | None = None  # TLS to the gRPC server; None = plaintext
     # Sent to the gRPC server on every call; None = forward each HTTP client's own Authorization.
     backend_token: str | None = dataclasses.field(default=None, repr=False)
+    limits: Limits = Limits()  # header/body read timeouts, keep-alive (see kws_rpc.limits)
 
     def __post_init__(self) -> None:
         validate_label_order(self.spec_labels)
 
 
 def error_response(status: int, grpc_status: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": status, "status": grpc_status, "message": message}}, status_code=status)
+    """The JSON error body; the message is clipped, whatever user input it quotes."""
+    error = {"code": status, "status": grpc_status, "message": clip(message, MAX_MESSAGE_CHARS)}
+    return JSONResponse({"error": error}, status_code=status)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body (whatever its content type), refusing more than ``limit`` bytes."""
+async def read_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
+    """The raw body (whatever its content type), refusing more than ``limit`` bytes, or a body that has
+    not fully arrived ``timeout_s`` after its request head (RequestTimeout, 408)."""
     declared = request.headers.get("content-length", "")
     too_large = PayloadTooLarge(f"body exceeds {limit} bytes; a 1 s 16 kHz clip needs about 43 kB")
     if declared.isdigit() and int(declared) > limit:
         raise too_large
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
+
+    async def read() -> None:
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > limit:
+                raise too_large
+
+    try:
+        await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s ({len(body)} bytes "
+                             "received)") from None
     return bytes(body)
 
 
@@ -129,6 +150,19 @@ def make_app(config: GatewayConfig, guard: Guard | None = None) -> FastAPI:
         log.exception("unexpected gateway failure")
         return error_response(500, "INTERNAL", "internal gateway error; the gateway log has details")
 
+    @app.exception_handler(RequestTimeout)
+    async def _slow(request: Request, e: RequestTimeout) -> JSONResponse:
+        log.info("%s %s from %s: %s", request.method, request.url.path, _peer(request), e)
+        response = error_response(e.http_status, e.grpc_code, str(e))
+        response.headers["connection"] = "close"  # the rest of the body may never come
+        return response
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, _: ClientDisconnect) -> JSONResponse:
+        """The client hung up mid-request: nothing to answer, and not a server error."""
+        log.info("%s %s from %s: the client disconnected", request.method, request.url.path, _peer(request))
+        return error_response(499, "CANCELLED", "client closed the request")
+
     example_base = {"bn": "http://192.168.1.20/", "bt": 1700000000}
     example_label = "left" if "left" in config.spec_labels else config.spec_labels[0]
     spec_doc: dict[str, Any] = {
@@ -146,7 +180,8 @@ def make_app(config: GatewayConfig, guard: Guard | None = None) -> FastAPI:
     @app.put("/", operation_id="spec_put", **spec_doc)
     @app.post("/", operation_id="spec_post", **spec_doc)
     async def spec_predict(request: Request, model: str = "") -> dict[str, Any]:
-        wav, base = wav_from_senml(await read_body(request, config.max_body_bytes))
+        body = await read_body(request, config.max_body_bytes, config.limits.http_body_timeout_s)
+        wav, base = wav_from_senml(body)
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
         req = pb.PredictRequest(request_id=rid, model=model, audio=pb.Audio(wav=wav))
         creds = request.headers.get("authorization")
@@ -163,9 +198,9 @@ def make_app(config: GatewayConfig, guard: Guard | None = None) -> FastAPI:
 
     @app.post("/v1/predict", summary="PredictRequest -> PredictResponse (proto3 JSON mapping)")
     async def v1_predict(request: Request) -> dict[str, Any]:
-        body = await read_body(request, config.max_body_bytes)
+        body = await read_body(request, config.max_body_bytes, config.limits.http_body_timeout_s)
         try:
-            doc = json.loads(body or b"{}")
+            doc = safejson.loads(body or b"{}")
             if not isinstance(doc, dict):
                 raise json_format.ParseError(f"expected a JSON object, got {type(doc).__name__}")
             req = json_format.ParseDict(doc, pb.PredictRequest())
@@ -194,6 +229,10 @@ def make_app(config: GatewayConfig, guard: Guard | None = None) -> FastAPI:
     return app
 
 
+def _peer(request: Request) -> str:
+    return f"{request.client.host}:{request.client.port}" if request.client else "?"
+
+
 class GatewayServer:
     """The gateway on a background thread of this process (``kws-server --gateway-port``, tests)."""
 
@@ -211,7 +250,7 @@ class GatewayServer:
         self._server = uvicorn.Server(uvicorn.Config(
             make_app(config, guard), log_level=config.log_level, access_log=config.log_level == "debug",
             log_config=None, timeout_graceful_shutdown=int(grace_s) or 1,  # the host process owns logging
-            **(config.tls.uvicorn_kwargs() if config.tls else {})))
+            **uvicorn_options(config.limits), **(config.tls.uvicorn_kwargs() if config.tls else {})))
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
                                         name="kws-gateway", daemon=True)
         self._thread.start()
@@ -273,6 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--grpc-tls-key", default=env.get("KWS_GRPC_TLS_KEY"), help="its key ($KWS_GRPC_TLS_KEY)")
     g.add_argument("--grpc-token", default=env.get("KWS_GRPC_TOKEN"),
                    help="bearer token for the gRPC server ($KWS_GRPC_TOKEN); default: forward each client's own")
+    add_limit_args(ap, grpc=False)
     a = ap.parse_args(argv)
     try:
         spec_labels = parse_label_order(a.spec_labels)
@@ -285,7 +325,8 @@ def main(argv: list[str] | None = None) -> None:
             server_tls.check()
         tls.check_exposure(a.host, server_tls, a.insecure)
         config = GatewayConfig(a.grpc_target, a.host, a.port, a.max_body_bytes, a.timeout, a.log_level, spec_labels,
-                               server_tls, auth.auth_config_from_args(a), backend_tls, a.grpc_token or None)
+                               server_tls, auth.auth_config_from_args(a), backend_tls, a.grpc_token or None,
+                               limits_from_args(a))
     except ValueError as e:
         ap.error(str(e))
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -296,7 +337,8 @@ def main(argv: list[str] | None = None) -> None:
     log.info("gateway on %s://%s:%d -> grpc %s (%s)", "https" if config.tls else "http", config.host, config.port,
              config.grpc_target, describe(config.tls, config.auth))
     uvicorn.run(make_app(config), host=config.host, port=config.port, log_level=config.log_level,
-                access_log=config.log_level == "debug", **(config.tls.uvicorn_kwargs() if config.tls else {}))
+                access_log=config.log_level == "debug", **uvicorn_options(config.limits),
+                **(config.tls.uvicorn_kwargs() if config.tls else {}))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ from kws_rpc.batching import MicroBatcher
 from kws_rpc.core import InferenceCore
 from kws_rpc.gateway import GatewayConfig, GatewayServer
 from kws_rpc.grpc_auth import GuardInterceptor
+from kws_rpc.grpc_limits import StreamLimiter
 from kws_rpc.http_auth import wsgi_guard
+from kws_rpc.limits import Limits, add_limit_args, limits_from_args
 from kws_rpc.metrics import Metrics
 from kws_rpc.model import KwsModel
 from kws_rpc.senml import COURSE_LABELS, check_label_order, parse_label_order, validate_label_order
@@ -56,9 +58,11 @@ class ServerConfig:
     tls: ServerTls | None = None  # gRPC, the gateway and /metrics; None = plaintext (loopback, or --insecure)
     auth: AuthConfig = AuthConfig()  # bearer tokens (default none) and the per-client rate limit
     insecure: bool = False  # allow plaintext on a non-loopback host
+    limits: Limits = Limits()  # streams, calls in flight, idle and read timeouts (see kws_rpc.limits)
 
     def __post_init__(self) -> None:
         validate_label_order(self.spec_labels)
+        self.limits.check_threads(self.grpc_threads)
 
     @property
     def batching(self) -> bool:
@@ -119,7 +123,11 @@ def load_core(config: ServerConfig, metrics: Metrics) -> InferenceCore:
     if config.batching:
         batcher = MicroBatcher(config.max_batch_size, config.max_delay_ms, config.workers, config.max_queue,
                                on_batch=metrics.observe_batch, wait_for="incoming")
-    return InferenceCore(models, default=next(iter(models)), batcher=batcher)
+    return InferenceCore(models, default=next(iter(models)), batcher=batcher, timeout_s=config.limits.call_timeout_s)
+
+
+def stream_limiter(config: ServerConfig, metrics: Metrics) -> StreamLimiter:
+    return StreamLimiter(config.limits.max_streams, config.limits.stream_idle_s, metrics)
 
 
 def serve(config: ServerConfig) -> ServerHandle:
@@ -135,7 +143,8 @@ def serve(config: ServerConfig) -> ServerHandle:
     opts = [("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes), ("grpc.so_reuseport", 0)]
     server = grpc.server(ThreadPoolExecutor(config.grpc_threads, thread_name_prefix="kws-grpc"), options=opts,
-                         interceptors=[GuardInterceptor(guard, metrics)])
+                         interceptors=[GuardInterceptor(guard, metrics), stream_limiter(config, metrics)],
+                         maximum_concurrent_rpcs=config.limits.max_inflight)
     add_to_server(KwsServicer(core, metrics), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -162,7 +171,8 @@ def serve(config: ServerConfig) -> ServerHandle:
         if config.gateway_port is not None:
             gateway = GatewayServer(GatewayConfig(backend, config.host, config.gateway_port,
                                                   log_level=config.log_level.lower(), spec_labels=config.spec_labels,
-                                                  tls=config.tls, auth=config.auth, backend_token=guard.internal),
+                                                  tls=config.tls, auth=config.auth, backend_token=guard.internal,
+                                                  limits=config.limits),
                                     grace_s=config.grace_s, guard=guard)
     except BaseException:
         server.stop(0)
@@ -211,15 +221,18 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
                     help="allow plaintext on a non-loopback --host (refused otherwise: give --tls-cert/--tls-key)")
     tls.add_server_args(ap)
     auth.add_server_args(ap)
+    add_limit_args(ap)
     a = ap.parse_args(argv)
     try:
         spec_labels = parse_label_order(a.spec_labels)
+        limits = limits_from_args(a)
+        limits.check_threads(a.grpc_threads)
         security = {"tls": tls.server_tls_from_args(a), "auth": auth.auth_config_from_args(a), "insecure": a.insecure}
     except ValueError as e:
         ap.error(str(e))
     return ServerConfig(tuple(a.model), a.host, a.port, a.max_batch_size, a.max_delay_ms, a.workers, a.max_queue,
                         a.grpc_threads, a.max_message_bytes, a.metrics_port, a.gateway_port, a.grace, a.log_level,
-                        spec_labels, **security)
+                        spec_labels, limits=limits, **security)
 
 
 def main(argv: list[str] | None = None) -> None:
