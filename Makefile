@@ -47,8 +47,8 @@ certs: certs/ca.pem  ## dev CA, server and client certificates in certs/ (gitign
 certs/ca.pem:
 	$(MAKE) venv && $(PYTHON) -m kws_rpc.certs --out certs $(ARGS)
 
-server: venv  ## gRPC :50051 + REST gateway :8080 on models/big.tflite (Ctrl-C stops gracefully)
-	$(PYTHON) -m kws_rpc.server --model models/big.tflite --port 50051 --gateway-port 8080
+server: venv  ## gRPC :50051 + REST gateway :8080 on models/big_int8.tflite (Ctrl-C stops gracefully)
+	$(PYTHON) -m kws_rpc.server --model models/big_int8.tflite --port 50051 --gateway-port 8080
 
 .PHONY: bench-server bench-server-commit
 bench-server: venv  ## server throughput/latency: gRPC vs REST, batching on/off, 1-128 clients -> results/bench_server.json
@@ -73,7 +73,7 @@ payload: venv data  ## bytes per request per transport/payload and test accuracy
 	$(PYTHON) -m edge.payload --local-big $(ARGS)
 
 coop: venv data  ## cooperative inference over MQTT: embedded broker + the 3 members in-process, policy chosen on val
-	$(PYTHON) -m edge.coop --split test --report results/coop_report.json $(ARGS)
+	$(PYTHON) -m kws_rpc.mqtt.local --split test $(ARGS)
 
 .PHONY: bench-coop bench-coop-commit
 bench-coop: venv data  ## 800 test clips, 3 and 5 workers, amqtt and mosquitto -> results/bench_coop.json

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS, format_table, write_results
-from edge.client import repo_relative
+from edge.cascade import repo_relative
 from edge.coop import CoopClient, CoopConfig, default_members, report
 from kws_rpc.data import find_dataset, load_split
 from kws_rpc.mqtt.broker import EmbeddedBroker, Mosquitto

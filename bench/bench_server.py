@@ -27,7 +27,7 @@ import psutil
 import requests
 
 from bench.common import RESULTS, format_table, latency_summary, write_results
-from edge.client import repo_relative
+from edge.cascade import repo_relative
 from kws_rpc.senml import spec_body_for_wav
 from kws.v1 import kws_pb2 as pb
 from kws.v1 import kws_pb2_grpc as pb_grpc
@@ -181,7 +181,7 @@ def run(config: BenchConfig) -> list[dict[str, Any]]:
 
 def parse_args(argv: list[str] | None = None) -> BenchConfig:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=REPO / "models" / "big.tflite")
+    ap.add_argument("--model", type=Path, default=REPO / "models" / "big_int8.tflite")
     ap.add_argument("--concurrency", default="1,8,32,128", help="comma-separated client thread counts")
     ap.add_argument("--requests", type=int, default=500, help="requests per cell (at most)")
     ap.add_argument("--seconds", type=float, default=8.0, help="seconds per cell (at most)")

@@ -3,7 +3,7 @@
 Little and big predictions of a split are computed once; every threshold is then a cheap vectorised
 replay (ask iff margin <= threshold). The threshold is picked on the val split only, so the test figures
 the client prints stay an honest estimate. Big runs on the server (REST or gRPC), or with ``--local-big``
-in-process from the same ``models/big.tflite`` the server loads: the same file, features and interpreter
+in-process from the same ``models/big_int8.tflite`` the server loads: the same file, features and interpreter
 give the same answers without needing a server during calibration. Cost follows the reference rule: the
 bytes of the spec REST body of every asked clip (``--cost-of`` counts another way's bytes, and then
 local big is fed that way's payload, so lossy features are accounted for).
@@ -24,11 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from edge.client import CASCADE_FILE, RESULTS, ROOT, little_on_file, load_threshold, repo_relative
-from edge.payload import local_answer
+from edge.cascade import (BIG, CASCADE_FILE, LITTLE, RESULTS, ROOT, add_remote_args, little_on_file,
+                          load_threshold, local_answer, remote, repo_relative)
 from edge.report import MB, plot_sweep
-from edge.transports import (WAYS, GrpcTransport, RestSpecTransport, RetryPolicy, Transport, request_for, request_id,
-                             wire_bytes)
+from edge.transports import (WAYS, Transport, request_for, request_id, wire_bytes)
 from kws_rpc.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
 from kws_rpc.model import KwsModel
 
@@ -149,12 +148,9 @@ def sweep(preds: SplitPredictions, thresholds: Sequence[float] = SWEEP_THRESHOLD
 
 
 def make_transport(a: argparse.Namespace) -> Transport | None:
-    policy = RetryPolicy(timeout_s=a.timeout)
     if a.local_big:
         return None
-    if a.transport == "rest":
-        return RestSpecTransport(a.url, a.device, policy)
-    return GrpcTransport(a.grpc, a.payload, policy)
+    return remote("rest-spec" if a.transport == "rest" else f"grpc-{a.payload}", a)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -169,19 +165,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="probability that a run on another split stays within the budget (default: %(default)s)")
     ap.add_argument("--sweep", action="store_true", help="chart accuracy vs cost over thresholds instead")
     ap.add_argument("--split", default=None, help="sweep split (default test); calibration always uses val")
-    ap.add_argument("--little", default=str(ROOT / "models" / "little.tflite"))
-    ap.add_argument("--big", default=str(ROOT / "models" / "big.tflite"), help="with --local-big")
+    ap.add_argument("--little", default=str(LITTLE))
+    ap.add_argument("--big", default=str(BIG), help="with --local-big (default: the model the server serves)")
     ap.add_argument("--local-big", action="store_true", help="run big in-process instead of asking the server")
     ap.add_argument("--transport", choices=("rest", "grpc"), default="grpc")
-    ap.add_argument("--url", default="http://127.0.0.1:8080/")
-    ap.add_argument("--grpc", default="127.0.0.1:50051")
+    add_remote_args(ap, timeout_s=5.0)
     ap.add_argument("--payload", default="wav", help="gRPC payload big is asked with (remote calibration)")
     ap.add_argument("--cost-of", choices=WAYS, default="rest-spec",
                     help="sweep: whose bytes the cost counts (default: the reference's REST spec body)")
     ap.add_argument("--ways", nargs="+", choices=WAYS, default=None,
                     help="calibration: ways to pick a threshold for (default all; rest-spec always)")
-    ap.add_argument("--timeout", type=float, default=5.0)
-    ap.add_argument("--device", default=hex(uuid.getnode()))
     ap.add_argument("--out", default=str(RESULTS / CASCADE_FILE.name),
                     help="where the calibrated thresholds go (default: results/; runs read models/cascade.json, "
                          "so install them there, e.g. with `make calibrate-commit`)")

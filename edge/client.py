@@ -14,64 +14,21 @@ import json
 import logging
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from edge.cascade import (CASCADE_FILE, DEFAULT_THRESHOLD, LITTLE, RESULTS, add_remote_args, calibrated_budget,
+                          little_on_file, load_threshold, repo_relative, should_ask)
 from edge.report import MB, ClipRecord, headline, summarize, write_report
 from edge.transports import (OVER_BUDGET, PAYLOADS, GrpcTransport, RestSpecTransport, RetryPolicy, Transport,
                              request_id)
 from kws_rpc import tls
-from kws_rpc.audio import read_wav
 from kws_rpc.auth import client_token
 from kws_rpc.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
-from kws_rpc.features import resample
-from kws_rpc.model import KwsModel, softmax_margin
+from kws_rpc.model import KwsModel
 from kws_rpc.tls import ClientTls
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parent.parent
-CASCADE_FILE = ROOT / "models" / "cascade.json"  # the installed thresholds, which runs read by default
-RESULTS = ROOT / "results"  # where runs write (gitignored); committed figures are refreshed on purpose
-# Used only when models/cascade.json is missing (run `make calibrate`): a margin of 0.2 sends the clips
-# on which the little model is clearly unsure, a few percent of the test split for a decent little model.
-DEFAULT_THRESHOLD = 0.2
-
-
-def repo_relative(path: str | Path) -> str:
-    """A path as recorded in result files: relative to the repository, or only its name if outside it, so
-    no file records where one developer keeps the checkout."""
-    p = Path(path).resolve()
-    return p.relative_to(ROOT).as_posix() if p.is_relative_to(ROOT) else p.name
-
-
-def should_ask(margin: float | np.ndarray, threshold: float) -> bool | np.ndarray:
-    """The cascade rule of the reference: ask big when the margin is at most the threshold."""
-    return margin <= threshold
-
-
-def load_threshold(path: Path = CASCADE_FILE, way: str = "rest-spec") -> tuple[float, str]:
-    """The threshold calibrated for this way of asking big (smaller requests buy more asks within the
-    same budget), else the file's reference-format threshold, else DEFAULT_THRESHOLD; and its source."""
-    if not path.is_file():
-        return DEFAULT_THRESHOLD, "default"
-    doc = json.loads(path.read_text())
-    if way in doc.get("ways", {}):
-        return float(doc["ways"][way]["threshold"]), f"{repo_relative(path)}, calibrated on val for {way}"
-    return float(doc["threshold"]), f"{repo_relative(path)}, calibrated on val for rest-spec"
-
-
-def calibrated_budget(doc: dict[str, Any], way: str, clips: int) -> float | None:
-    """The budget a cascade.json document's threshold for ``way`` was calibrated to spend, scaled from the
-    calibration's clip count to a run of ``clips`` clips; None if it was calibrated for accuracy."""
-    budget = doc.get("target", {}).get("budget_mb")
-    if isinstance(budget, dict):
-        budget = budget.get(way)
-    if budget is None or not doc.get("val_clips"):
-        return None
-    return float(budget) * clips / int(doc["val_clips"])
 
 
 def warn_if_stale(cfg: ClientConfig, little: KwsModel) -> None:
@@ -79,19 +36,6 @@ def warn_if_stale(cfg: ClientConfig, little: KwsModel) -> None:
     if cfg.calibrated_for is not None and cfg.calibrated_for != little.card.sha256:
         log.warning("the threshold was calibrated for another little model (sha256 %.12s, this one %.12s): "
                     "rerun `make calibrate`", cfg.calibrated_for, little.card.sha256)
-
-
-def little_on_file(little: KwsModel, wav_path: Path) -> tuple[np.ndarray, int, float, float]:
-    """(audio as recorded, label index, margin, milliseconds) for one clip read from disk, like the Pi does.
-    The little model sees the clip zero-padded to 1 s; big is sent the clip as recorded, as the reference
-    sends the file (about a tenth of the clips are shorter than 1 s; the server pads them the same way)."""
-    t0 = time.perf_counter()
-    audio, rate = read_wav(str(wav_path))
-    if rate != little.feature_config.sample_rate:  # sent on as 16 kHz, which the spec body says it is
-        audio, rate = resample(audio, rate, little.feature_config.sample_rate), little.feature_config.sample_rate
-    probs = little.predict(little.features(audio, rate))[0]
-    ms = 1000 * (time.perf_counter() - t0)
-    return audio, int(np.argmax(probs)), float(softmax_margin(probs)), ms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,12 +109,9 @@ def run(cfg: ClientConfig, transport: Transport | None = None) -> tuple[list[Cli
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--little", default=str(ROOT / "models" / "little.tflite"), help="edge model (.tflite + card)")
+    ap.add_argument("--little", default=str(LITTLE), help="edge model (.tflite + card)")
     ap.add_argument("--transport", choices=("rest", "grpc"), default="rest")
-    ap.add_argument("--url", default="http://127.0.0.1:8080/", help="REST gateway (spec body, PUT)")
-    ap.add_argument("--grpc", default="127.0.0.1:50051",
-                    help="gRPC server host:port, an ip:port list, or dns:///name:port (several servers: balanced "
-                         "with gRPC round_robin and health checks)")
+    add_remote_args(ap, timeout_s=2.0)
     ap.add_argument("--payload", choices=PAYLOADS, default="wav", help="gRPC payload (REST is always the spec)")
     ap.add_argument("--threshold", type=float, default=None,
                     help=f"ask big when margin <= this (default: {CASCADE_FILE.name}, else {DEFAULT_THRESHOLD})")
@@ -184,8 +125,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--limit", type=int, default=None, help="first N clips of the split only")
     ap.add_argument("--data-dir", default=None, help="folder holding mini_speech_commands/ (else $KWS_DATA_DIR)")
     ap.add_argument("--report", default=None, help="JSON report (default results/edge_<transport>.json)")
-    ap.add_argument("--device", default=hex(uuid.getnode()), help="SenML base name 'bn' (device id)")
-    ap.add_argument("--timeout", type=float, default=2.0, help="seconds per remote attempt")
     ap.add_argument("--retries", type=int, default=2, help="extra attempts after a retryable failure")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--token", default=None,

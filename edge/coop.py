@@ -1,7 +1,7 @@
 """Cooperative inference client: every live worker votes on every clip; an ensemble policy decides.
 
-    python -m edge.coop --split test                          # embedded broker + shipped members, in-process
-    python -m edge.coop --broker mqtt://host:1883 --split test  # workers already running (kws-worker)
+    python -m edge.coop --broker mqtt://host:1883 --workers 3   # workers already running (kws-worker)
+    python -m kws_rpc.mqtt.local                                # all-in-one demo: embedded broker + members
 
 The client learns the live workers and their feature config from their retained status messages,
 preprocesses each clip once (features as FLOAT16 when all workers share a config, else audio) and
@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -37,19 +37,21 @@ from kws_rpc.codec import parse
 from kws_rpc.data import LABELS, find_dataset, load_split
 from kws_rpc.errors import KwsError
 from kws_rpc.features import FeatureConfig, mfcc
-from kws_rpc.mqtt.ballot import Ballot, Clip
-from kws_rpc.mqtt.connection import BrokerLimits, BrokerSettings, connect, make_client, negotiate
+from kws_rpc.mqtt.ballot import Ballot
+from kws_rpc.mqtt.connection import (
+    BrokerLimits,
+    BrokerSettings,
+    connect,
+    make_client,
+    negotiate,
+)
 from kws_rpc.mqtt.options import add_broker_arguments, broker_settings
 from kws_rpc.mqtt.payloads import audio_request, features_request, shared_config
 from kws_rpc.mqtt.report import Run, clip_votes, report
 from kws_rpc.mqtt.topics import Topics
 from kws_rpc.threads import pin_native_threads
 
-if TYPE_CHECKING:  # the all-in-one demo only: a Pi that talks to a real broker needs neither
-    from kws_rpc.mqtt.broker import EmbeddedBroker
-    from kws_rpc.mqtt.worker import Worker
-
-__all__ = ["CoopClient", "CoopConfig", "Run", "report", "start_local", "main"]
+__all__ = ["CoopClient", "CoopConfig", "Run", "report", "main"]
 log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 PAYLOADS = ("auto", "features", "audio")
@@ -303,33 +305,18 @@ def failed_clips(run: Run, names: Sequence[str]) -> list[str]:
             for name, clip in zip(names, (run.ballot.clips[r] for r in run.request_ids)) if not clip.ok]
 
 
-def start_local(models: Sequence[str], deployment: str) -> tuple["EmbeddedBroker", list["Worker"]]:
-    """The one-command demo: an embedded amqtt broker on loopback and one in-process worker per model
-    (needs the server extras: pip install 'kws[server]')."""
-    from kws_rpc.mqtt.broker import EmbeddedBroker
-    from kws_rpc.mqtt.worker import Worker, WorkerConfig
-
-    broker = EmbeddedBroker().start()
-    settings = BrokerSettings.from_url(broker.url)
-    workers = [Worker(WorkerConfig(m, settings, deployment, f"w{i}-{Path(m).stem}")).start()
-               for i, m in enumerate(models)]
-    return broker, workers
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Cooperative keyword spotting over MQTT (ensemble of workers).")
-    p.add_argument("--broker", help="mqtt://host:port of running workers; absent = embedded broker + in-process "
-                   "workers for --models")
-    p.add_argument("--models", nargs="+", default=default_members(),
-                   help="members to start when --broker is absent (default: models/ensemble.json)")
+    p.add_argument("--broker", required=True,
+                   help="mqtt://host:port (mqtts:// for TLS) of the broker the workers use; for an all-in-one "
+                        "demo with an embedded broker and in-process workers: python -m kws_rpc.mqtt.local")
     p.add_argument("--deployment", default="default")
     p.add_argument("--client-id", default="coop", help="fixed MQTT client id (persistent session)")
     p.add_argument("--split", default="test", choices=("test", "val"))
     p.add_argument("--limit", type=int, default=0, help="only the first N clips (0 = all)")
     p.add_argument("--policy", default="auto", choices=("auto", *ensemble.POLICIES),
                    help="auto = run the val split first and take the best policy there")
-    p.add_argument("--workers", type=int, default=0, help="wait for this many live workers (default 1, or "
-                   "all --models when embedded)")
+    p.add_argument("--workers", type=int, default=1, help="wait for this many live workers (default %(default)s)")
     p.add_argument("--timeout", type=float, default=10.0,
                    help="seconds a clip may take from its first publication; after that it counts as lost")
     p.add_argument("--retry", type=float, default=1.0,
@@ -350,23 +337,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, embedded: bool = False) -> None:
     p = build_parser()
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     pin_native_threads()
-    broker, workers = (None, []) if args.broker else start_local(args.models, args.deployment)
-    url = args.broker or broker.url  # type: ignore[union-attr]
-    settings = broker_settings(url, args, max_inflight=args.max_inflight)
+    url = args.broker
+    try:
+        settings = broker_settings(url, args, max_inflight=args.max_inflight)
+    except (ValueError, OSError) as e:
+        p.error(str(e))
     config = CoopConfig(settings, args.deployment, args.client_id, args.timeout,
-                        min_workers=args.workers or len(workers) or 1, payload=args.payload,
+                        min_workers=args.workers, payload=args.payload,
                         interval_s=args.interval, progress=not args.no_progress, retry_s=args.retry,
                         silence_s=args.silence)
     client = CoopClient(config).start()
     failed: list[str] = []
     try:
         root = find_dataset()
-        result: dict[str, Any] = {"broker": url, "embedded": broker is not None}
+        result: dict[str, Any] = {"broker": url, "embedded": embedded}
         policy = args.policy
         if policy == "auto":
             val_audio, val_y, val_names = load_split("val", root)
@@ -391,10 +380,6 @@ def main(argv: list[str] | None = None) -> None:
         result["lost_clips"] = failed
     finally:
         client.stop()
-        for w in workers:
-            w.stop()
-        if broker is not None:
-            broker.stop()
     out = Path(args.report)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

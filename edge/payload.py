@@ -8,42 +8,24 @@ PredictRequest for gRPC (HTTP/2 and TCP framing excluded for both).
 
 Lossy payloads (float16, int8) may change big's answer. With a server the answers are the server's;
 with ``--local-big`` each request is decoded by the same ``kws_rpc.codec`` functions the server uses and
-fed to the same ``models/big.tflite``, so the figures equal the server's without running one.
+fed to the same ``models/big_int8.tflite``, so the figures equal the server's without running one.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge.client import CASCADE_FILE, RESULTS, ROOT, little_on_file, load_threshold, repo_relative, should_ask
+from edge.cascade import (BIG, CASCADE_FILE, LITTLE, RESULTS, add_remote_args, little_on_file, load_threshold,
+                          local_answer, remote, repo_relative, should_ask)
 from edge.report import MB
-from edge.transports import (WAYS, GrpcTransport, RestSpecTransport, RetryPolicy, Transport, request_for, request_id,
-                             wire_bytes)
-from kws.v1 import kws_pb2 as pb
-from kws_rpc.audio import decode_wav
-from kws_rpc.codec import audio_from_proto, check_config, prediction_to_proto, tensor_from_proto
+from edge.transports import (WAYS, Transport, request_for, request_id, wire_bytes)
 from kws_rpc.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
 from kws_rpc.model import KwsModel
-
-
-def local_answer(big: KwsModel, request: pb.PredictRequest | dict[str, Any]) -> str:
-    """Big's label for a request as the server would decode it (spec body dict or PredictRequest)."""
-    if isinstance(request, dict):
-        audio, rate = decode_wav(base64.b64decode(request["e"][0]["vd"]))
-        probs = big.predict_audio(audio, rate)
-    elif request.WhichOneof("input") == "audio":
-        probs = big.predict_audio(*audio_from_proto(request.audio))
-    else:
-        check_config(request.features.config, big.feature_config)
-        probs = big.predict(tensor_from_proto(request.features.tensor))
-    return prediction_to_proto(probs[0], big.card).label  # the server's own labelling, ties included
 
 
 def measure(way: str, clips: list[tuple[int, np.ndarray]], big: KwsModel | None, remote: Transport | None,
@@ -79,17 +61,15 @@ def outcome(threshold: float, margins: np.ndarray, little: list[str], true: list
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--little", default=str(ROOT / "models" / "little.tflite"))
-    ap.add_argument("--big", default=str(ROOT / "models" / "big.tflite"), help="with --local-big")
+    ap.add_argument("--little", default=str(LITTLE))
+    ap.add_argument("--big", default=str(BIG), help="with --local-big (default: the model the server serves)")
     ap.add_argument("--local-big", action="store_true", help="decode each request locally instead of a server")
-    ap.add_argument("--url", default="http://127.0.0.1:8080/", help="REST gateway")
-    ap.add_argument("--grpc", default="127.0.0.1:50051", help="gRPC server")
+    add_remote_args(ap, timeout_s=5.0)
     ap.add_argument("--threshold", type=float, default=None, help="one threshold for all (default: cascade.json)")
     ap.add_argument("--cascade", default=str(CASCADE_FILE), help="calibrated thresholds")
     ap.add_argument("--split", default="test", choices=("val", "test"))
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--device", default=hex(uuid.getnode()))
     ap.add_argument("--out", default=str(RESULTS / "payload.json"))
     return ap
 
@@ -116,16 +96,14 @@ def main(argv: list[str] | None = None) -> int:
             audios[i] = audio
     rows = []
     for way in tqdm(WAYS, desc="payloads", unit="way"):
-        remote: Transport | None = None
+        remote_big: Transport | None = None
         if big is None:
-            policy = RetryPolicy(timeout_s=5.0)
-            remote = (RestSpecTransport(a.url, a.device, policy) if way == "rest-spec"
-                      else GrpcTransport(a.grpc, way.split("-", 1)[1], policy))
+            remote_big = remote(way, a)
         try:
-            m = measure(way, list(audios.items()), big, remote, a.device)
+            m = measure(way, list(audios.items()), big, remote_big, a.device)
         finally:
-            if remote is not None:
-                remote.close()
+            if remote_big is not None:
+                remote_big.close()
         answers = dict(zip(audios, zip(m["labels"], m["sizes"])))
         sizes = np.array(m["sizes"] or [0])
         at_common = outcome(common, margins, little_labels, true, answers)

@@ -18,7 +18,8 @@ from kws.v1 import kws_pb2 as pb
 from kws.v1 import kws_pb2_grpc as pb_grpc
 from kws_rpc import codec
 from kws_rpc.core import InferenceCore
-from kws_rpc.errors import MAX_MESSAGE_CHARS, InvalidInput, KwsError, clip, quote
+from kws_rpc.errors import MAX_MESSAGE_CHARS, KwsError, clip, quote
+from kws_rpc.handlers import metadata, predict
 from kws_rpc.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -27,34 +28,9 @@ SERVICE = pb.DESCRIPTOR.services_by_name["KeywordSpotting"].full_name
 # Trailing metadata naming the kws_rpc.errors class of a failure, so the REST gateway can answer the
 # exact HTTP status (INVALID_ARGUMENT alone cannot tell 400 from 413 or 422).
 ERROR_KEY = "kws-error"
-MAX_REQUEST_ID_CHARS = 256  # request ids are echoed in every reply
 
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
-
-
-def predict(core: InferenceCore, req: pb.PredictRequest) -> pb.PredictResponse:
-    if len(req.request_id) > MAX_REQUEST_ID_CHARS:
-        raise InvalidInput(f"request_id {quote(req.request_id, 40)} is longer than {MAX_REQUEST_ID_CHARS} characters")
-    kind = req.WhichOneof("input")
-    if kind == "audio":
-        audio, rate = codec.audio_from_proto(req.audio)
-        result = core.predict_audio(audio, rate, req.model)
-    elif kind == "features":
-        model = core.model(req.model)
-        codec.check_config(req.features.config if req.features.HasField("config") else None,
-                           model.feature_config)
-        if not req.features.HasField("tensor"):
-            raise InvalidInput("features have no tensor: set features.tensor")
-        result = core.predict_features(codec.tensor_from_proto(req.features.tensor), req.model)
-    else:
-        raise InvalidInput("the request has no input: set audio (wav or pcm16) or features")
-    return pb.PredictResponse(request_id=req.request_id,
-                              prediction=codec.prediction_to_proto(result.probabilities, result.card))
-
-
-def metadata(core: InferenceCore, req: pb.ModelMetadataRequest) -> pb.ModelMetadata:
-    return codec.metadata_to_proto(core.model(req.model).card)
 
 
 def _message(kind: type[M], request: M | bytes) -> M:

@@ -89,7 +89,9 @@ WRITES: dict[str, Callable[[Sequence[str]], list[str]]] = {
     "edge.calibrate": _calibrate,
     "edge.payload": lambda argv: [payload.build_parser().parse_args(argv).out],
     "edge.client": lambda argv: [client.config_from_args(client.parse_args(list(argv))).report],
-    "edge.coop": lambda argv: [parsed_by(coop.main, argv).report],
+    "edge.coop": lambda argv: [coop.build_parser().parse_args(["--broker", "mqtt://127.0.0.1:1", *argv]).report],
+    "kws_rpc.mqtt.local": lambda argv: [coop.build_parser().parse_args(  # it hands the coop client its flags
+        ["--broker", "mqtt://127.0.0.1:1", *[a for a in argv if a not in ("--models", "--deployment")]]).report],
     "bench.bench_server": lambda argv: [bench_server.parse_args(list(argv)).out],
     "bench.bench_coop": lambda argv: [bench_coop.build_parser().parse_args(argv).out],
 }

@@ -252,7 +252,7 @@ def test_headline_format() -> None:
 
 def test_payloads_decode_to_the_same_answer(little: Path) -> None:
     """What payload.py feeds big locally: lossless payloads give big's own answer exactly."""
-    from edge.payload import local_answer
+    from edge.cascade import local_answer
     from kws_rpc.model import KwsModel
 
     big = KwsModel(little)  # any model works to check the decoding path

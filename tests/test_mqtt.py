@@ -361,11 +361,11 @@ def test_audio_payload_and_mixed_feature_configs(any_broker: str, members: list[
 
 
 def test_cli_one_command_demo(members: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`python -m edge.coop` without --broker: embedded broker, in-process workers, exact output line."""
+    """`make coop` (python -m kws_rpc.mqtt.local): embedded broker, in-process workers, exact output line."""
     import json
     import re
 
-    from edge.coop import main
+    from kws_rpc.mqtt.local import main
 
     out = tmp_path / "coop.json"
     main(["--models", *members, "--limit", "24", "--policy", "majority", "--report", str(out), "--no-progress"])

@@ -29,8 +29,8 @@ import time
 import paho.mqtt.client as mqtt
 
 from kws.v1 import kws_pb2 as pb
-from kws_rpc.codec import (audio_from_proto, check_config, metadata_to_proto, parse, prediction_to_proto,
-                           tensor_from_proto)
+from kws_rpc import handlers
+from kws_rpc.codec import metadata_to_proto, parse
 from kws_rpc.core import InferenceCore
 from kws_rpc.errors import KwsError
 from kws_rpc.model import KwsModel
@@ -123,8 +123,8 @@ class Worker:
             return
         try:
             req = parse(pb.PredictRequest, msg.payload)
-            if not req.request_id or req.WhichOneof("input") is None:
-                raise KwsError("a clip needs request_id and audio or features")
+            if not req.request_id:
+                raise KwsError("a clip needs a request_id (votes are matched to clips by it)")
         except KwsError as e:
             self._reject()
             log.warning("%s: skipped a payload of %d bytes on %s: %s", self.worker_id, len(msg.payload),
@@ -150,15 +150,7 @@ class Worker:
 
     # inference thread -----------------------------------------------------------------------------
     def _answer(self, req: pb.PredictRequest) -> bytes:
-        if req.WhichOneof("input") == "features":
-            check_config(req.features.config if req.features.HasField("config") else None,
-                         self.card.feature)
-            result = self.core.predict_features(tensor_from_proto(req.features.tensor))
-        else:
-            result = self.core.predict_audio(*audio_from_proto(req.audio))
-        return pb.PredictResponse(request_id=req.request_id, worker_id=self.worker_id,
-                                  prediction=prediction_to_proto(result.probabilities, result.card)
-                                  ).SerializeToString()
+        return handlers.predict(self.core, req, self.worker_id).SerializeToString()
 
     def _serve(self) -> None:
         while (req := self._inbox.get()) is not None:
