@@ -290,7 +290,9 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     ap = argparse.ArgumentParser(description="kws REST/JSON gateway in front of a kws gRPC server")
-    ap.add_argument("--grpc-target", required=True, help="host:port of the gRPC server")
+    ap.add_argument("--grpc-target", required=True,
+                    help="host:port of the gRPC server, an ip:port list, or dns:///name:port: several servers "
+                         "are balanced with gRPC round_robin and health checks")
     ap.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     ap.add_argument("--port", type=int, default=8080, help="HTTP port (default %(default)s)")
     ap.add_argument("--max-body-bytes", type=int, default=1 << 20,
