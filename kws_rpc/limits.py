@@ -18,7 +18,7 @@ class Limits:
     max_streams: int = 16  # streaming calls open at once (each holds a thread); more: RESOURCE_EXHAUSTED at once
     max_inflight: int = 256  # gRPC calls of any kind at once, running or waiting for a thread; more: RESOURCE_EXHAUSTED
     stream_idle_s: float = 30.0  # a stream with no request for this long ends with DEADLINE_EXCEEDED
-    call_timeout_s: float = 10.0  # the server's deadline for one prediction (queue + model): DEADLINE_EXCEEDED
+    call_timeout_s: float = 10.0  # batching on: the longest a prediction waits for its batch; DEADLINE_EXCEEDED
     # HTTP (the gateway)
     http_header_timeout_s: float = 10.0  # a connection must send a whole request head within this; else closed
     http_body_timeout_s: float = 10.0  # and the body within this of its head: 408, connection closed
@@ -48,7 +48,8 @@ def add_limit_args(ap: argparse.ArgumentParser, grpc: bool = True, http: bool = 
         g.add_argument("--stream-idle-s", type=float, default=d.stream_idle_s,
                        help="end a stream that sends no request for this long (default %(default)s s)")
         g.add_argument("--call-timeout-s", type=float, default=d.call_timeout_s,
-                       help="server-side deadline of one prediction (default %(default)s s)")
+                       help="with batching on, the longest a prediction waits for its batch (queue and "
+                            "model) before DEADLINE_EXCEEDED (default %(default)s s)")
     if http:
         g.add_argument("--http-header-timeout-s", type=float, default=d.http_header_timeout_s,
                        help="close an HTTP connection that sends no complete request head for this long "

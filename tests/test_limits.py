@@ -105,9 +105,9 @@ def test_a_cancelled_stream_frees_its_slot(served_model_path: Path, clip_wavs: d
 
 def test_prediction_deadline(served_model_path: Path, clip_wavs: dict[str, bytes],
                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """A call whose batch does not come back within --call-timeout-s is DEADLINE_EXCEEDED, not a thread
-    held for as long as the model takes."""
-    handle = serve(ServerConfig(models=(served_model_path,), limits=Limits(call_timeout_s=0.5)))
+    """With batching on, a call whose batch does not come back within --call-timeout-s is DEADLINE_EXCEEDED,
+    not a thread held for as long as the queue and the model take."""
+    handle = serve(ServerConfig(models=(served_model_path,), max_batch_size=8, limits=Limits(call_timeout_s=0.5)))
     model, release = handle.core.model(), threading.Event()
     predict = model.predict
 
