@@ -168,21 +168,15 @@ class AuthConfig:
 
 
 class Guard:
-    """Admits or refuses one call. ``internal`` is a per-process token for the co-hosted gateway's calls
-    to its own gRPC server: admitted whether auth is on or off and never rate limited (the gateway has
-    already checked and counted the client's HTTP request)."""
+    """Admits or refuses one call (the gRPC interceptor and the gateway middleware share it). The
+    co-hosted gateway calls the handlers in process, so each HTTP request is checked and counted once."""
 
     def __init__(self, config: AuthConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.limiter = RateLimiter(config.rate, config.burst, clock) if config.rate > 0 else None
-        self.internal = secrets.token_urlsafe(32)
-        self._internal = self.internal.encode()
 
     def admit(self, authorization: str | None, peer: str, *, needs_token: bool = True, limited: bool = True) -> str:
         """The client's name (token name or peer address); raises Unauthenticated or RateLimited."""
-        token = bearer(authorization)
-        if token is not None and hmac.compare_digest(token, self._internal):
-            return "gateway"
         name = None
         if self.config.tokens is not None and needs_token:
             name = self.config.tokens.authenticate(authorization)

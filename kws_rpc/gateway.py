@@ -77,6 +77,7 @@ class GatewayConfig:
     # Sent to the gRPC server on every call; None = forward each HTTP client's own Authorization.
     backend_token: str | None = dataclasses.field(default=None, repr=False)
     limits: Limits = Limits()  # header/body read timeouts, keep-alive (see kws_rpc.limits)
+    reuse_port: bool = False  # SO_REUSEPORT: gateways of several server processes share the port
 
     def __post_init__(self) -> None:
         validate_label_order(self.spec_labels)
@@ -111,15 +112,18 @@ async def read_body(request: Request, limit: int, timeout_s: float | None = None
     return bytes(body)
 
 
-def make_app(config: GatewayConfig, guard: Guard | None = None) -> FastAPI:
-    """``guard``: the co-hosting server's (shared rate limits); default, one of this app's own."""
-    backend = Backend(config.grpc_target, config.timeout_s,
-                      config.backend_tls.grpc_credentials() if config.backend_tls else None, config.backend_token)
+def make_app(config: GatewayConfig, guard: Guard | None = None, backend: Any = None) -> FastAPI:
+    """``guard``: the co-hosting server's (shared rate limits); default, one of this app's own.
+    ``backend``: the co-hosting server's in-process handlers (kws_rpc.local_backend); default, gRPC to
+    ``config.grpc_target``."""
+    if backend is None:
+        backend = Backend(config.grpc_target, config.timeout_s,
+                          config.backend_tls.grpc_credentials() if config.backend_tls else None, config.backend_token)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        backend.channel.close()
+        backend.close()
 
     description = f"{__doc__}\nThis gateway's --spec-labels order: {','.join(config.spec_labels)}."
     app = FastAPI(title="kws REST gateway", version="1", description=description, lifespan=lifespan)
@@ -185,7 +189,7 @@ def make_app(config: GatewayConfig, guard: Guard | None = None) -> FastAPI:
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
         req = pb.PredictRequest(request_id=rid, model=model, audio=pb.Audio(wav=wav))
         creds = request.headers.get("authorization")
-        p = (await backend.call(backend.stub.Predict, req, auth=creds)).prediction
+        p = (await backend.predict(req, auth=creds)).prediction
         labels = await backend.labels(p.model, p.model_version, auth=creds)
         try:
             check_label_order(config.spec_labels, labels, p.model)
@@ -207,13 +211,11 @@ def make_app(config: GatewayConfig, guard: Guard | None = None) -> FastAPI:
         except (json.JSONDecodeError, json_format.ParseError, UnicodeDecodeError) as e:
             raise InvalidInput(f"body is not a kws.v1.PredictRequest in proto3 JSON: {e}") from None
         check_base64_fields(doc)
-        return json_format.MessageToDict(await backend.call(backend.stub.Predict, req,
-                                                            auth=request.headers.get("authorization")))
+        return json_format.MessageToDict(await backend.predict(req, auth=request.headers.get("authorization")))
 
     @app.get("/v1/models/{name}", summary="ModelMetadata of a served model (proto3 JSON mapping)")
     async def v1_model(name: str, request: Request) -> dict[str, Any]:
-        meta = await backend.call(backend.stub.GetModelMetadata, pb.ModelMetadataRequest(model=name),
-                                  auth=request.headers.get("authorization"))
+        meta = await backend.metadata(pb.ModelMetadataRequest(model=name), auth=request.headers.get("authorization"))
         return json_format.MessageToDict(meta)
 
     @app.get("/healthz", summary="The gateway process is alive")
@@ -236,7 +238,8 @@ def _peer(request: Request) -> str:
 class GatewayServer:
     """The gateway on a background thread of this process (``kws-server --gateway-port``, tests)."""
 
-    def __init__(self, config: GatewayConfig, grace_s: float = 5.0, guard: Guard | None = None) -> None:
+    def __init__(self, config: GatewayConfig, grace_s: float = 5.0, guard: Guard | None = None,
+                 backend: Any = None) -> None:
         import uvicorn
 
         # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say so; without it every
@@ -244,11 +247,13 @@ class GatewayServer:
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if config.reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((config.host, config.port))
         self.port: int = sock.getsockname()[1]
         self.url = f"{'https' if config.tls else 'http'}://{config.host}:{self.port}"
         self._server = uvicorn.Server(uvicorn.Config(
-            make_app(config, guard), log_level=config.log_level, access_log=config.log_level == "debug",
+            make_app(config, guard, backend), log_level=config.log_level, access_log=config.log_level == "debug",
             log_config=None, timeout_graceful_shutdown=int(grace_s) or 1,  # the host process owns logging
             **uvicorn_options(config.limits), **(config.tls.uvicorn_kwargs() if config.tls else {})))
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},

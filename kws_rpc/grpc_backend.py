@@ -85,6 +85,15 @@ class Backend:
             call.cancel()
             raise
 
+    async def predict(self, req: pb.PredictRequest, auth: str | None = None) -> pb.PredictResponse:
+        return await self.call(self.stub.Predict, req, auth=auth)
+
+    async def metadata(self, req: pb.ModelMetadataRequest, auth: str | None = None) -> pb.ModelMetadata:
+        return await self.call(self.stub.GetModelMetadata, req, auth=auth)
+
+    def close(self) -> None:
+        self.channel.close()
+
     async def labels(self, model: str, version: str, auth: str | None = None) -> list[str]:
         if (model, version) not in self._labels:
             meta = await self.call(self.stub.GetModelMetadata, pb.ModelMetadataRequest(model=model), auth=auth)

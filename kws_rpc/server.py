@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import shutil
+import os
 import signal
-import tempfile
+import subprocess
+import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
@@ -30,10 +32,12 @@ from kws_rpc.grpc_auth import GuardInterceptor
 from kws_rpc.grpc_limits import StreamLimiter
 from kws_rpc.http_auth import wsgi_guard
 from kws_rpc.limits import Limits, add_limit_args, limits_from_args
+from kws_rpc.local_backend import LocalBackend
 from kws_rpc.metrics import Metrics
 from kws_rpc.model import KwsModel
 from kws_rpc.senml import COURSE_LABELS, check_label_order, parse_label_order, validate_label_order
 from kws_rpc.servicer import SERVICE, KwsServicer, add_to_server
+from kws_rpc.threads import pin_native_threads
 from kws_rpc.tls import ServerTls
 
 log = logging.getLogger("kws_rpc.server")
@@ -44,7 +48,9 @@ class ServerConfig:
     models: tuple[Path, ...]  # .tflite files, each with its card beside it; the first is the default
     host: str = "127.0.0.1"
     port: int = 0  # 0 = the OS picks a free port (logged)
-    max_batch_size: int = 32  # rows per model invocation; 1 = batching off (direct calls)
+    # Rows per model invocation; 1 = batching off (direct calls). Off by default: on this CPU the model
+    # costs the same per row at every batch size (bench/results/server.json); keep it for accelerators.
+    max_batch_size: int = 1
     max_delay_ms: float = 2.0  # longest a request waits for companions
     workers: int = 1  # micro-batcher threads
     max_queue: int = 1024  # waiting requests beyond this are RESOURCE_EXHAUSTED
@@ -59,6 +65,8 @@ class ServerConfig:
     auth: AuthConfig = AuthConfig()  # bearer tokens (default none) and the per-client rate limit
     insecure: bool = False  # allow plaintext on a non-loopback host
     limits: Limits = Limits()  # streams, calls in flight, idle and read timeouts (see kws_rpc.limits)
+    reuse_port: bool = False  # SO_REUSEPORT on the gRPC and gateway ports: several processes share them
+    processes: int = 1  # main() runs this many server processes on the same ports (one GIL each)
 
     def __post_init__(self) -> None:
         validate_label_order(self.spec_labels)
@@ -74,11 +82,11 @@ class ServerHandle:
 
     def __init__(self, config: ServerConfig, server: grpc.Server, port: int, core: InferenceCore,
                  health_servicer: health.HealthServicer, metrics: Metrics, metrics_port: int | None,
-                 gateway: GatewayServer | None, private_dir: str | None = None) -> None:
+                 gateway: GatewayServer | None, serving: threading.Event) -> None:
         self.config, self.server, self.port, self.core = config, server, port, core
         self.health, self.metrics, self.metrics_port, self.gateway = health_servicer, metrics, metrics_port, gateway
         self.target = f"{_loopback(config.host)}:{port}"
-        self._private_dir = private_dir
+        self.serving = serving  # what /readyz and gRPC health report
         self._stopped = threading.Event()
 
     def stop(self, grace: float | None = None) -> None:
@@ -88,6 +96,7 @@ class ServerHandle:
         grace = self.config.grace_s if grace is None else grace
         log.info("shutting down: refusing new calls, %.1f s for calls in flight", grace)
         self.health.enter_graceful_shutdown()
+        self.serving.clear()
         self.metrics.ready.set(0)
         try:
             if self.gateway is not None:
@@ -96,8 +105,6 @@ class ServerHandle:
             self.server.stop(grace).wait()
             self.core.close()
             self.metrics.stop()
-            if self._private_dir is not None:
-                shutil.rmtree(self._private_dir, ignore_errors=True)
             log.info("stopped")
 
     def wait(self) -> None:
@@ -141,7 +148,7 @@ def serve(config: ServerConfig) -> ServerHandle:
     core = load_core(config, metrics)
     guard = Guard(config.auth)
     opts = [("grpc.max_receive_message_length", config.max_message_bytes),
-            ("grpc.max_send_message_length", config.max_message_bytes), ("grpc.so_reuseport", 0)]
+            ("grpc.max_send_message_length", config.max_message_bytes), ("grpc.so_reuseport", int(config.reuse_port))]
     server = grpc.server(ThreadPoolExecutor(config.grpc_threads, thread_name_prefix="kws-grpc"), options=opts,
                          interceptors=[GuardInterceptor(guard, metrics), stream_limiter(config, metrics)],
                          maximum_concurrent_rpcs=config.limits.max_inflight)
@@ -153,13 +160,7 @@ def serve(config: ServerConfig) -> ServerHandle:
     address = f"{config.host}:{config.port}"
     port = (server.add_secure_port(address, config.tls.grpc_credentials()) if config.tls is not None
             else server.add_insecure_port(address))
-    backend, private_dir = f"{_loopback(config.host)}:{port}", None
-    if config.tls is not None and config.gateway_port is not None:
-        # The co-hosted gateway reaches gRPC over a Unix socket in a directory only this user can enter:
-        # plaintext that never leaves the machine, and no certificate the gateway would have to trust.
-        private_dir = tempfile.mkdtemp(prefix="kws-server-")
-        backend = f"unix:{private_dir}/grpc.sock"
-        server.add_insecure_port(backend)
+    serving = threading.Event()
     server.start()
     gateway = metrics_port = None
     try:
@@ -169,28 +170,29 @@ def serve(config: ServerConfig) -> ServerHandle:
                                          config.tls.ssl_context() if config.tls is not None else None,
                                          (lambda app: wsgi_guard(app, guard)) if protect else None)
         if config.gateway_port is not None:
-            gateway = GatewayServer(GatewayConfig(backend, config.host, config.gateway_port,
+            # One data plane: the co-hosted gateway calls the handlers in this process, no gRPC hop.
+            local = LocalBackend(core, metrics, ready=serving.is_set)
+            gateway = GatewayServer(GatewayConfig("in-process", config.host, config.gateway_port,
                                                   log_level=config.log_level.lower(), spec_labels=config.spec_labels,
-                                                  tls=config.tls, auth=config.auth, backend_token=guard.internal,
-                                                  limits=config.limits),
-                                    grace_s=config.grace_s, guard=guard)
+                                                  tls=config.tls, auth=config.auth, limits=config.limits,
+                                                  reuse_port=config.reuse_port),
+                                    grace_s=config.grace_s, guard=guard, backend=local)
     except BaseException:
         server.stop(0)
         core.close()
         metrics.stop()
-        if private_dir is not None:
-            shutil.rmtree(private_dir, ignore_errors=True)
         raise
     for name in ("", SERVICE):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     metrics.ready.set(1)
+    serving.set()
     log.info("serving %s on grpc %s:%d (batching %s), gateway %s, metrics %s; %s", sorted(core.models),
              config.host, port,
              f"max {config.max_batch_size} rows / {config.max_delay_ms} ms" if config.batching else "off",
              gateway.url if gateway else "off",
              f"{'https' if config.tls else 'http'}://{config.host}:{metrics_port}/metrics"
              if metrics_port is not None else "off", tls.describe(config.tls, config.auth))
-    return ServerHandle(config, server, port, core, health_servicer, metrics, metrics_port, gateway, private_dir)
+    return ServerHandle(config, server, port, core, health_servicer, metrics, metrics_port, gateway, serving)
 
 
 def parse_args(argv: list[str] | None = None) -> ServerConfig:
@@ -216,6 +218,11 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
                     help="label order that label_idx in the gateway's reply to / indexes; must name every label "
                          "of every model (default, the course's: %(default)s)")
     ap.add_argument("--grace", type=float, default=d.grace_s, help="seconds for in-flight calls at shutdown")
+    ap.add_argument("--processes", type=int, default=None,
+                    help="server processes sharing the ports through SO_REUSEPORT, each with one BLAS thread "
+                         "and its own GIL (default: the number of cores; 1 with --port 0). Process i serves "
+                         "/metrics on --metrics-port + i")
+    ap.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for --processes' children
     ap.add_argument("--log-level", default=d.log_level, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     ap.add_argument("--insecure", action="store_true",
                     help="allow plaintext on a non-loopback --host (refused otherwise: give --tls-cert/--tls-key)")
@@ -230,14 +237,61 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         security = {"tls": tls.server_tls_from_args(a), "auth": auth.auth_config_from_args(a), "insecure": a.insecure}
     except ValueError as e:
         ap.error(str(e))
+    processes = a.processes if a.processes is not None else (os.cpu_count() or 1) if a.port else 1
+    if processes < 1:
+        ap.error("--processes must be at least 1")
+    if processes > 1 and (a.port == 0 or a.gateway_port == 0 or a.metrics_port == 0):
+        ap.error("--processes above 1 needs fixed ports (--port, --gateway-port, --metrics-port): with port 0 "
+                 "each process would listen somewhere else")
     return ServerConfig(tuple(a.model), a.host, a.port, a.max_batch_size, a.max_delay_ms, a.workers, a.max_queue,
                         a.grpc_threads, a.max_message_bytes, a.metrics_port, a.gateway_port, a.grace, a.log_level,
-                        spec_labels, limits=limits, **security)
+                        spec_labels, limits=limits, reuse_port=a.reuse_port, processes=processes, **security)
+
+
+def supervise(config: ServerConfig, argv: list[str]) -> int:
+    """Runs config.processes copies of this server on the same ports (SO_REUSEPORT: the kernel spreads
+    connections over them), each pinned to one BLAS thread before numpy loads; SIGTERM/SIGINT are passed
+    on. If one process dies, the others are stopped and its exit status returned (systemd restarts)."""
+    base = [a for i, a in enumerate(argv) if not (a.startswith("--processes") or
+                                                   (i > 0 and argv[i - 1] == "--processes"))]
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    procs = []
+    for i in range(config.processes):
+        extra = ["--processes", "1", "--reuse-port"]
+        if config.metrics_port is not None:
+            extra += ["--metrics-port", str(config.metrics_port + i)]
+        procs.append(subprocess.Popen([sys.executable, "-m", "kws_rpc.server", *base, *extra], env=env))
+    log.info("started %d server processes on gRPC :%d%s", len(procs), config.port,
+             f", gateway :{config.gateway_port}" if config.gateway_port is not None else "")
+
+    stopping: list[int] = []
+
+    def forward(signum: int, _: FrameType | None) -> None:
+        if stopping:  # once: a second signal could reach a child in interpreter shutdown and kill it
+            return
+        stopping.append(signum)
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    while not any(p.poll() is not None for p in procs):
+        time.sleep(0.2)
+    if not stopping:
+        log.error("a server process exited on its own (status %s): stopping the others", [p.poll() for p in procs])
+    forward(signal.SIGTERM, None)
+    codes = [p.wait() for p in procs]
+    return next((c for c in codes if c), 0)
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     config = parse_args(argv)
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if config.processes > 1:
+        raise SystemExit(supervise(config, argv))
+    pin_native_threads()
     stop = threading.Event()
 
     def on_signal(signum: int, _: FrameType | None) -> None:

@@ -97,5 +97,5 @@ def test_the_proto_dispatch_exists_once() -> None:
     sources = {p: p.read_text() for pkg in ("kws_rpc", "edge") for p in (REPO / pkg).rglob("*.py")}
     dispatching = sorted(str(p.relative_to(REPO)) for p, text in sources.items() if 'WhichOneof("input")' in text)
     assert dispatching == ["kws_rpc/handlers.py"]
-    for user in ("kws_rpc/servicer.py", "kws_rpc/mqtt/worker.py", "edge/cascade.py"):
+    for user in ("kws_rpc/servicer.py", "kws_rpc/local_backend.py", "kws_rpc/mqtt/worker.py", "edge/cascade.py"):
         assert "handlers" in sources[REPO / user], user

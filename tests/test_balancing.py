@@ -98,3 +98,49 @@ def test_standalone_gateway_balances(two_servers: list[ServerProcess], clip_wavs
     counts = [s.answered() for s in two_servers]
     assert sum(counts) == len(labels) and min(counts) >= len(labels) // 4, counts
     assert np.mean([lab == w for lab, (w, _) in zip(labels, sorted(clip_wavs.items()) * 3)]) >= 0.75
+
+
+def test_processes_share_the_ports(served_model_path: Path, test_audio) -> None:
+    """kws-server --processes 2: both processes answer on the same gRPC and REST ports (SO_REUSEPORT),
+    each with its own /metrics, and SIGTERM stops them all."""
+    from kws_rpc.senml import spec_body_for_wav
+
+    port, gw, metrics = free_port(), free_port(), free_port()
+    while metrics + 1 in (port, gw):
+        metrics = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "kws_rpc.server", "--model", str(served_model_path), "--port",
+                             str(port), "--gateway-port", str(gw), "--metrics-port", str(metrics), "--processes", "2",
+                             "--log-level", "WARNING"], cwd=REPO)
+    try:
+        for p in (port, gw, metrics, metrics + 1):
+            wait_listening("127.0.0.1", p, 60)
+        audio = test_audio[0][:24]
+        labels = []
+        for i, clip in enumerate(audio):  # a new connection per clip: the kernel spreads connections
+            t = GrpcTransport(f"127.0.0.1:{port}", payload="wav", policy=RetryPolicy(timeout_s=10.0))
+            labels.append(t.ask(clip, str(i)).label)
+            t.close()
+        import io
+        import json
+        import wave
+
+        buf = io.BytesIO()
+        with wave.open(buf, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(16000)
+            w.writeframes((audio[0] * 32767).astype("<i2").tobytes())
+        for _ in range(8):
+            r = requests.put(f"http://127.0.0.1:{gw}/", data=json.dumps(spec_body_for_wav(buf.getvalue(), "t")),
+                             timeout=10, headers={"Connection": "close"})
+            assert r.status_code == 200 and r.json()["label"] == labels[0]
+        counts = []
+        for m in (metrics, metrics + 1):
+            text = requests.get(f"http://127.0.0.1:{m}/metrics", timeout=5).text
+            counts.append(sum(float(v) for lab, v in re.findall(r"^kws_requests_total\{([^}]*)\} (\S+)", text, re.M)
+                              if 'method="Predict"' in lab and 'code="OK"' in lab))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+    assert all(labels) and sum(counts) == 32 and min(counts) > 0, counts
+    assert code == 0

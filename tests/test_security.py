@@ -377,7 +377,6 @@ def test_rate_limiter_and_guard() -> None:
     with pytest.raises(RateLimited) as e:
         guard.admit(None, "ipv4:10.0.0.5:5001")
     assert e.value.retry_after_s == pytest.approx(1.0)
-    assert guard.admit(f"Bearer {guard.internal}", "ipv4:10.0.0.5:5001") == "gateway"  # the co-hosted gateway
     tokens = Guard(AuthConfig(TokenStore.parse([f"edge:{EDGE_TOKEN}"], "t"), rate=0))
     with pytest.raises(Unauthenticated):
         tokens.admit("Bearer nope-nope-nope-nope", "ipv4:10.0.0.5:1")

@@ -32,7 +32,7 @@ from kws.v1 import kws_pb2 as pb
 from kws_rpc import handlers
 from kws_rpc.codec import metadata_to_proto, parse
 from kws_rpc.core import InferenceCore
-from kws_rpc.errors import KwsError
+from kws_rpc.errors import KwsError, clip, quote
 from kws_rpc.model import KwsModel
 from kws_rpc.mqtt.connection import BrokerSettings, connect, make_client, negotiate
 from kws_rpc.mqtt.options import add_broker_arguments, broker_settings
@@ -128,7 +128,7 @@ class Worker:
         except KwsError as e:
             self._reject()
             log.warning("%s: skipped a payload of %d bytes on %s: %s", self.worker_id, len(msg.payload),
-                        msg.topic, e)
+                        msg.topic, clip(str(e)))
             return
         self._inbox.put(req)
 
@@ -162,11 +162,11 @@ class Worker:
                 vote = self._answer(req)
             except KwsError as e:
                 self._reject()
-                log.warning("%s: skipped clip %s: %s", self.worker_id, req.request_id, e)
+                log.warning("%s: skipped clip %s: %s", self.worker_id, quote(req.request_id, 40), clip(str(e)))
                 continue
             except Exception:  # a bug, but one foreign clip must not silence this worker for the rest
                 self._reject()
-                log.exception("%s: failed on clip %s", self.worker_id, req.request_id)
+                log.exception("%s: failed on clip %s", self.worker_id, quote(req.request_id, 40))
                 continue
             self.answered.append(req.request_id)
             self._votes[req.request_id] = vote
