@@ -1,11 +1,13 @@
 """`make bench-server`: throughput and latency of kws-server on loopback.
 
-For batching on and off it starts ``python -m kws_rpc.server`` (with its REST gateway) as a child
-process, then drives it with 1..128 client threads, over gRPC directly and through the gateway with the
-reference SenML body. Each cell stops after --requests requests or --seconds, whichever comes first.
-Reports requests/s, p50/p99 latency, error rate, wrong labels and the server's RSS; writes
-results/bench_server.json (``make bench-server-commit`` refreshes the committed bench/results/server.json).
-Run as ``python -m bench.bench_server`` from the repository root.
+For each server process count (``kws-server --processes N``) it starts the server with its REST gateway
+as a child process, then drives it from separate client processes (bench/load.py) with 1..128
+concurrent clients, each on its own connection: gRPC with 5-bit compressed log-mel (``grpc-q5z``) or the
+WAV file (``grpc-wav``), and the reference SenML body through the gateway (``rest``). Each cell stops
+after --requests requests or --seconds, whichever comes first. Reports requests/s, p50/p99 latency,
+errors, wrong labels and the RSS of all server processes; writes results/bench_server.json (``make
+bench-server-commit`` refreshes the committed bench/results/server.json). Run as ``python -m
+bench.bench_server`` from the repository root.
 """
 
 from __future__ import annotations
@@ -13,29 +15,25 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
 import psutil
-import requests
 
 from bench.common import RESULTS, format_table, latency_summary, write_results
+from bench.load import Job, drive
 from edge.cascade import repo_relative
-from kws_rpc.senml import spec_body_for_wav
+from edge.transports import request_for
 from kws.v1 import kws_pb2 as pb
-from kws.v1 import kws_pb2_grpc as pb_grpc
+from kws_rpc.mqtt.broker import free_port, wait_listening
+from kws_rpc.senml import spec_body_for_wav
 
 REPO = Path(__file__).resolve().parent.parent
 CLIPS = REPO / "tests" / "fixtures" / "clips"
-COLUMNS = ["batching", "transport", "clients", "requests", "req_per_s", "p50_ms", "p99_ms", "error_rate",
-           "wrong", "mean_batch", "rss_mb"]
+COLUMNS = ["processes", "batching", "payload", "clients", "requests", "req_per_s", "p50_ms", "p99_ms",
+           "error_rate", "wrong", "bytes", "rss_mb"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +42,8 @@ class BenchConfig:
     concurrency: tuple[int, ...]
     requests: int  # per cell
     seconds: float  # per cell, at most
-    transports: tuple[str, ...]
+    payloads: tuple[str, ...]  # grpc-wav, grpc-q5z, rest
+    processes: tuple[int, ...]  # server processes (kws-server --processes)
     batching: tuple[str, ...]
     max_batch_size: int
     max_delay_ms: float
@@ -52,149 +51,110 @@ class BenchConfig:
 
 
 class ServerProcess:
-    """kws-server as a child process; ports are read from its log (it binds port 0)."""
+    """kws-server (--processes N) as a child process on fixed free ports."""
 
-    def __init__(self, model: Path, batch: int, delay_ms: float) -> None:
-        cmd = [sys.executable, "-m", "kws_rpc.server", "--model", str(model), "--port", "0", "--gateway-port", "0",
-               "--max-batch-size", str(batch), "--max-delay-ms", str(delay_ms), "--metrics-port", "0",
-               "--log-level", "INFO"]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True)
-        self.log: list[str] = []
-        ready = threading.Event()
-        threading.Thread(target=self._drain, args=(ready,), daemon=True).start()
-        if not ready.wait(60) or self.proc.poll() is not None:
-            self.stop()
-            raise RuntimeError("kws-server did not start:\n" + "".join(self.log[-20:]))
-        line = next(x for x in self.log if "serving" in x)
-        self.grpc_target = re.search(r"on grpc ([\d.]+:\d+)", line).group(1)  # type: ignore[union-attr]
-        self.gateway_url = re.search(r"gateway (http://[\d.]+:\d+)", line).group(1)  # type: ignore[union-attr]
-        self.metrics_url = re.search(r"metrics (http://\S+/metrics)", line).group(1)  # type: ignore[union-attr]
+    def __init__(self, model: Path, processes: int, batch: int, delay_ms: float) -> None:
+        self.port, self.gateway_port = free_port(), free_port()
+        self.metrics_port = free_port()
+        cmd = [sys.executable, "-m", "kws_rpc.server", "--model", str(model), "--port", str(self.port),
+               "--gateway-port", str(self.gateway_port), "--metrics-port", str(self.metrics_port),
+               "--processes", str(processes), "--max-batch-size", str(batch), "--max-delay-ms", str(delay_ms),
+               "--log-level", "WARNING"]
+        self.proc = subprocess.Popen(cmd, cwd=REPO)
+        for port in (self.port, self.gateway_port):
+            wait_listening("127.0.0.1", port, 60)
+        self.grpc_target = f"127.0.0.1:{self.port}"
+        self.gateway_url = f"http://127.0.0.1:{self.gateway_port}"
         self.ps = psutil.Process(self.proc.pid)
-
-    def _drain(self, ready: threading.Event) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.log.append(line)
-            if "serving" in line:
-                ready.set()
-        ready.set()
-
-    def batches(self) -> tuple[float, float]:
-        """(model invocations, rows) so far, from the server's kws_batch_size histogram."""
-        text = requests.get(self.metrics_url, timeout=5).text
-        total = [sum(float(v) for v in re.findall(rf"^kws_batch_size_{k}{{[^}}]*}} (\S+)$", text, re.M))
-                 for k in ("count", "sum")]
-        return total[0], total[1]
+        self.peak_rss_mb = 0.0
 
     def rss_mb(self) -> float:
-        return self.ps.memory_info().rss / 2**20
+        """RSS of the whole server: the supervisor and every server process."""
+        procs = [self.ps, *self.ps.children(recursive=True)]
+        rss = sum(p.memory_info().rss for p in procs if p.is_running()) / 2**20
+        self.peak_rss_mb = max(self.peak_rss_mb, rss)
+        return rss
 
     def stop(self) -> None:
         self.proc.terminate()
         try:
-            self.proc.wait(20)
+            self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
 
 
-def grpc_client(target: str) -> Callable[[bytes], str]:
-    channel = grpc.insecure_channel(target)
-    stub = pb_grpc.KeywordSpottingStub(channel)
-    return lambda wav: stub.Predict(pb.PredictRequest(audio=pb.Audio(wav=wav)), timeout=30).prediction.label
+def request_bodies(model: Path) -> dict[str, list[tuple[str, bytes]]]:
+    """Per payload, (word, serialized request) for each fixture clip, built as the edge builds them."""
+    from kws_rpc.audio import decode_wav
+    from kws_rpc.model import KwsModel
+
+    config = KwsModel(model).feature_config
+    clips = [(p.stem, p.read_bytes()) for p in sorted(CLIPS.glob("*.wav"))]
+    bodies: dict[str, list[tuple[str, bytes]]] = {"grpc-wav": [], "grpc-q5z": [], "rest": []}
+    for i, (word, wav) in enumerate(clips):
+        audio, _ = decode_wav(wav)
+        bodies["grpc-wav"].append((word, pb.PredictRequest(request_id=str(i), audio=pb.Audio(wav=wav)).SerializeToString()))
+        q5z = request_for("grpc-mfcc-q5z", audio, str(i), "bench", config)
+        bodies["grpc-q5z"].append((word, q5z.SerializeToString()))
+        bodies["rest"].append((word, json.dumps(spec_body_for_wav(wav, "bench")).encode()))
+    return bodies
 
 
-def rest_client(url: str) -> Callable[[bytes], str]:
-    local = threading.local()
-
-    def call(wav: bytes) -> str:
-        session = local.__dict__.setdefault("s", requests.Session())
-        r = session.put(url + "/", data=json.dumps(spec_body_for_wav(wav, "bench")), timeout=30)
-        r.raise_for_status()
-        return r.json()["label"]
-
-    return call
-
-
-def run_cell(call: Callable[[bytes], str], clips: list[tuple[str, bytes]], clients: int, budget: int,
+def run_cell(server: ServerProcess, payload: str, bodies: list[tuple[str, bytes]], clients: int, requests: int,
              seconds: float) -> dict[str, Any]:
-    """``clients`` threads share a budget of requests; latency per request, errors and wrong labels."""
-    lock = threading.Lock()
-    state = {"next": 0, "errors": 0, "wrong": 0}
-    latencies: list[float] = []
-    deadline = time.monotonic() + seconds
-
-    def worker() -> None:
-        while time.monotonic() < deadline:
-            with lock:
-                i = state["next"]
-                if i >= budget:
-                    return
-                state["next"] += 1
-            word, wav = clips[i % len(clips)]
-            t0 = time.perf_counter()
-            try:
-                label = call(wav)
-            except Exception:  # noqa: BLE001 - counted and reported as the error rate
-                with lock:
-                    state["errors"] += 1
-                continue
-            dt = time.perf_counter() - t0
-            with lock:
-                latencies.append(dt)
-                state["wrong"] += label != word
-
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
-    done = len(latencies) + state["errors"]
-    return {"requests": done, "seconds": elapsed, "req_per_s": len(latencies) / elapsed,
-            "error_rate": state["errors"] / max(done, 1), "errors": state["errors"], "wrong": state["wrong"],
-            **latency_summary(latencies)}
+    transport = "rest" if payload == "rest" else "grpc"
+    target = server.gateway_url if transport == "rest" else server.grpc_target
+    job = Job(transport, target, bodies, clients, requests, seconds)
+    out = drive(job, processes=1 if transport == "grpc" or clients < 8 else 2)
+    done = len(out["latencies"]) + out["errors"]
+    return {"requests": done, "seconds": out["elapsed"], "req_per_s": len(out["latencies"]) / out["elapsed"],
+            "error_rate": out["errors"] / max(done, 1), "errors": out["errors"], "wrong": out["wrong"],
+            **latency_summary(out["latencies"])}
 
 
 def run(config: BenchConfig) -> list[dict[str, Any]]:
-    clips = [(p.stem, p.read_bytes()) for p in sorted(CLIPS.glob("*.wav"))]
+    bodies = request_bodies(config.model)
     rows: list[dict[str, Any]] = []
-    for batching in config.batching:
-        server = ServerProcess(config.model, config.max_batch_size if batching == "on" else 1, config.max_delay_ms)
-        try:
-            clients = {"grpc": grpc_client(server.grpc_target), "rest": rest_client(server.gateway_url)}
-            for transport in config.transports:
-                run_cell(clients[transport], clips, 4, 4 * len(clips), 10)  # warm-up: connections, interpreters
-                for n in config.concurrency:
-                    calls0, rows0 = server.batches()
-                    cell = run_cell(clients[transport], clips, n, config.requests, config.seconds)
-                    calls, rows_run = (a - b for a, b in zip(server.batches(), (calls0, rows0)))
-                    row = {"batching": batching, "transport": transport, "clients": n, **cell,
-                           "mean_batch": rows_run / calls if calls else 1.0, "rss_mb": server.rss_mb()}
-                    rows.append(row)
-                    print(format_table([row], COLUMNS, 10).splitlines()[-1], flush=True)
-        finally:
-            server.stop()
+    for processes in config.processes:
+        for batching in config.batching:
+            server = ServerProcess(config.model, processes, config.max_batch_size if batching == "on" else 1,
+                                   config.max_delay_ms)
+            try:
+                for payload in config.payloads:
+                    run_cell(server, payload, bodies[payload], 8, 400, 10)  # warm-up: connections, interpreters
+                    for n in config.concurrency:
+                        cell = run_cell(server, payload, bodies[payload], n, config.requests, config.seconds)
+                        row = {"processes": processes, "batching": batching, "payload": payload, "clients": n,
+                               **cell, "bytes": len(bodies[payload][0][1]), "rss_mb": server.rss_mb()}
+                        rows.append(row)
+                        print(format_table([row], COLUMNS, 10).splitlines()[-1], flush=True)
+                for row in rows:
+                    if row["processes"] == processes and row["batching"] == batching:
+                        row["peak_rss_mb"] = server.peak_rss_mb
+            finally:
+                server.stop()
     return rows
 
 
 def parse_args(argv: list[str] | None = None) -> BenchConfig:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=REPO / "models" / "big_int8.tflite")
-    ap.add_argument("--concurrency", default="1,8,32,128", help="comma-separated client thread counts")
-    ap.add_argument("--requests", type=int, default=500, help="requests per cell (at most)")
-    ap.add_argument("--seconds", type=float, default=8.0, help="seconds per cell (at most)")
-    ap.add_argument("--transports", default="grpc,rest")
-    ap.add_argument("--batching", default="on,off")
+    ap.add_argument("--concurrency", default="1,8,32,128", help="comma-separated concurrent client counts")
+    ap.add_argument("--requests", type=int, default=2000, help="requests per cell (at most)")
+    ap.add_argument("--seconds", type=float, default=6.0, help="seconds per cell (at most)")
+    ap.add_argument("--payloads", default="grpc-q5z,grpc-wav,rest",
+                    help="grpc-q5z (5-bit log-mel, 791 B), grpc-wav (the WAV file), rest (the reference SenML body)")
+    ap.add_argument("--processes", default="1,2", help="server process counts to measure (kws-server --processes)")
+    ap.add_argument("--batching", default="off", help="off, on or off,on (the micro-batcher)")
     ap.add_argument("--max-batch-size", type=int, default=32)
     ap.add_argument("--max-delay-ms", type=float, default=2.0)
     ap.add_argument("--out", type=Path, default=RESULTS / "bench_server.json",
                     help="JSON results (default: results/bench_server.json)")
     a = ap.parse_args(argv)
     return BenchConfig(a.model, tuple(int(c) for c in a.concurrency.split(",")), a.requests, a.seconds,
-                       tuple(a.transports.split(",")), tuple(a.batching.split(",")), a.max_batch_size,
-                       a.max_delay_ms, a.out)
+                       tuple(a.payloads.split(",")), tuple(int(p) for p in a.processes.split(",")),
+                       tuple(a.batching.split(",")), a.max_batch_size, a.max_delay_ms, a.out)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -205,9 +165,11 @@ def main(argv: list[str] | None = None) -> None:
     rows = run(config)
     path = write_results(config.out, {"config": {k: repo_relative(v) if isinstance(v, Path) else v
                                                  for k, v in dataclasses.asdict(config).items()},
-                                      "notes": "loopback; client threads and the server share the machine's "
-                                               "cores (see environment.loadavg_1m); requests are 1 s WAV clips "
-                                               "(MFCC on the server); mean_batch = rows per model invocation",
+                                      "notes": "loopback; the load generator (bench/load.py: grpc.aio tasks, or "
+                                               "HTTP/1.1 threads for REST, one connection per client) runs in its "
+                                               "own processes but shares the machine's 2 cores with the server; "
+                                               "requests are the fixture clips as grpc-q5z, grpc-wav or the "
+                                               "reference REST body; rss_mb = all server processes",
                                       "results": rows})
     print(f"\n{format_table(rows, COLUMNS)}\n\nwrote {path}")
     if any(r["errors"] for r in rows):

@@ -1,0 +1,131 @@
+"""Load generator for bench_server: client processes separate from the server under test.
+
+Each client process keeps its share of the concurrent clients busy, each client on its own connection
+(so a server with several processes sees the connections spread over them): gRPC clients are asyncio
+tasks on grpc.aio channels with pre-serialized requests; REST clients are threads with a keep-alive
+HTTP/1.1 connection each, sending the reference SenML body. Latencies come back to the parent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import http.client
+import json
+import multiprocessing
+import threading
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from kws.v1 import kws_pb2 as pb
+
+PREDICT = "/kws.v1.KeywordSpotting/Predict"
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    transport: str  # "grpc" or "rest"
+    target: str  # host:port (gRPC) or http://host:port (REST)
+    bodies: list[tuple[str, bytes]]  # (expected label, serialized PredictRequest or JSON body)
+    clients: int  # concurrent clients in this process
+    requests: int  # this process's share
+    seconds: float
+
+
+def _grpc(job: Job) -> dict[str, Any]:
+    import grpc
+
+    async def main() -> dict[str, Any]:
+        state = {"next": 0, "errors": 0, "wrong": 0}
+        latencies: list[float] = []
+        deadline = time.monotonic() + job.seconds
+        # a local subchannel pool: a connection per channel, not one shared by identical channels
+        channels = [grpc.aio.insecure_channel(job.target, options=[("grpc.use_local_subchannel_pool", 1)])
+                    for _ in range(job.clients)]
+
+        async def client(channel: grpc.aio.Channel) -> None:
+            call = channel.unary_unary(PREDICT, response_deserializer=pb.PredictResponse.FromString)
+            while time.monotonic() < deadline and state["next"] < job.requests:
+                i = state["next"]
+                state["next"] += 1
+                word, body = job.bodies[i % len(job.bodies)]
+                t0 = time.perf_counter()
+                try:
+                    reply = await call(body, timeout=30)
+                except grpc.aio.AioRpcError:
+                    state["errors"] += 1
+                    continue
+                latencies.append(time.perf_counter() - t0)
+                state["wrong"] += reply.prediction.label != word
+
+        start = time.perf_counter()
+        await asyncio.gather(*(client(c) for c in channels))
+        elapsed = time.perf_counter() - start
+        for c in channels:
+            await c.close()
+        return {"latencies": latencies, "elapsed": elapsed, "errors": state["errors"], "wrong": state["wrong"]}
+
+    return asyncio.run(main())
+
+
+def _rest(job: Job) -> dict[str, Any]:
+    parts = urlsplit(job.target)
+    lock = threading.Lock()
+    state = {"next": 0, "errors": 0, "wrong": 0}
+    latencies: list[float] = []
+    deadline = time.monotonic() + job.seconds
+
+    def client() -> None:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        while time.monotonic() < deadline:
+            with lock:
+                i = state["next"]
+                if i >= job.requests:
+                    break
+                state["next"] += 1
+            word, body = job.bodies[i % len(job.bodies)]
+            t0 = time.perf_counter()
+            try:
+                conn.request("PUT", "/", body=body)
+                r = conn.getresponse()
+                data = r.read()
+                if r.status != 200:
+                    raise OSError(r.status)
+                label = json.loads(data)["label"]
+            except (OSError, http.client.HTTPException, ValueError):
+                with lock:
+                    state["errors"] += 1
+                conn.close()
+                conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+                continue
+            dt = time.perf_counter() - t0
+            with lock:
+                latencies.append(dt)
+                state["wrong"] += label != word
+        conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(job.clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"latencies": latencies, "elapsed": time.perf_counter() - start, "errors": state["errors"],
+            "wrong": state["wrong"]}
+
+
+def _run(job: Job) -> dict[str, Any]:
+    return _grpc(job) if job.transport == "grpc" else _rest(job)
+
+
+def drive(job: Job, processes: int) -> dict[str, Any]:
+    """Splits the job's clients and requests over ``processes`` client processes; merged results."""
+    processes = max(1, min(processes, job.clients))
+    shares = [dataclasses.replace(job, clients=job.clients // processes + (i < job.clients % processes),
+                                  requests=job.requests // processes + (i < job.requests % processes))
+              for i in range(processes)]
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        parts = pool.map(_run, shares)
+    return {"latencies": [x for p in parts for x in p["latencies"]], "elapsed": max(p["elapsed"] for p in parts),
+            "errors": sum(p["errors"] for p in parts), "wrong": sum(p["wrong"] for p in parts)}
