@@ -25,7 +25,8 @@ class ServerProcess:
     def __init__(self, model: Path) -> None:
         self.port, self.metrics = free_port(), free_port()
         self.proc = subprocess.Popen([sys.executable, "-m", "kws_rpc.server", "--model", str(model), "--port",
-                                      str(self.port), "--metrics-port", str(self.metrics), "--log-level", "WARNING"],
+                                      str(self.port), "--metrics-port", str(self.metrics), "--processes", "1",
+                                      "--log-level", "WARNING"],
                                      cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_listening("127.0.0.1", self.port, 60)
         wait_listening("127.0.0.1", self.metrics, 60)

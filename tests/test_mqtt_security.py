@@ -197,3 +197,29 @@ def test_spoofer_without_acl_what_the_client_still_catches(test_audio) -> None:
     assert "w0" in client.ballot.live()  # the fake OFFLINE: w0 read it on its own topic and said ONLINE again
     w0_yes = sum(1 for c in rep["per_clip"] if "w0" in c["votes"] and c["votes"]["w0"]["label"] == "yes")
     assert w0_yes >= CLIPS // 2, "impersonation of w0 without an ACL (documented limit) no longer observed"
+
+
+def test_mutual_tls_on_mosquitto(pki: dict[str, Path], secure_broker: Mosquitto,
+                                 tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The shipped config with its `require_certificate` line switched on: a client certificate from the
+    dev CA gets in (with its password), none or one from another CA does not."""
+    d = tmp_path_factory.mktemp("mtls")
+    conf = d / "mtls.conf"
+    text = (REPO / "deploy" / "mosquitto-secure.conf").read_text()
+    assert "#require_certificate true" in text
+    conf.write_text(text.replace("#require_certificate true", "require_certificate true"))
+    passwd = secure_broker.dir / "kws.passwd"
+    with Mosquitto(config=conf, workdir=d, overrides={
+            "cafile": str(pki["ca.pem"]), "certfile": str(pki["server.pem"]), "keyfile": str(pki["server.key"]),
+            "password_file": str(passwd), "acl_file": str(REPO / "deploy" / "mosquitto.acl")}) as broker:
+        base = settings(broker, pki, "w0")
+        good = BrokerSettings.from_url(base.url, tls_ca=base.tls_ca, tls_cert=str(pki["w0.pem"]),
+                                       tls_key=str(pki["w0.key"]), username="w0", password="w0-pw")
+        assert negotiate(good).receive_maximum == 100
+        foreign = BrokerSettings.from_url(base.url, tls_ca=base.tls_ca, tls_cert=str(pki["other-client.pem"]),
+                                          tls_key=str(pki["other-client.key"]), username="w0", password="w0-pw")
+        for refused in (base, foreign):
+            client = CoopClient(CoopConfig(refused, deployment(), progress=False))
+            with pytest.raises((ConnectionError, TimeoutError)):
+                client.start(wait_s=3)
+            client.stop()
