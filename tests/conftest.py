@@ -48,8 +48,8 @@ CLIPS = REPO / "tests" / "fixtures" / "clips"
 
 @pytest.fixture(scope="session")
 def served_model_path() -> Path:
-    """The model the server tests serve: $KWS_TEST_MODEL, else the shipped big model."""
-    path = Path(os.environ.get("KWS_TEST_MODEL", MODELS / "big.tflite"))
+    """The model the server tests serve: $KWS_TEST_MODEL, else the one `make server` serves (big_int8)."""
+    path = Path(os.environ.get("KWS_TEST_MODEL", MODELS / "big_int8.tflite"))  # what make server serves
     if not path.is_file():
         pytest.skip(f"{path} not found: train it (make train) or set KWS_TEST_MODEL=/path/to/model.tflite")
     return path

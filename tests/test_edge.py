@@ -281,10 +281,9 @@ def test_grpc_mfcc_needs_metadata_and_fails_softly() -> None:
 
 
 def served_model(little_path: Path) -> Path:
-    """What the end-to-end server serves as big: $KWS_TEST_MODEL or models/big.tflite (whose 49x40
-    log-mel config differs from little's, so MFCC payloads prove the edge learnt it from the server),
-    else the little model (the protocol is still fully exercised)."""
-    for path in (os.environ.get("KWS_TEST_MODEL"), MODELS / "big.tflite", little_path):
+    """What the end-to-end server serves as big: $KWS_TEST_MODEL or models/big_int8.tflite (what `make
+    server` serves), else the little model (the protocol is still fully exercised)."""
+    for path in (os.environ.get("KWS_TEST_MODEL"), MODELS / "big_int8.tflite", little_path):
         if path and Path(path).is_file():
             return Path(path)
     pytest.skip("no model built yet")
