@@ -9,9 +9,20 @@ Processes that serve or stream call ``pin_native_threads()`` once at start; trai
 from __future__ import annotations
 
 import logging
+import sys
 
 log = logging.getLogger(__name__)
 _limits: object | None = None  # kept alive: threadpoolctl restores the old limits when it is collected
+
+
+SWITCH_INTERVAL_S = 0.0005
+
+
+def responsive_network_thread() -> None:
+    """A paho network thread answers the broker only when it holds the GIL; with CPython's default
+    switch interval (5 ms) an inference or preprocessing thread keeps it waiting up to 5 ms per QoS 2
+    step (PUBREC, PUBCOMP), and the broker stops at its in-flight limit meanwhile. 0.5 ms lets it in."""
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
 def pin_native_threads(n: int = 1) -> None:

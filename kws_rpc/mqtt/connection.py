@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -169,6 +170,30 @@ def _probe(settings: BrokerSettings, timeout_s: float) -> BrokerLimits:
     return BrokerLimits(mqtt.MQTTv311, None)
 
 
+def _no_delay(client: mqtt.Client, userdata: object, sock: socket.socket) -> None:
+    """paho leaves Nagle's algorithm on. A QoS 2 exchange is small packets both ways: a PUBREL queued
+    behind an unacknowledged PUBLISH waits for the broker's delayed ACK, 40 ms on Linux, so every clip
+    cost 45 ms of round trip with one in flight (36 s for 800 clips; 2 s with 20 in flight)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux
+
+
+def ack_now(client: mqtt.Client) -> None:
+    """Acknowledges what has arrived at once instead of after Linux's delayed-ACK timer (40 ms). A stock
+    mosquitto leaves Nagle's algorithm on (set_tcp_nodelay false): its second small packet to a client
+    (the second worker's vote on a clip) waits for the ACK of the first, and a client that has nothing
+    to send back (votes are QoS 0) delays that ACK. The kernel leaves quick-ACK mode by itself, so
+    callers set it again on each message they receive."""
+    sock = client.socket()
+    if _QUICKACK is not None and sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+        except OSError:
+            pass
+
+
 def make_client(settings: BrokerSettings, client_id: str, persistent: bool = True,
                 limits: BrokerLimits | None = None) -> mqtt.Client:
     """A configured, not yet connected client in the negotiated protocol (3.1.1 if ``limits`` is None).
@@ -181,6 +206,7 @@ def make_client(settings: BrokerSettings, client_id: str, persistent: bool = Tru
                              protocol=protocol)
     client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)
     client.max_inflight_messages_set(limits.inflight(settings.max_inflight) if limits else settings.max_inflight)
+    client.on_socket_open = _no_delay
     _configure(client, settings)
     return client
 

@@ -37,7 +37,7 @@ from kws_rpc.model import KwsModel
 from kws_rpc.mqtt.connection import BrokerSettings, connect, make_client, negotiate
 from kws_rpc.mqtt.options import add_broker_arguments, broker_settings
 from kws_rpc.mqtt.topics import Topics, check_segment
-from kws_rpc.threads import pin_native_threads
+from kws_rpc.threads import pin_native_threads, responsive_network_thread
 
 log = logging.getLogger(__name__)
 VOTE_CACHE = 8192  # answered request ids remembered for repeats (~100 B each)
@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     pin_native_threads()
+    responsive_network_thread()
     try:
         settings = broker_settings(args.broker, args)
     except (ValueError, OSError) as e:
