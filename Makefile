@@ -51,7 +51,7 @@ server: venv  ## gRPC :50051 + REST gateway :8080 on models/big_int8.tflite (Ctr
 	$(PYTHON) -m kws_rpc.server --model models/big_int8.tflite --port 50051 --gateway-port 8080
 
 .PHONY: bench-server bench-server-commit
-bench-server: venv  ## server throughput/latency: gRPC vs REST, batching on/off, 1-128 clients -> results/bench_server.json
+bench-server: venv  ## server throughput/latency: 1-2 processes, gRPC q5z/WAV and REST, 1-128 clients -> results/bench_server.json
 	$(PYTHON) -m bench.bench_server $(ARGS)
 
 bench-server-commit: venv  ## make bench-server, refreshing the committed bench/results/server.json
@@ -87,3 +87,7 @@ test: venv data  ## run the test suite (TensorFlow checks included, in a child p
 
 clean:
 	rm -rf .pytest_cache build *.egg-info
+
+.PHONY: bench-abuse
+bench-abuse: venv  ## unary p50/p99 with 64 idle streams open, 300 half-sent bodies -> results/bench_abuse.json
+	$(PYTHON) -m bench.bench_abuse $(ARGS)
