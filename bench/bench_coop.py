@@ -32,7 +32,7 @@ from kws_rpc.mqtt.broker import EmbeddedBroker, Mosquitto
 from kws_rpc.mqtt.connection import BrokerSettings
 
 REPO = Path(__file__).resolve().parent.parent
-COLUMNS = ("broker", "workers", "clips", "e2e_s", "clips/s", "msgs/s", "B/clip", "B/vote", "SenML B/clip",
+COLUMNS = ("broker", "workers", "clips", "e2e_s", "publish_to_decided_s", "clips/s", "msgs/s", "B/clip", "B/vote", "SenML B/clip",
            "SenML B/vote", "missing", "lost", "acc_mean_%", "window", "worker_rss_mb")
 
 
@@ -80,6 +80,7 @@ def measure(kind: str, count: int, models: Sequence[str], audio, labels, names) 
             client.stop()
     return {
         "broker": kind, "workers": count, "clips": rep["clips"], "e2e_s": f"{rep['end_to_end_s']:.2f}",
+        "publish_to_decided_s": f"{rep['published_to_decided_s']:.2f}",
         "clips/s": rep["clips_per_s"], "msgs/s": rep["messages_per_s"], "B/clip": rep["bytes_per_clip_message"],
         "B/vote": rep["bytes_per_prediction_message"], "SenML B/clip": rep.get("senml_json_base64_f32_clip_bytes"),
         "SenML B/vote": rep.get("senml_json_prediction_bytes"), "missing": rep["missing_predictions"],

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,8 @@ from kws_rpc.features import FeatureConfig, mfcc, resample
 from kws_rpc.runtime import make_interpreter
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+MAX_INTERPRETERS = 4  # per model and batch size: invocations running at once in one process
+
 # Log-mel and MFCC features of audio in [-1, 1] stay within about +-130; far larger values only make a
 # float model overflow (3e38 everywhere gave NaN probabilities and the label "yes").
 MAX_FEATURE_ABS = 1e4
@@ -32,16 +37,22 @@ def softmax_margin(probs: np.ndarray) -> np.ndarray:
 
 
 class KwsModel:
-    """One .tflite model and its card. Thread-safe: each thread runs its own interpreters."""
+    """One .tflite model and its card. Thread-safe: interpreters are not, so each invocation borrows one
+    from a bounded pool (per batch size) and returns it. The bound keeps memory flat however many
+    threads call in (a gRPC server has 64): with one core per process, more than a few interpreters
+    never run at once anyway."""
 
-    def __init__(self, path: str | Path, num_threads: int = 1) -> None:
+    def __init__(self, path: str | Path, num_threads: int = 1, max_interpreters: int = MAX_INTERPRETERS) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"model {self.path} not found (shipped models live in models/)")
         self._content = self.path.read_bytes()
         self.card: ModelCard = load_card(self.path, self._content)
         self.num_threads = num_threads
-        self._local = threading.local()
+        self.max_interpreters = max_interpreters
+        self._pools: dict[int, queue.LifoQueue] = {}
+        self._created: dict[int, int] = {}
+        self._pool_lock = threading.Lock()
         probe = make_interpreter(self._content, num_threads)
         inp, out = probe.get_input_details()[0], probe.get_output_details()[0]
         self.input_dtype = np.dtype(inp["dtype"])
@@ -50,6 +61,10 @@ class KwsModel:
         self._out_dtype = np.dtype(out["dtype"])
         if list(inp["shape"][1:]) != list(self.card.feature.shape):
             raise ModelMismatch(f"{self.path}: input {inp['shape']} does not match card {self.card.feature.shape}")
+        if inp["shape"][0] == 1:  # the probe is the pool's first interpreter for single clips, not garbage
+            self._pools[1] = queue.LifoQueue()
+            self._pools[1].put((probe, inp["index"], out["index"]))
+            self._created[1] = 1
 
     @property
     def name(self) -> str:
@@ -63,16 +78,31 @@ class KwsModel:
     def feature_config(self) -> FeatureConfig:
         return self.card.feature
 
-    def _interpreter(self, batch: int) -> Any:
-        cache: dict[int, Any] = self._local.__dict__.setdefault("interps", {})
-        if batch not in cache:
-            interp = make_interpreter(self._content, self.num_threads)
-            idx = interp.get_input_details()[0]["index"]
-            if interp.get_input_details()[0]["shape"][0] != batch:
-                interp.resize_tensor_input(idx, [batch, *self.card.feature.shape])
-                interp.allocate_tensors()
-            cache[batch] = interp
-        return cache[batch]
+    def _new_interpreter(self, batch: int) -> tuple[Any, int, int]:
+        interp = make_interpreter(self._content, self.num_threads)
+        idx = interp.get_input_details()[0]["index"]
+        if interp.get_input_details()[0]["shape"][0] != batch:
+            interp.resize_tensor_input(idx, [batch, *self.card.feature.shape])
+            interp.allocate_tensors()
+        return interp, idx, interp.get_output_details()[0]["index"]
+
+    @contextlib.contextmanager
+    def _interpreter(self, batch: int) -> Iterator[tuple[Any, int, int]]:
+        """Borrows an interpreter for ``batch`` rows (with its input and output tensor indices)."""
+        with self._pool_lock:
+            pool = self._pools.setdefault(batch, queue.LifoQueue())
+        try:
+            item = pool.get_nowait()
+        except queue.Empty:
+            with self._pool_lock:
+                make = self._created.get(batch, 0) < self.max_interpreters
+                if make:
+                    self._created[batch] = self._created.get(batch, 0) + 1
+            item = self._new_interpreter(batch) if make else pool.get()
+        try:
+            yield item
+        finally:
+            pool.put(item)
 
     def features(self, audio: np.ndarray, sample_rate: int | None = None) -> np.ndarray:
         """Features of a clip or batch as this model's card says; audio is resampled if needed."""
@@ -117,10 +147,11 @@ class KwsModel:
         n = len(chunk)
         if n < bucket:
             chunk = np.concatenate([chunk, np.zeros((bucket - len(chunk), *chunk.shape[1:]), np.float32)])
-        interp = self._interpreter(bucket)
-        interp.set_tensor(interp.get_input_details()[0]["index"], self.quantize_input(chunk))
-        interp.invoke()
-        y = interp.get_tensor(interp.get_output_details()[0]["index"])
+        x = self.quantize_input(chunk)
+        with self._interpreter(bucket) as (interp, in_index, out_index):
+            interp.set_tensor(in_index, x)
+            interp.invoke()
+            y = interp.get_tensor(out_index)
         if self._out_dtype != np.float32:
             scale, zero = self._out_quant
             y = (y.astype(np.float32) - zero) * scale

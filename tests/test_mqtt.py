@@ -645,7 +645,12 @@ def test_replicas_share_a_members_clips_one_vote_per_clip(stock_mosquitto: Mosqu
                          cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert b.stdout is not None and "worker w0" in b.stdout.readline()  # connected and subscribed
     client = coop(url, dep, 2, timeout_s=30.0)
-    _gate(client, CLIPS // 2, lambda: b.send_signal(signal.SIGKILL))
+
+    def kill_b_after_it_voted() -> None:  # w0 votes that replica a did not cast came from b
+        client.ballot.pump(lambda: sum("w0" in c.votes for c in client.ballot.clips.values()) > len(a.answered), 30.0)
+        b.send_signal(signal.SIGKILL)
+
+    _gate(client, CLIPS // 2, kill_b_after_it_voted)
     try:
         run = client.run(audio)
         rep = report(run, client.label_indices(labels), names, client.labels(), "mean")

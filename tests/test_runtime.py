@@ -15,5 +15,31 @@ def test_models_load_on_ai_edge_litert(little_path: Path) -> None:
     litert = pytest.importorskip("ai_edge_litert.interpreter")
     m = KwsModel(little_path)
     assert m.predict(m.features(np.zeros(16000, np.float32))).shape == (1, len(m.labels))
-    assert type(m._interpreter(1)) is litert.Interpreter
+    with m._interpreter(1) as (interp, _, _):
+        assert type(interp) is litert.Interpreter
     assert "tensorflow" not in sys.modules
+
+
+def test_interpreters_are_pooled_and_bounded(little_path: Path) -> None:
+    """64 threads calling one model create at most max_interpreters interpreters, and every answer is
+    the one a single thread gets (an interpreter is never shared by two calls at once)."""
+    import threading
+
+    m = KwsModel(little_path, max_interpreters=2)
+    x = np.random.default_rng(0).normal(size=(64, *m.feature_config.shape)).astype(np.float32) * 3 - 5
+    expected = np.concatenate([m.predict(row) for row in x])
+    got = np.zeros_like(expected)
+    start = threading.Barrier(64)
+
+    def call(i: int) -> None:
+        start.wait()
+        for _ in range(5):
+            got[i] = m.predict(x[i])[0]
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert m._created == {1: 2}
+    np.testing.assert_array_equal(got, expected)

@@ -27,6 +27,7 @@ class Run:
     end_to_end_s: float  # preprocessing + publishing + collecting until the last clip is decided
     vote_bytes: list[int] = dataclasses.field(default_factory=list)
     feature_shape: tuple[int, ...] = ()  # of the float32 tensor a clip stands for (features or samples)
+    published_to_decided_s: float = 0.0  # from the first clip's publication to the last clip's decision
 
 
 def clip_votes(clips: Sequence[Clip]) -> list[np.ndarray]:
@@ -94,6 +95,7 @@ def report(run: Run, labels: Sequence[int], names: Sequence[str], label_names: S
     out.update({
         "payload": run.payload_kind,
         "end_to_end_s": round(run.end_to_end_s, 4), "preprocess_s": round(run.preprocess_s, 4),
+        "published_to_decided_s": round(run.published_to_decided_s, 4),
         "publish_s": round(run.publish_s, 4),
         "messages": len(clips) + out["votes_received"],
         "messages_per_s": round((len(clips) + out["votes_received"]) / max(run.end_to_end_s, 1e-9), 1),
