@@ -57,7 +57,7 @@ RECIPES: dict[str, Recipe] = {
                         "<= 20,000 bytes after zlib.",
         ),
         Recipe(
-            name="little_bc", architecture="bcresnet", feature=LITTLE_FEATURES, epochs=38, seed=1,
+            name="little_bc", architecture="bcresnet", feature=LITTLE_FEATURES, epochs=30, seed=1,
             params=bcresnet.Params(stem=16, channels=(8, 12, 16, 20), blocks=(1, 1, 3, 3), head=32),
             quantization="int8", zlib_budget=20_000, output="logits",
             teachers=ENSEMBLE_TEACHERS, distill_weight=0.7, distill_temperature=2.0,
