@@ -21,8 +21,6 @@ import argparse
 import re
 import selectors
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,7 +29,6 @@ from typing import Any
 
 import grpc
 import numpy as np
-import psutil
 import requests
 
 from bench.common import RESULTS, format_table, latency_summary, write_results
@@ -39,6 +36,7 @@ from kws.v1 import kws_pb2 as pb
 from kws.v1 import kws_pb2_grpc as pb_grpc
 from kws_rpc.limits import Limits
 from kws_rpc.senml import spec_body_for_wav
+from kws_rpc.server_process import ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 CLIP = REPO / "tests" / "fixtures" / "clips" / "yes.wav"
@@ -47,47 +45,7 @@ COLUMNS = ["attack", "count", "refused_at_once", "held", "held_ended_s", "p50_ms
            "closed_p50_s", "closed_max_s", "answered_408", "server_ok", "rss_mb"]
 
 
-class Server:
-    """kws-server (gRPC + gateway) as a child process; ports read from its log."""
-
-    def __init__(self, model: Path, limits: Limits) -> None:
-        cmd = [sys.executable, "-m", "kws_rpc.server", "--model", str(model), "--port", "0", "--gateway-port", "0",
-               "--max-streams", str(limits.max_streams), "--stream-idle-s", str(limits.stream_idle_s),
-               "--http-header-timeout-s", str(limits.http_header_timeout_s),
-               "--http-body-timeout-s", str(limits.http_body_timeout_s)]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True, errors="replace")
-        self.log: list[str] = []
-        ready = threading.Event()
-        threading.Thread(target=self._drain, args=(ready,), daemon=True).start()
-        if not ready.wait(120) or self.proc.poll() is not None:
-            self.stop()
-            raise RuntimeError("kws-server did not start:\n" + "".join(self.log[-20:]))
-        line = next(x for x in self.log if " serving " in x)
-        self.target = "127.0.0.1:" + re.search(r"on grpc [\d.]+:(\d+)", line).group(1)  # type: ignore[union-attr]
-        self.url = re.search(r"gateway (http://[\d.]+:\d+)", line).group(1)  # type: ignore[union-attr]
-        self.ps = psutil.Process(self.proc.pid)
-
-    def _drain(self, ready: threading.Event) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.log.append(line)
-            if " serving " in line:
-                ready.set()
-        ready.set()
-
-    def rss_mb(self) -> float:
-        return self.ps.memory_info().rss / 2**20
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def idle_streams(server: Server, wav: bytes, streams: int, requests_n: int) -> dict[str, Any]:
+def idle_streams(server: ServerProcess, wav: bytes, streams: int, requests_n: int) -> dict[str, Any]:
     release = threading.Event()
 
     def nothing() -> Iterator[pb.PredictRequest]:
@@ -141,7 +99,7 @@ def idle_streams(server: Server, wav: bytes, streams: int, requests_n: int) -> d
             "server_ok": errors == 0, "rss_mb": round(rss, 1)}
 
 
-def half_sent(server: Server, wav: bytes, connections: int, what: str) -> dict[str, Any]:
+def half_sent(server: ServerProcess, wav: bytes, connections: int, what: str) -> dict[str, Any]:
     host, port = server.url.removeprefix("http://").rsplit(":", 1)
     if what == "body":
         data = b"PUT / HTTP/1.1\r\nHost: kws\r\nContent-Length: 1000\r\n\r\n" + b"{" * 500
@@ -201,7 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     limits = Limits(max_streams=a.max_streams, stream_idle_s=a.stream_idle_s,
                     http_header_timeout_s=a.http_header_timeout_s, http_body_timeout_s=a.http_body_timeout_s)
     wav = CLIP.read_bytes()
-    server = Server(a.model, limits)
+    server = ServerProcess(a.model, "--max-streams", str(limits.max_streams), "--stream-idle-s",
+                           str(limits.stream_idle_s), "--http-header-timeout-s", str(limits.http_header_timeout_s),
+                           "--http-body-timeout-s", str(limits.http_body_timeout_s))
     rows = []
     try:
         start_rss = server.rss_mb()

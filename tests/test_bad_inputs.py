@@ -11,10 +11,7 @@ import base64
 import collections
 import json
 import logging
-import os
 import re
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -23,7 +20,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import paho.mqtt.client as mqtt
-import psutil
 import pytest
 import requests
 from google.protobuf import json_format
@@ -38,6 +34,7 @@ from kws_rpc.mqtt.broker import EmbeddedBroker, Mosquitto
 from kws_rpc.mqtt.connection import BrokerSettings
 from kws_rpc.mqtt.topics import Topics
 from kws_rpc.mqtt.worker import Worker, WorkerConfig
+from kws_rpc.server_process import ServerProcess
 from kws_rpc.servicer import SERVICE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,45 +44,6 @@ MAX_MESSAGE = 1200  # errors.MAX_MESSAGE_CHARS plus what the transport adds
 MAX_LOG_LINE = 4000
 ERROR_LINE = re.compile(r"^(\d{4}-\d\d-\d\d [\d:,]+ (ERROR|CRITICAL) |Traceback)")
 OUTCOMES: collections.Counter[tuple[str, str]] = collections.Counter()  # (transport, status) -> count
-
-
-class ServerProcess:
-    """``python -m kws_rpc.server`` with its gateway, ports read from its log, stderr kept."""
-
-    def __init__(self, model: Path) -> None:
-        cmd = [sys.executable, "-m", "kws_rpc.server", "--model", str(model), "--port", "0", "--gateway-port", "0",
-               "--max-message-bytes", str(8 << 20)]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True, errors="replace",
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.log: list[str] = []
-        self._ready = threading.Event()
-        threading.Thread(target=self._drain, daemon=True).start()
-        if not self._ready.wait(120) or self.proc.poll() is not None:
-            self.stop()
-            raise RuntimeError("kws-server did not start:\n" + "".join(self.log[-20:]))
-        line = next(x for x in self.log if " serving " in x)
-        self.target = "127.0.0.1:" + re.search(r"on grpc [\d.]+:(\d+)", line).group(1)  # type: ignore[union-attr]
-        self.url = re.search(r"gateway (http://[\d.]+:\d+)", line).group(1)  # type: ignore[union-attr]
-        self.ps = psutil.Process(self.proc.pid)
-
-    def _drain(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.log.append(line)
-            if " serving " in line:
-                self._ready.set()
-        self._ready.set()
-
-    def rss_mb(self) -> float:
-        return self.ps.memory_info().rss / 2**20
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +63,7 @@ def corpus(wav: bytes, model: KwsModel) -> dict[str, pb.PredictRequest]:
 
 @pytest.fixture(scope="module")
 def server(served_model_path: Path) -> Iterator[ServerProcess]:
-    s = ServerProcess(served_model_path)
+    s = ServerProcess(served_model_path, "--max-message-bytes", str(8 << 20))
     yield s
     s.stop()
 

@@ -17,34 +17,21 @@ import requests
 from edge.transports import GrpcTransport, RetryPolicy
 from kws_rpc.channels import channel_target
 from kws_rpc.mqtt.broker import free_port, wait_listening
+from kws_rpc.server_process import ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-class ServerProcess:
-    def __init__(self, model: Path) -> None:
-        self.port, self.metrics = free_port(), free_port()
-        self.proc = subprocess.Popen([sys.executable, "-m", "kws_rpc.server", "--model", str(model), "--port",
-                                      str(self.port), "--metrics-port", str(self.metrics), "--processes", "1",
-                                      "--log-level", "WARNING"],
-                                     cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_listening("127.0.0.1", self.port, 60)
-        wait_listening("127.0.0.1", self.metrics, 60)
-
-    def answered(self) -> int:
-        text = requests.get(f"http://127.0.0.1:{self.metrics}/metrics", timeout=5).text
-        return int(sum(float(v) for labels, v in re.findall(r"^kws_requests_total\{([^}]*)\} (\S+)", text, re.M)
-                       if 'method="Predict"' in labels and 'code="OK"' in labels))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(30)
+def answered(metrics_url: str) -> int:
+    """Predict calls a server process answered OK, from its /metrics."""
+    text = requests.get(metrics_url, timeout=5).text
+    return int(sum(float(v) for labels, v in re.findall(r"^kws_requests_total\{([^}]*)\} (\S+)", text, re.M)
+                   if 'method="Predict"' in labels and 'code="OK"' in labels))
 
 
 @pytest.fixture
 def two_servers(served_model_path: Path) -> Iterator[list[ServerProcess]]:
-    servers = [ServerProcess(served_model_path) for _ in range(2)]
+    servers = [ServerProcess(served_model_path, "--metrics-port", "0") for _ in range(2)]
     try:
         yield servers
     finally:
@@ -68,14 +55,14 @@ def test_edge_balances_over_two_servers_and_survives_one_draining(two_servers: l
     transport = GrpcTransport(target, payload="mfcc-q5z", policy=RetryPolicy(timeout_s=10.0, retries=3))
     try:
         first = [transport.ask(clip, str(i)) for i, clip in enumerate(audio[:40])]
-        counts = [s.answered() for s in two_servers]
+        counts = [answered(s.metrics_url) for s in two_servers]
         two_servers[0].stop()  # SIGTERM: health NOT_SERVING, then gone
         rest = [transport.ask(clip, str(40 + i)) for i, clip in enumerate(audio[40:])]
     finally:
         transport.close()
     assert all(a.label for a in first + rest), [a.error for a in first + rest if not a.label]
     assert sum(counts) == 40 and min(counts) >= 10, f"round_robin should spread 40 calls: {counts}"
-    assert two_servers[1].answered() == counts[1] + 20
+    assert answered(two_servers[1].metrics_url) == counts[1] + 20
 
 
 def test_standalone_gateway_balances(two_servers: list[ServerProcess], clip_wavs: dict[str, bytes]) -> None:
@@ -96,7 +83,7 @@ def test_standalone_gateway_balances(two_servers: list[ServerProcess], clip_wavs
     finally:
         gw.send_signal(signal.SIGTERM)
         gw.wait(30)
-    counts = [s.answered() for s in two_servers]
+    counts = [answered(s.metrics_url) for s in two_servers]
     assert sum(counts) == len(labels) and min(counts) >= len(labels) // 4, counts
     assert np.mean([lab == w for lab, (w, _) in zip(labels, sorted(clip_wavs.items()) * 3)]) >= 0.75
 
@@ -135,11 +122,7 @@ def test_processes_share_the_ports(served_model_path: Path, test_audio) -> None:
             r = requests.put(f"http://127.0.0.1:{gw}/", data=json.dumps(spec_body_for_wav(buf.getvalue(), "t")),
                              timeout=10, headers={"Connection": "close"})
             assert r.status_code == 200 and r.json()["label"] == labels[0]
-        counts = []
-        for m in (metrics, metrics + 1):
-            text = requests.get(f"http://127.0.0.1:{m}/metrics", timeout=5).text
-            counts.append(sum(float(v) for lab, v in re.findall(r"^kws_requests_total\{([^}]*)\} (\S+)", text, re.M)
-                              if 'method="Predict"' in lab and 'code="OK"' in lab))
+        counts = [answered(f"http://127.0.0.1:{m}/metrics") for m in (metrics, metrics + 1)]
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)
