@@ -87,7 +87,7 @@ def local_answer(big: KwsModel, request: pb.PredictRequest | dict[str, Any]) -> 
     server's own transport-free handlers, in this process."""
     core = InferenceCore({big.name: big}, big.name)
     if isinstance(request, dict):
-        return handlers.predict_spec_body(core, json.dumps(request).encode()).response.prediction.label
+        request = handlers.spec_request(json.dumps(request).encode())[0]
     return handlers.predict(core, request).prediction.label
 
 

@@ -52,12 +52,12 @@ from kws_rpc.auth import AuthConfig, Guard, retry_after_header
 from kws_rpc.errors import (MAX_MESSAGE_CHARS, InvalidInput, KwsError, PayloadTooLarge, RateLimited, RequestTimeout,
                             Unavailable, clip)
 from kws_rpc.grpc_backend import Backend
+from kws_rpc.handlers import spec_request
 from kws_rpc.http_auth import GuardMiddleware
 from kws_rpc.http_limits import uvicorn_options
 from kws_rpc.limits import Limits, add_limit_args, limits_from_args
 from kws_rpc.tls import ClientTls, ServerTls, describe
-from kws_rpc.senml import (COURSE_LABELS, check_label_order, parse_label_order, spec_reply, validate_label_order,
-                           wav_from_senml)
+from kws_rpc.senml import COURSE_LABELS, check_label_order, parse_label_order, spec_reply, validate_label_order
 
 log = logging.getLogger(__name__)
 
@@ -185,9 +185,8 @@ def make_app(config: GatewayConfig, guard: Guard | None = None, backend: Any = N
     @app.post("/", operation_id="spec_post", **spec_doc)
     async def spec_predict(request: Request, model: str = "") -> dict[str, Any]:
         body = await read_body(request, config.max_body_bytes, config.limits.http_body_timeout_s)
-        wav, base = wav_from_senml(body)
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-        req = pb.PredictRequest(request_id=rid, model=model, audio=pb.Audio(wav=wav))
+        req, base = spec_request(body, model, rid)
         creds = request.headers.get("authorization")
         p = (await backend.predict(req, auth=creds)).prediction
         labels = await backend.labels(p.model, p.model_version, auth=creds)

@@ -7,13 +7,11 @@ of them dispatches a ``PredictRequest`` itself. This module imports no gRPC, HTT
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any
 
 from kws.v1 import kws_pb2 as pb
 from kws_rpc import codec
-from kws_rpc.audio import decode_wav
 from kws_rpc.core import InferenceCore, Result
 from kws_rpc.errors import InvalidInput, quote
 from kws_rpc.features import FeatureConfig
@@ -60,22 +58,8 @@ def metadata(core: InferenceCore, req: pb.ModelMetadataRequest) -> pb.ModelMetad
     return codec.metadata_to_proto(core.model(req.model).card)
 
 
-@dataclasses.dataclass(frozen=True)
-class SpecAnswer:
-    """The reference SenML body's answer: the prediction, and the base fields (bn, bt) to echo."""
-
-    response: pb.PredictResponse
-    base: dict[str, Any]
-
-
-def predict_spec_body(core: InferenceCore, body: bytes, model: str = "", request_id: str = "") -> SpecAnswer:
-    """The reference client's request (SenML+JSON, base64 WAV) as the server answers it."""
+def spec_request(body: bytes, model: str = "", request_id: str = "") -> tuple[pb.PredictRequest, dict[str, Any]]:
+    """The reference client's body (SenML+JSON, base64 WAV) as a PredictRequest, and the base record
+    fields (bn, bt) its reply echoes."""
     wav, base = wav_from_senml(body)
-    req = pb.PredictRequest(request_id=request_id, model=model, audio=pb.Audio(wav=wav))
-    return SpecAnswer(predict(core, req), base)
-
-
-def decode_spec_audio(body: bytes) -> tuple[Any, int]:
-    """The clip of a spec body, as samples and rate (for callers that only need the audio)."""
-    wav, _ = wav_from_senml(body)
-    return decode_wav(wav)
+    return pb.PredictRequest(request_id=request_id, model=model, audio=pb.Audio(wav=wav)), base
