@@ -3,15 +3,37 @@
 A clip's votes are a (K, C) array: K models' probability vectors over C labels; K may be smaller than the
 ensemble (a worker died, a vote was lost) and may be 0 (no decision: -1). The policy is chosen on the
 validation split with ``choose_policy`` and only then reported on test, so the test split never picks it.
+
+The policies in ``POLICIES`` have nothing fitted. ``weighted`` (in ``FITTED_POLICIES``) has one weight per
+member, so it needs to know who cast each vote (``members``: one model name per row) and a ``Weights``
+fitted by ``fit_weights``: non-negative weights summing to 1 that minimize the negative log-likelihood
+of the combined vote, over members' log-probabilities (a weighted geometric pool) or probabilities (a
+weighted mean), whichever ``cross_fit`` finds better out of fold. A missing member's weight is left out
+and the others renormalized, as ``mean`` averages over whoever voted.
+
+Out-of-sample predictions, honestly: the members were trained on the train split, so their train
+predictions are in-sample (near 100 %) and must not be used to fit a combiner; their val predictions
+are out-of-sample. ``cross_fit`` estimates each policy's accuracy by k-fold cross-fitting over the val
+clips (fit on k-1 folds, decide the held-out fold), and the policy is chosen on those out-of-fold (OOF)
+accuracies; the weights then used are fitted on all val clips. True k-fold over train+val would retrain
+every member k times on k-1 folds of train+val, to get out-of-fold predictions for all 7,200 clips
+(hours per member on 2 cores): this OOF-on-val scheme is the approximation that the time allows, with
+800 clips to fit K numbers.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 NO_DECISION = -1
+LOG_FLOOR = 1e-6  # log-probabilities are taken of max(p, LOG_FLOOR): int8 softmax outputs can be exactly 0
+SPACES = ("log", "prob")
 
 
 def _as_votes(votes: np.ndarray) -> np.ndarray:
@@ -25,6 +47,12 @@ def mean(votes: np.ndarray) -> int:
     """Argmax of the mean probability: confident models count more, wrong-but-unsure ones less."""
     v = _as_votes(votes)
     return NO_DECISION if len(v) == 0 else int(np.argmax(v.mean(axis=0)))
+
+
+def log_mean(votes: np.ndarray) -> int:
+    """Argmax of the mean log-probability (a geometric pool): one model sure a label is wrong vetoes it."""
+    v = _as_votes(votes)
+    return NO_DECISION if len(v) == 0 else int(np.argmax(np.log(np.maximum(v, LOG_FLOOR)).mean(axis=0)))
 
 
 def majority(votes: np.ndarray) -> int:
@@ -53,38 +81,239 @@ def margin_weighted(votes: np.ndarray) -> int:
 
 
 POLICIES: dict[str, Callable[[np.ndarray], int]] = {
-    "majority": majority, "mean": mean, "margin_weighted": margin_weighted}
+    "majority": majority, "mean": mean, "log_mean": log_mean, "margin_weighted": margin_weighted}
+FITTED_POLICIES = ("weighted",)
+ALL_POLICIES = (*POLICIES, *FITTED_POLICIES)
 
 
-def decide(policy: str, votes: np.ndarray) -> int:
+# --- the fitted combiner -------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Weights:
+    """One non-negative weight per member (by model name), summing to 1, and the space they pool in."""
+
+    weights: dict[str, float]
+    space: str = "log"
+    fitted: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)  # how: split, clips, ...
+
+    def __post_init__(self) -> None:
+        if self.space not in SPACES:
+            raise ValueError(f"space must be one of {SPACES}, got {self.space!r}")
+        w = np.array(list(self.weights.values()), dtype=np.float64)
+        if not len(w) or np.any(~np.isfinite(w)) or np.any(w < 0) or not w.sum() > 0:
+            raise ValueError(f"weights must be non-negative and not all zero, got {self.weights}")
+
+    def of(self, members: Sequence[str]) -> np.ndarray:
+        """The weights of these voters, renormalized over them; a member without a weight counts 0. If no
+        voter has a weight (say, only an unknown model voted), every voter counts the same."""
+        w = np.array([self.weights.get(m, 0.0) for m in members], dtype=np.float64)
+        if len(w) and not w.sum() > 0:
+            w = np.ones(len(w))
+        return w / w.sum() if len(w) else w
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"weights": {k: round(float(v), 6) for k, v in self.weights.items()}, "space": self.space,
+                "fitted": self.fitted}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Weights:
+        return cls({str(k): float(v) for k, v in d["weights"].items()}, d.get("space", "log"), d.get("fitted", {}))
+
+
+def load_weights(manifest: str | Path) -> Weights | None:
+    """The fitted weights in an ensemble manifest (models/ensemble.json: "weighted"), or None."""
+    p = Path(manifest)
+    if not p.is_file():
+        return None
+    d = json.loads(p.read_text()).get("weighted")
+    return Weights.from_dict(d) if d else None
+
+
+def _pool(probs: np.ndarray, w: np.ndarray, space: str) -> np.ndarray:
+    """Combined scores (..., C) of probs (..., K, C) with row weights w (..., K) summing to 1."""
+    if space == "log":
+        return np.einsum("...k,...kc->...c", w, np.log(np.maximum(probs, LOG_FLOOR)))
+    return np.einsum("...k,...kc->...c", w, probs)
+
+
+def weighted(votes: np.ndarray, members: Sequence[str], weights: Weights) -> int:
+    """Argmax of the weighted pool of the voters' (log-)probabilities, weights renormalized over them."""
+    v = _as_votes(votes)
+    if len(v) == 0:
+        return NO_DECISION
+    if len(members) != len(v):
+        raise ValueError(f"{len(v)} votes but {len(members)} member names")
+    return int(np.argmax(_pool(v, weights.of(members), weights.space)))
+
+
+def decide(policy: str, votes: np.ndarray, members: Sequence[str] | None = None,
+           weights: Weights | None = None) -> int:
+    if policy in FITTED_POLICIES:
+        if members is None or weights is None:
+            raise ValueError(f"policy {policy!r} needs the voters' names and fitted weights")
+        return weighted(votes, members, weights)
     try:
         return POLICIES[policy](votes)
     except KeyError:
-        raise ValueError(f"unknown policy {policy!r}; choose from {sorted(POLICIES)}") from None
+        raise ValueError(f"unknown policy {policy!r}; choose from {list(ALL_POLICIES)}") from None
 
 
-def decide_all(policy: str, clips: Sequence[np.ndarray]) -> np.ndarray:
-    """One decision per clip (NO_DECISION where a clip has no vote)."""
-    return np.array([decide(policy, v) for v in clips], dtype=np.int64)
+def decide_all(policy: str, clips: Sequence[np.ndarray], members: Sequence[Sequence[str]] | None = None,
+               weights: Weights | None = None) -> np.ndarray:
+    """One decision per clip (NO_DECISION where a clip has no vote); ``members``: the voters of each clip."""
+    if members is None:
+        return np.array([decide(policy, v, None, weights) for v in clips], dtype=np.int64)
+    if len(members) != len(clips):
+        raise ValueError(f"{len(clips)} clips but {len(members)} lists of voters")
+    return np.array([decide(policy, v, m, weights) for v, m in zip(clips, members)], dtype=np.int64)
 
 
-def accuracy(policy: str, clips: Sequence[np.ndarray], labels: Sequence[int]) -> float:
+def accuracy(policy: str, clips: Sequence[np.ndarray], labels: Sequence[int],
+             members: Sequence[Sequence[str]] | None = None, weights: Weights | None = None) -> float:
     """Fraction of clips decided correctly; an undecided clip counts as wrong."""
     if len(clips) != len(labels):
         raise ValueError(f"{len(clips)} clips but {len(labels)} labels")
     if len(clips) == 0:
         return float("nan")
-    return float(np.mean(decide_all(policy, clips) == np.asarray(labels)))
+    return float(np.mean(decide_all(policy, clips, members, weights) == np.asarray(labels)))
 
 
 def score_policies(clips: Sequence[np.ndarray], labels: Sequence[int]) -> dict[str, float]:
     return {name: accuracy(name, clips, labels) for name in POLICIES}
 
 
-def choose_policy(val_clips: Sequence[np.ndarray], val_labels: Sequence[int]) -> tuple[str, dict[str, float]]:
-    """The policy with the best validation accuracy; ties go to the earlier (simpler) one in POLICIES."""
-    scores = score_policies(val_clips, val_labels)
-    best = max(POLICIES, key=lambda name: (scores[name], -list(POLICIES).index(name)))
+def dense(clips: Sequence[np.ndarray], members: Sequence[Sequence[str]],
+          names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Per-clip votes with voter names -> probs (N, K, C), mask (N, K) of who voted, member names (K)."""
+    names = list(names) if names is not None else sorted({m for ms in members for m in ms})
+    width = next((np.shape(c)[1] for c in clips if len(c)), 0)
+    probs = np.zeros((len(clips), len(names), width))
+    mask = np.zeros((len(clips), len(names)), dtype=bool)
+    index = {m: k for k, m in enumerate(names)}
+    for i, (c, ms) in enumerate(zip(clips, members)):
+        for row, m in zip(np.asarray(c, dtype=np.float64), ms):
+            if m in index:  # a model outside ``names`` is not fitted
+                probs[i, index[m]] = row
+                mask[i, index[m]] = True
+    return probs, mask, names
+
+
+def nll(probs: np.ndarray, mask: np.ndarray, labels: np.ndarray, w: np.ndarray, space: str) -> np.ndarray:
+    """Mean negative log-likelihood of the pooled vote for each candidate weight vector in w (G, K) or (K,).
+    Each clip renormalizes the weights over the members that voted on it."""
+    w = np.atleast_2d(np.asarray(w, dtype=np.float64))
+    wm = w[:, None, :] * mask[None]  # (G, N, K)
+    total = wm.sum(-1, keepdims=True)
+    wm = np.where(total > 0, wm / np.where(total > 0, total, 1), mask[None] / np.maximum(mask.sum(-1), 1)[None, :, None])
+    pooled = _pool(probs[None], wm, space)  # (G, N, C)
+    if space == "log":
+        z = pooled - pooled.max(-1, keepdims=True)
+        logq = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    else:
+        logq = np.log(np.maximum(pooled / np.maximum(pooled.sum(-1, keepdims=True), 1e-300), 1e-300))
+    return -logq[:, np.arange(len(labels)), labels].mean(-1)
+
+
+def _simplex_grid(k: int, steps: int) -> np.ndarray:
+    """Every weight vector of k non-negative multiples of 1/steps summing to 1."""
+    def compositions(parts: int, total: int) -> list[tuple[int, ...]]:
+        if parts == 1:
+            return [(total,)]
+        return [(i, *rest) for i in range(total + 1) for rest in compositions(parts - 1, total - i)]
+
+    return np.array(compositions(k, steps), dtype=np.float64) / steps
+
+
+def fit_weights(probs: np.ndarray, labels: Sequence[int], names: Sequence[str], space: str = "log",
+                mask: np.ndarray | None = None, grid_steps: int = 10) -> Weights:
+    """Non-negative weights summing to 1 that minimize the pooled vote's mean NLL on (probs, labels).
+
+    probs (N, K, C), mask (N, K) of who voted (default: all). A coarse grid over the simplex (steps of
+    1/grid_steps) finds the basin; then mass moves between pairs of members in shrinking steps (down
+    to 0.001) while that lowers the NLL. Both objectives are convex in w when every member votes, so
+    this finds the minimum to about 0.001 per weight."""
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    if p.ndim != 3 or len(p) != len(y) or p.shape[1] != len(names):
+        raise ValueError(f"probs must be (clips, members, labels) with one name per member, got {p.shape}")
+    m = np.ones(p.shape[:2], dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    k = p.shape[1]
+    grid = _simplex_grid(k, grid_steps)
+    losses = np.concatenate([nll(p, m, y, grid[i : i + 256], space) for i in range(0, len(grid), 256)])
+    w, best = grid[int(np.argmin(losses))].copy(), float(losses.min())
+    pairs = [(i, j) for i in range(k) for j in range(k) if i != j]
+    for delta in (0.05, 0.02, 0.01, 0.005, 0.002, 0.001):
+        for _ in range(1000):
+            cands = []
+            for i, j in pairs:
+                step = min(delta, w[i])
+                if step > 0:
+                    c = w.copy()
+                    c[i] -= step
+                    c[j] += step
+                    cands.append(c)
+            if not cands:
+                break
+            cl = nll(p, m, y, np.array(cands), space)
+            if cl.min() >= best - 1e-12:
+                break
+            w, best = cands[int(np.argmin(cl))], float(cl.min())
+    w = np.maximum(w, 0)
+    w = w / w.sum()
+    return Weights({n: float(x) for n, x in zip(names, w)}, space,
+                   {"nll": best, "clips": len(y), "objective": f"mean NLL of the {space}-pooled vote"})
+
+
+def cross_fit(clips: Sequence[np.ndarray], labels: Sequence[int], members: Sequence[Sequence[str]],
+              folds: int = 5, seed: int = 0, spaces: Sequence[str] = SPACES) -> dict[str, Any]:
+    """Out-of-fold accuracy of every policy on these (out-of-sample) clips, by k-fold cross-fitting.
+
+    The unfitted policies have nothing to fit: their OOF accuracy is their accuracy. ``weighted`` is
+    fitted on k-1 folds and decides the held-out fold, once per pooling space; its score is that of the
+    space with the better OOF accuracy (ties: lower OOF NLL). Returns the scores, per-space details
+    (OOF accuracy, OOF NLL, each fold's weights) and the chosen space."""
+    y = np.asarray(labels, dtype=np.int64)
+    n = len(y)
+    if len(clips) != n or len(members) != n:
+        raise ValueError(f"{len(clips)} clips, {len(members)} voter lists, {n} labels")
+    if n < folds:
+        raise ValueError(f"{n} clips cannot make {folds} folds")
+    probs, mask, names = dense(clips, members)
+    order = np.random.default_rng(seed).permutation(n)
+    parts = np.array_split(order, folds)
+    scores = {name: accuracy(name, clips, y) for name in POLICIES}
+    detail: dict[str, Any] = {}
+    for space in spaces:
+        pred = np.full(n, NO_DECISION)
+        losses = np.zeros(n)
+        fold_weights = []
+        for held in parts:
+            train = np.setdiff1d(order, held)
+            w = fit_weights(probs[train], y[train], names, space, mask[train])
+            fold_weights.append({k: round(v, 4) for k, v in w.weights.items()})
+            pred[held] = decide_all("weighted", [clips[i] for i in held], [members[i] for i in held], w)
+            for i in held:
+                losses[i] = nll(probs[i : i + 1], mask[i : i + 1], y[i : i + 1], w.of(names), space)[0]
+        detail[space] = {"oof_accuracy": float(np.mean(pred == y)), "oof_nll": float(losses.mean()),
+                         "fold_weights": fold_weights}
+    space = max(spaces, key=lambda s: (detail[s]["oof_accuracy"], -detail[s]["oof_nll"]))
+    scores["weighted"] = detail[space]["oof_accuracy"]
+    return {"folds": folds, "seed": seed, "clips": n, "members": names, "oof_accuracy": scores,
+            "weighted": detail, "space": space}
+
+
+def choose_policy(val_clips: Sequence[np.ndarray], val_labels: Sequence[int],
+                  members: Sequence[Sequence[str]] | None = None, folds: int = 5,
+                  seed: int = 0) -> tuple[str, dict[str, float]]:
+    """The policy with the best validation accuracy; ties go to the earlier (simpler) one in
+    ALL_POLICIES. With the voters' names (``members``), ``weighted`` competes too, scored by its k-fold
+    out-of-fold accuracy (``cross_fit``), never by weights fitted on the clips they are scored on."""
+    if members is None:
+        scores = score_policies(val_clips, val_labels)
+    else:
+        scores = cross_fit(val_clips, val_labels, members, folds, seed)["oof_accuracy"]
+    names = [p for p in ALL_POLICIES if p in scores]
+    best = max(names, key=lambda name: (scores[name], -names.index(name)))
     return best, scores
 
 

@@ -3,6 +3,8 @@ is swapped for another or its tie-break is dropped."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -15,6 +17,13 @@ def v(*rows: list[float]) -> np.ndarray:
 
 # Two unsure models say 0, one confident model says 1: majority and mean say 0, margin-weighting says 1.
 SPLIT = v([0.6, 0.4, 0.0], [0.6, 0.4, 0.0], [0.3, 0.6, 0.1])
+
+
+def test_log_mean_lets_a_sure_no_veto() -> None:
+    # mean: label 0 (0.55 vs 0.45); log_mean: the third model all but rules 0 out, so label 1
+    votes = v([0.9, 0.1], [0.75, 0.25], [0.0, 1.0])
+    assert ensemble.mean(votes) == 0 and ensemble.majority(votes) == 0
+    assert ensemble.log_mean(votes) == 1
 
 
 def test_majority_ignores_confidence() -> None:
@@ -57,7 +66,8 @@ def test_accuracy_counts_undecided_as_wrong() -> None:
 def test_choose_policy_on_val() -> None:
     clips = [SPLIT, v([0.1, 0.9, 0.0])]
     best, scores = ensemble.choose_policy(clips, [1, 1])
-    assert best == "margin_weighted" and scores == {"majority": 0.5, "mean": 0.5, "margin_weighted": 1.0}
+    assert best == "margin_weighted"
+    assert scores == {"majority": 0.5, "mean": 0.5, "log_mean": 0.5, "margin_weighted": 1.0}
     # a tie: the earlier (simpler) policy wins
     best, _ = ensemble.choose_policy([v([0.1, 0.9, 0.0])], [1])
     assert best == "majority"
@@ -70,3 +80,102 @@ def test_stack_models_and_unknown_policy() -> None:
     assert clips[0].tolist() == [[1, 0, 0], [0, 0, 1]]
     with pytest.raises(ValueError):
         ensemble.decide("median", a)
+
+
+# --- the fitted combiner ---------------------------------------------------------------------------------
+
+def synthetic(n: int, seed: int, noise_members: int = 1, labels: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """probs (n, 2 + noise_members, labels): two informative members (right ~80 % and ~70 %), then pure
+    noise (Dirichlet draws that know nothing of the label)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, labels, n)
+    out = []
+    for skill in (2.5, 1.8):
+        logits = rng.normal(0, 1, (n, labels))
+        logits[np.arange(n), y] += skill
+        out.append(np.exp(logits) / np.exp(logits).sum(1, keepdims=True))
+    for _ in range(noise_members):
+        out.append(rng.dirichlet(np.full(labels, 0.3), n))
+    return np.stack(out, axis=1), y
+
+
+@pytest.mark.parametrize("space", ensemble.SPACES)
+def test_fit_gives_a_noise_member_no_weight(space: str) -> None:
+    probs, y = synthetic(800, seed=3)
+    w = ensemble.fit_weights(probs, y, ["good", "fair", "noise"], space)
+    assert sum(w.weights.values()) == pytest.approx(1.0)
+    assert all(x >= 0 for x in w.weights.values())
+    assert w.weights["noise"] < 0.03, w.weights
+    assert w.weights["good"] > w.weights["fair"] > 0.05, w.weights
+    # the fitted NLL is no worse than any corner or the uniform weights
+    m = np.ones(probs.shape[:2], bool)
+    for cand in ([1, 0, 0], [0, 1, 0], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0]):
+        assert w.fitted["nll"] <= ensemble.nll(probs, m, y, np.array(cand), space)[0] + 1e-9
+
+
+def test_weighted_policy_beats_mean_with_a_noise_member_out_of_fold() -> None:
+    probs, y = synthetic(800, seed=5, noise_members=2)
+    names = ["good", "fair", "noise1", "noise2"]
+    clips, members = list(probs), [names] * len(y)
+    res = ensemble.cross_fit(clips, y, members, folds=5, seed=0)
+    oof = res["oof_accuracy"]
+    assert set(oof) == set(ensemble.ALL_POLICIES)
+    assert oof["weighted"] > oof["mean"] + 0.02, oof
+    assert len(res["weighted"]["log"]["fold_weights"]) == 5
+    best, scores = ensemble.choose_policy(clips, y, members)
+    assert best == "weighted" and scores == oof
+
+
+def test_weighted_renormalizes_over_the_members_that_voted() -> None:
+    w = ensemble.Weights({"a": 0.7, "b": 0.2, "c": 0.1}, space="prob")
+    votes = v([0.9, 0.1], [0.0, 1.0], [0.0, 1.0])
+    assert ensemble.decide("weighted", votes, ["a", "b", "c"], w) == 0  # 0.63 against 0.07 + 0.2 + 0.1
+    assert ensemble.mean(votes) == ensemble.majority(votes) == 1
+    # a's vote lost: b and c decide, whatever their absolute weights
+    assert ensemble.decide("weighted", votes[1:], ["b", "c"], w) == 1
+    assert w.of(["b", "c"]).tolist() == pytest.approx([2 / 3, 1 / 3])
+    # the order of the rows does not matter, only who cast them
+    assert ensemble.decide("weighted", votes[::-1], ["c", "b", "a"], w) == 0
+    # an unknown model counts 0 next to known ones; alone, it decides
+    assert ensemble.decide("weighted", v([0.0, 1.0], [0.9, 0.1]), ["zz", "a"], w) == 0
+    assert ensemble.decide("weighted", v([0.0, 1.0]), ["zz"], w) == 1
+    assert ensemble.decide("weighted", np.zeros((0, 2)), [], w) == ensemble.NO_DECISION
+    with pytest.raises(ValueError):
+        ensemble.decide("weighted", votes)  # no names, no weights
+    with pytest.raises(ValueError):
+        ensemble.decide("weighted", votes, ["a", "b"], w)
+
+
+def test_fit_with_missing_votes_and_weights_round_trip(tmp_path) -> None:
+    probs, y = synthetic(400, seed=7)
+    names = ["good", "fair", "noise"]
+    rng = np.random.default_rng(0)
+    keep = rng.random((400, 3)) > 0.2
+    keep[:, 0] |= ~keep.any(1)  # every clip has a vote
+    clips = [probs[i][keep[i]] for i in range(400)]
+    members = [[n for n, k in zip(names, keep[i]) if k] for i in range(400)]
+    p, m, got = ensemble.dense(clips, members, names)
+    assert got == names and (m == keep).all() and np.allclose(p[keep], probs[keep])
+    w = ensemble.fit_weights(p, y, names, "log", m)
+    assert w.weights["noise"] < 0.05
+    acc = ensemble.accuracy("weighted", clips, y, members, w)
+    assert acc >= ensemble.accuracy("mean", clips, y)
+    manifest = tmp_path / "ensemble.json"
+    manifest.write_text(json.dumps({"members": names, "weighted": w.as_dict()}))
+    back = ensemble.load_weights(manifest)
+    assert back is not None and back.space == "log" and back.weights == pytest.approx(w.weights, abs=1e-6)
+    assert ensemble.load_weights(tmp_path / "none.json") is None
+    with pytest.raises(ValueError):
+        ensemble.Weights({"a": -0.1, "b": 1.1})
+
+
+def test_shipped_manifest_weights_name_its_members() -> None:
+    from pathlib import Path
+
+    manifest = Path(__file__).resolve().parent.parent / "models" / "ensemble.json"
+    w = ensemble.load_weights(manifest)
+    if w is None:
+        pytest.skip("no fitted weights in models/ensemble.json")
+    members = json.loads(manifest.read_text())["members"]
+    assert set(w.weights) == set(members) and sum(w.weights.values()) == pytest.approx(1.0, abs=1e-5)
+    assert w.fitted["split"] == "val"  # never fitted on the members' in-sample train predictions
