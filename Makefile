@@ -75,6 +75,15 @@ payload: venv data  ## bytes per request per transport/payload and test accuracy
 coop: venv data  ## cooperative inference over MQTT: embedded broker + the 3 members in-process, policy chosen on val
 	$(PYTHON) -m kws_rpc.mqtt.local --split test $(ARGS)
 
+.PHONY: compare ensemble-weights
+COMPARE_MODELS ?= models/big_int8.tflite models/member_cnn_int8.tflite models/member_dscnn_int8.tflite models/little.tflite
+compare: venv data  ## paired comparison on val+test: McNemar vs big_int8, error overlap, ensembles (OOF-fitted weights) -> results/compare.json
+	$(PYTHON) -m kws_rpc.compare $(COMPARE_MODELS) --against models/big_int8.tflite --split val test $(ARGS)
+
+ensemble-weights: venv data  ## refit the weighted policy's member weights on val (5-fold OOF report) into models/ensemble.json
+	$(PYTHON) -m kws_rpc.compare models/big_int8.tflite models/member_cnn_int8.tflite models/member_dscnn_int8.tflite \
+		--split val --write-manifest models/ensemble.json $(ARGS)
+
 .PHONY: bench-coop bench-coop-commit
 bench-coop: venv data  ## 800 test clips, 3 and 5 workers, amqtt and mosquitto -> results/bench_coop.json
 	$(PYTHON) -m bench.bench_coop $(ARGS)
