@@ -12,6 +12,13 @@ OFFLINE or silent; a clip still short of votes is republished after ``--retry`` 
 until its ``--timeout``. The run exits 0 only if every clip was decided with a vote from every worker
 that stayed alive; otherwise it names the clips it could not decide and exits 1. The ensemble policy is
 chosen on the val split (``--policy auto``) and reported on the requested split.
+
+``--policy auto`` scores the unfitted policies by their val accuracy and the fitted ``weighted`` one
+(one weight per member model, kws_rpc.ensemble) by its 5-fold out-of-fold accuracy on the same val
+votes, so no policy is scored on clips its own weights were fitted on; ties go to the simpler policy.
+When ``weighted`` wins (or is asked for), the weights are those fitted on val and stored in the
+manifest (``--weights``, models/ensemble.json: ``python -m kws_rpc.compare ... --write-manifest``), if
+they name every live worker's model; otherwise they are fitted on this run's val votes.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from kws_rpc.mqtt.ballot import Ballot
 from kws_rpc.mqtt.connection import BrokerLimits, BrokerSettings, ack_now, connect, make_client, negotiate
 from kws_rpc.mqtt.options import add_broker_arguments, broker_settings
 from kws_rpc.mqtt.payloads import audio_request, features_request, shared_config
-from kws_rpc.mqtt.report import Run, clip_votes, report
+from kws_rpc.mqtt.report import Run, clip_members, clip_votes, report
 from kws_rpc.mqtt.topics import Topics
 from kws_rpc.threads import pin_native_threads, responsive_network_thread
 
@@ -318,8 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-id", default="coop", help="fixed MQTT client id (persistent session)")
     p.add_argument("--split", default="test", choices=("test", "val"))
     p.add_argument("--limit", type=int, default=0, help="only the first N clips (0 = all)")
-    p.add_argument("--policy", default="auto", choices=("auto", *ensemble.POLICIES),
-                   help="auto = run the val split first and take the best policy there")
+    p.add_argument("--policy", default="auto", choices=("auto", *ensemble.ALL_POLICIES),
+                   help="auto = run the val split first and take the best policy there (weighted scored out of "
+                        "fold); weighted = the per-member weights of --weights")
+    p.add_argument("--weights", default=str(MODELS / "ensemble.json"),
+                   help="manifest holding the weighted policy's weights fitted on val (default: %(default)s)")
     p.add_argument("--workers", type=int, default=1, help="wait for this many live workers (default %(default)s)")
     p.add_argument("--timeout", type=float, default=10.0,
                    help="seconds a clip may take from its first publication; after that it counts as lost")
@@ -363,23 +373,41 @@ def main(argv: list[str] | None = None, embedded: bool = False) -> None:
         root = find_dataset()
         result: dict[str, Any] = {"broker": url, "embedded": embedded}
         policy = args.policy
+        weights = ensemble.load_weights(args.weights)
+        if policy == "weighted" and weights is None:
+            p.error(f"--policy weighted: {args.weights} holds no fitted weights (python -m kws_rpc.compare "
+                    "... --write-manifest), or use --policy auto")
         if policy == "auto":
             val_audio, val_y, val_names = load_split("val", root)
             val_run = client.run(val_audio)
             failed += [f"val/{f}" for f in failed_clips(val_run, val_names)]
             val_y = client.label_indices(val_y)
             val = report(val_run, val_y, val_names, client.labels(), "mean")
-            policy, scores = ensemble.choose_policy(
-                clip_votes([val_run.ballot.clips[r] for r in val_run.request_ids]), val_y)
+            val_clips = [val_run.ballot.clips[r] for r in val_run.request_ids]
+            votes, members = clip_votes(val_clips), clip_members(val_clips)
+            policy, scores = ensemble.choose_policy(votes, val_y, members=members)
             result["policy_choice"] = {"split": "val", "scores": scores, "chosen": policy,
+                                       "weighted_scored_by": "5-fold out-of-fold accuracy on val",
                                        "end_to_end_s": val["end_to_end_s"]}
+            live = {m for ms in members for m in ms}
+            if policy == "weighted" and (weights is None or not live <= set(weights.weights)):
+                probs, mask, names_ = ensemble.dense(votes, members)
+                weights = ensemble.fit_weights(probs, val_y, names_, ensemble.cross_fit(
+                    votes, val_y, members)["space"], mask)
+                log.warning("coop: the stored weights do not name every live model %s: fitted on this val run",
+                            sorted(live))
+                result["policy_choice"]["weights_from"] = "this run's val votes"
+            elif policy == "weighted":
+                result["policy_choice"]["weights_from"] = args.weights
         audio, y, names = load_split(args.split, root)
         if args.limit:
             audio, y, names = audio[: args.limit], y[: args.limit], names[: args.limit]
         run = client.run(audio)
         failed += [f"{args.split}/{f}" for f in failed_clips(run, names)]
         y = client.label_indices(y)
-        result.update(report(run, y, names, client.labels(), policy))
+        result.update(report(run, y, names, client.labels(), policy, weights))
+        if weights is not None:
+            result["weights"] = weights.as_dict()
         result["workers"] = {w: s.model.name for w, s in client.statuses.items()}
         result["excluded_workers"] = dict(client.excluded)
         result["protocol"], result["window"] = client.limits.name, client.window

@@ -23,6 +23,7 @@ every member k times on k-1 folds of train+val, to get out-of-fold predictions f
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 from collections.abc import Callable, Sequence
@@ -104,9 +105,11 @@ class Weights:
             raise ValueError(f"weights must be non-negative and not all zero, got {self.weights}")
 
     def of(self, members: Sequence[str]) -> np.ndarray:
-        """The weights of these voters, renormalized over them; a member without a weight counts 0. If no
-        voter has a weight (say, only an unknown model voted), every voter counts the same."""
-        w = np.array([self.weights.get(m, 0.0) for m in members], dtype=np.float64)
+        """The weights of these voters, renormalized over them; a member without a weight counts 0, and
+        two workers serving one model share its weight. If no voter has a weight (say, only an unknown
+        model voted), every voter counts the same."""
+        count = collections.Counter(members)  # replicas of one model share its weight
+        w = np.array([self.weights.get(m, 0.0) / count[m] for m in members], dtype=np.float64)
         if len(w) and not w.sum() > 0:
             w = np.ones(len(w))
         return w / w.sum() if len(w) else w

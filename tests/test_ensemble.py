@@ -140,6 +140,9 @@ def test_weighted_renormalizes_over_the_members_that_voted() -> None:
     assert ensemble.decide("weighted", v([0.0, 1.0], [0.9, 0.1]), ["zz", "a"], w) == 0
     assert ensemble.decide("weighted", v([0.0, 1.0]), ["zz"], w) == 1
     assert ensemble.decide("weighted", np.zeros((0, 2)), [], w) == ensemble.NO_DECISION
+    # two workers serving b share b's weight: a (0.7) still outweighs them
+    assert w.of(["a", "b", "b"]).tolist() == pytest.approx([0.7 / 0.9, 0.1 / 0.9, 0.1 / 0.9])
+    assert ensemble.decide("weighted", v([0.9, 0.1], [0.0, 1.0], [0.0, 1.0]), ["a", "b", "b"], w) == 0
     with pytest.raises(ValueError):
         ensemble.decide("weighted", votes)  # no names, no weights
     with pytest.raises(ValueError):

@@ -377,6 +377,35 @@ def test_cli_one_command_demo(members: list[str], tmp_path: Path, capsys: pytest
     assert f"Accuracy: {100 * rep['accuracy']:.3f}%" in text
 
 
+def test_cli_weighted_policy_weighs_each_vote_by_its_model(members: list[str], tmp_path: Path,
+                                                            test_audio) -> None:
+    """--policy weighted reads per-model weights from the manifest and applies them to votes known by the
+    model that cast them: with all the weight on one member (and the others' weight 0), every decision
+    is that member's own answer, whatever the worker-id order."""
+    import json
+
+    from kws_rpc.data import LABELS
+    from kws_rpc.mqtt.local import main
+
+    names = [KwsModel(m).name for m in members]
+    chosen = names[-1]
+    manifest = tmp_path / "ensemble.json"
+    manifest.write_text(json.dumps({"members": names, "weighted": {
+        "weights": {n: float(n == chosen) for n in names}, "space": "log", "fitted": {"split": "test-only"}}}))
+    out = tmp_path / "coop.json"
+    main(["--models", *members, "--limit", "24", "--policy", "weighted", "--weights", str(manifest),
+          "--report", str(out), "--no-progress"])
+    rep = json.loads(out.read_text())
+    assert rep["policy"] == "weighted" and rep["weights"]["weights"][chosen] == 1.0
+    own = [next(v["label"] for v in c["votes"].values() if v["model"] == chosen) for c in rep["per_clip"]]
+    assert [c["decided"] for c in rep["per_clip"]] == own
+    assert rep["per_policy_accuracy"]["weighted"] == rep["per_model_accuracy"][chosen]["accuracy"]
+    offline = offline_votes(members, test_audio[0][:24])
+    w = ensemble.Weights.from_dict(json.loads(manifest.read_text())["weighted"])
+    y = [LABELS.index(c["label"]) for c in rep["per_clip"]]  # the client's label order
+    assert rep["accuracy"] == ensemble.accuracy("weighted", offline, y, [names] * 24, w)
+
+
 def test_worker_takes_clips_only_from_the_clips_topic(members: list[str]) -> None:
     """A broker that hands a subscriber another topic's retained message (amqtt 0.12 did, under load)
     must not make a worker vote on it: a WorkerStatus even parses as a PredictRequest (field 3 = audio)."""
@@ -595,7 +624,9 @@ def test_readme_mqtt_recipe_on_stock_mosquitto(test_audio, tmp_path: Path) -> No
     models = re.findall(r"kws-worker --model (\S+)", recipe)
     assert len(models) == 3
     offline = offline_votes([str(REPO / m) for m in models], audio)
-    expected = ensemble.accuracy(rep["policy"], offline, labels)
+    voters = [[KwsModel(REPO / m).name for m in models]] * len(labels)  # the fitted policy weighs by model
+    weights = ensemble.Weights.from_dict(rep["weights"]) if "weights" in rep else None
+    expected = ensemble.accuracy(rep["policy"], offline, labels, voters, weights)
     assert re.search(rf"^Accuracy: {100 * expected:.3f}%$", proc.stdout, re.M), (expected, proc.stdout[-500:])
 
 

@@ -37,6 +37,12 @@ def clip_votes(clips: Sequence[Clip]) -> list[np.ndarray]:
             else np.zeros((0, width), np.float32) for c in clips]
 
 
+def clip_members(clips: Sequence[Clip]) -> list[list[str]]:
+    """Per clip the model name behind each row of clip_votes (same worker-id order): the fitted
+    "weighted" policy weighs a vote by who cast it."""
+    return [[c.votes[w].model for w in sorted(c.votes)] for c in clips]
+
+
 def per_model_accuracy(clips: Sequence[Clip], labels: Sequence[int]) -> dict[str, dict[str, float]]:
     """Accuracy of each model over the clips it voted on (keyed by model name; workers of the same
     model are pooled)."""
@@ -48,10 +54,15 @@ def per_model_accuracy(clips: Sequence[Clip], labels: Sequence[int]) -> dict[str
 
 
 def summarize(clips: Sequence[Clip], labels: Sequence[int], names: Sequence[str], label_names: Sequence[str],
-              policy: str) -> dict[str, Any]:
-    """Accuracy of every policy, per model, missing votes, and one record per clip."""
+              policy: str, weights: ensemble.Weights | None = None) -> dict[str, Any]:
+    """Accuracy of every policy (the fitted "weighted" one when its weights are given), per model,
+    missing votes, and one record per clip."""
     votes = clip_votes(clips)
     decisions = {p: ensemble.decide_all(p, votes) for p in ensemble.POLICIES}
+    if weights is not None:
+        decisions["weighted"] = ensemble.decide_all("weighted", votes, clip_members(clips), weights)
+    if policy not in decisions:
+        raise ValueError(f"policy {policy!r} is not one of {sorted(decisions)} (the weighted one needs weights)")
     # A worker that went OFFLINE or was dropped as silent is excused: its missing votes are counted
     # apart, not as lost.
     expected_votes = sum(len((c.invited - c.excused) | set(c.votes)) for c in clips)
@@ -85,10 +96,10 @@ def summarize(clips: Sequence[Clip], labels: Sequence[int], names: Sequence[str]
 
 
 def report(run: Run, labels: Sequence[int], names: Sequence[str], label_names: Sequence[str],
-           policy: str) -> dict[str, Any]:
+           policy: str, weights: ensemble.Weights | None = None) -> dict[str, Any]:
     """The run's accuracies (every policy, every model), missing votes, timings and message sizes."""
     clips = [run.ballot.clips[rid] for rid in run.request_ids]
-    out = summarize(clips, labels, names, label_names, policy)
+    out = summarize(clips, labels, names, label_names, policy, weights)
     first = next((c for c in clips if c.votes), None)
     vote = next(iter(first.votes.values())) if first else None
     feats = np.zeros(run.feature_shape, np.float32) if run.feature_shape else None
