@@ -1,0 +1,60 @@
+"""kws_rpc.compare: the overlap table on hand-made answers, and one real run (two shipped models, val)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kws_rpc import compare
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_overlap_counts_shared_errors_and_rescues() -> None:
+    a = np.array([1, 1, 0, 0, 0, 1], bool)  # wrong on clips 2, 3, 4
+    b = np.array([0, 1, 1, 1, 0, 1], bool)  # wrong on clips 0, 4
+    ov = compare.overlap({"a": a, "b": b})
+    assert ov["a"]["b"] == {"both_wrong": 1, "a_errors": 3, "b_right_on_a_errors": 2, "share_b_right": 2 / 3}
+    assert ov["b"]["a"]["share_b_right"] == 0.5 and ov["b"]["a"]["both_wrong"] == 1
+    assert ov["a"]["a"]["both_wrong"] == 3 and ov["a"]["a"]["share_b_right"] == 0
+
+
+def test_member_sets_and_names(tmp_path: Path) -> None:
+    manifest = tmp_path / "ensemble.json"
+    manifest.write_text(json.dumps({"members": ["x", "y"]}))
+    assert compare.member_sets([], ["x", "y", "z"], manifest) == [["x", "y"], ["x", "y", "z"]]
+    assert compare.member_sets([], ["x", "z"], manifest) == [["x", "z"]]
+    assert compare.member_sets(["models/z.tflite,x"], ["x", "y", "z"], manifest) == [["z", "x"]]
+    with pytest.raises(SystemExit):
+        compare.resolve(["x"], "nope")
+
+
+def test_compare_cli_on_two_shipped_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    big, little = str(REPO / "models" / "big_int8.tflite"), str(REPO / "models" / "little.tflite")
+    out, manifest = tmp_path / "compare.json", tmp_path / "ensemble.json"
+    manifest.write_text(json.dumps({"members": ["big_int8", "little"]}))
+    args = [big, little, "--against", big, "--split", "val", "--out", str(out), "--cache-dir",
+            str(tmp_path / "cache"), "--manifest", str(manifest), "--write-manifest", str(manifest),
+            "--bootstrap", "500"]
+    compare.main(args)
+    text = capsys.readouterr().out
+    rep = json.loads(out.read_text())
+    val = rep["splits"]["val"]
+    rows = {r["model"]: r for r in val["models"]}
+    assert rows["big_int8"]["accuracy"] > rows["little"]["accuracy"] > 0.9
+    t = rows["little"]["vs"]["big_int8"]
+    assert t["b"] - t["c"] == rows["big_int8"]["errors"] - rows["little"]["errors"]  # discordant pairs
+    assert 0 <= t["p"] <= 1 and t["ci95"][0] <= t["diff"] <= t["ci95"][1]
+    assert val["overlap"]["big_int8"]["little"]["both_wrong"] <= rows["big_int8"]["errors"]
+    oof = val["oof"]["big_int8+little"]["oof_accuracy"]
+    assert set(oof) == {"majority", "mean", "log_mean", "margin_weighted", "weighted"}
+    fitted = json.loads(manifest.read_text())["weighted"]
+    assert fitted["fitted"]["split"] == "val" and set(fitted["weights"]) == {"big_int8", "little"}
+    assert "McNemar" in text and "share of the ROW model's errors" in text
+    # the second run reads the cached probabilities
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    compare.main(args)
+    assert json.loads(out.read_text())["splits"]["val"]["models"] == val["models"]
