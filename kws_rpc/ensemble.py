@@ -274,7 +274,10 @@ def cross_fit(clips: Sequence[np.ndarray], labels: Sequence[int], members: Seque
     The unfitted policies have nothing to fit: their OOF accuracy is their accuracy. ``weighted`` is
     fitted on k-1 folds and decides the held-out fold, once per pooling space; its score is that of the
     space with the better OOF accuracy (ties: lower OOF NLL). Returns the scores, per-space details
-    (OOF accuracy, OOF NLL, each fold's weights) and the chosen space."""
+    (OOF accuracy, OOF NLL, each fold's weights) and the chosen space.
+
+    Pass out-of-sample votes only (the val split for members trained on train). This is the OOF-on-val
+    approximation: true k-fold over train+val would retrain every member k times (hours on 2 cores)."""
     y = np.asarray(labels, dtype=np.int64)
     n = len(y)
     if len(clips) != n or len(members) != n:
