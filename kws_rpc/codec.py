@@ -12,6 +12,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from kws.v1 import kws_pb2 as pb
+from kws_rpc import featcodec
 from kws_rpc.audio import decode_wav, encode_wav, float_to_pcm16, pcm16_to_float
 from kws_rpc.card import ModelCard
 from kws_rpc.errors import InvalidInput, ModelMismatch, PayloadTooLarge
@@ -69,11 +70,18 @@ def diff2_zlib_decode(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def tensor_to_proto(x: np.ndarray, dtype: int = pb.FLOAT32, levels: int = 256,
-                    encoding: int = pb.TENSOR_ENCODING_RAW) -> pb.Tensor:
+                    encoding: int = pb.TENSOR_ENCODING_RAW, max_data_bytes: int | None = None) -> pb.Tensor:
     """Encodes a float array. INT8 uses one affine scale for the whole tensor, with ``levels`` codes
-    (fewer levels: coarser, and smaller once DIFF2_ZLIB-encoded)."""
+    (fewer levels: coarser, and smaller once DIFF2_ZLIB-encoded). DCT_RC (FLOAT32, 2-D) is the
+    transform-coded payload of ``kws_rpc.featcodec``; ``levels`` is then unused, and ``max_data_bytes``
+    makes its steps coarser until the data fits."""
     x = np.asarray(x, dtype=np.float32)
     t = pb.Tensor(dtype=dtype, shape=list(x.shape), encoding=encoding)
+    if encoding == pb.TENSOR_ENCODING_DCT_RC:
+        if dtype != pb.FLOAT32:
+            raise ValueError("DCT_RC tensors are FLOAT32")
+        t.data = featcodec.encode(x, max_bytes=max_data_bytes)
+        return t
     if encoding != pb.TENSOR_ENCODING_RAW and dtype != pb.INT8:
         raise ValueError("only INT8 tensors can be DIFF2_ZLIB-encoded")
     if dtype == pb.INT8:
@@ -91,10 +99,12 @@ def tensor_from_proto(t: pb.Tensor) -> np.ndarray:
     if t.dtype not in _NP_DTYPE:
         raise InvalidInput(f"tensor dtype {pb.DType.Name(t.dtype) if t.dtype in pb.DType.values() else t.dtype} "
                            "is not supported: use FLOAT32, FLOAT16 or INT8")
-    if t.encoding not in (pb.TENSOR_ENCODING_RAW, pb.TENSOR_ENCODING_DIFF2_ZLIB):
-        raise InvalidInput(f"tensor encoding {t.encoding} is not supported: use RAW or DIFF2_ZLIB")
+    if t.encoding not in (pb.TENSOR_ENCODING_RAW, pb.TENSOR_ENCODING_DIFF2_ZLIB, pb.TENSOR_ENCODING_DCT_RC):
+        raise InvalidInput(f"tensor encoding {t.encoding} is not supported: use RAW, DIFF2_ZLIB or DCT_RC")
     if t.encoding == pb.TENSOR_ENCODING_DIFF2_ZLIB and t.dtype != pb.INT8:
         raise InvalidInput("DIFF2_ZLIB encoding applies to INT8 tensors only")
+    if t.encoding == pb.TENSOR_ENCODING_DCT_RC and t.dtype != pb.FLOAT32:
+        raise InvalidInput("DCT_RC encoding applies to FLOAT32 tensors only")
     if len(t.shape) > MAX_TENSOR_RANK:
         raise InvalidInput(f"tensor has {len(t.shape)} dimensions; at most {MAX_TENSOR_RANK} are accepted")
     shape = tuple(int(d) for d in t.shape)
@@ -106,6 +116,8 @@ def tensor_from_proto(t: pb.Tensor) -> np.ndarray:
     dt = _NP_DTYPE[t.dtype]
     if t.encoding == pb.TENSOR_ENCODING_DIFF2_ZLIB:
         x = diff2_zlib_decode(t.data, shape)
+    elif t.encoding == pb.TENSOR_ENCODING_DCT_RC:
+        x = featcodec.decode(t.data, shape)
     elif len(t.data) != count * dt.itemsize:
         raise InvalidInput(f"tensor data has {len(t.data)} bytes; shape {list(shape)} of "
                            f"{pb.DType.Name(t.dtype)} needs {count * dt.itemsize}")

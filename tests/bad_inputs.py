@@ -22,6 +22,7 @@ import zlib
 import numpy as np
 
 from kws.v1 import kws_pb2 as pb
+from kws_rpc import featcodec
 from kws_rpc.audio import decode_wav, encode_wav
 from kws_rpc.codec import config_to_proto, tensor_to_proto
 from kws_rpc.features import FeatureConfig
@@ -109,6 +110,10 @@ def bad_tensors(cfg: FeatureConfig) -> dict[str, pb.PredictRequest]:
     nonsense = config_to_proto(cfg)
     nonsense.sample_rate = 0
     ok = tensor_to_proto(zeros)
+    dct = tensor_to_proto(smooth, pb.FLOAT32, encoding=pb.TENSOR_ENCODING_DCT_RC)
+    huge_dc = np.zeros(cfg.shape, np.int64)
+    huge_dc[0, 0] = 2**20 - 1  # the largest coefficient, at the coarsest step: features of about 1e5
+    dct_like = {"dtype": pb.FLOAT32, "shape": [frames, coeffs], "encoding": pb.TENSOR_ENCODING_DCT_RC}
 
     def filled(value: float, dtype: str = "<f4") -> bytes:
         return np.full(cfg.shape, value, dtype).tobytes()
@@ -149,6 +154,15 @@ def bad_tensors(cfg: FeatureConfig) -> dict[str, pb.PredictRequest]:
         "tensor zlib truncated": _tensor(**zlib_like, data=z.data[: len(z.data) // 2]),
         "tensor zlib too few values": _tensor(**zlib_like, data=zlib.compress(b"\0" * 100)),
         "tensor zlib bomb": _tensor(**zlib_like, data=zlib.compress(b"\0" * 50_000_000)),
+        "tensor DCT_RC on INT8": _tensor(**{**dct_like, "dtype": pb.INT8}, data=dct.data, scale=1.0),
+        "tensor DCT_RC no data": _tensor(**dct_like, data=b""),
+        "tensor DCT_RC step index 0": _tensor(**dct_like, data=b"\0" + dct.data[1:]),
+        "tensor DCT_RC count past the shape": _tensor(**dct_like, data=b"\x01" + b"\xff" * 400),
+        "tensor DCT_RC truncated": _tensor(**dct_like, data=dct.data[: len(dct.data) // 2]),
+        "tensor DCT_RC trailing bytes": _tensor(**dct_like, data=dct.data + b"\x55" * 100),
+        "tensor DCT_RC 3-D": _tensor(**{**dct_like, "shape": [1, frames, coeffs]}, data=dct.data),
+        "tensor DCT_RC 2**32-1 x 2": _tensor(**{**dct_like, "shape": [2**32 - 1, 2]}, data=dct.data),
+        "tensor DCT_RC features beyond 1e4": _tensor(**dct_like, data=featcodec.encode_codes(huge_dc, 255)),
         "features config of another model": pb.PredictRequest(features=pb.Features(tensor=ok, config=other)),
         "features config sample rate 0": pb.PredictRequest(features=pb.Features(tensor=ok, config=nonsense)),
     }

@@ -19,7 +19,7 @@ import pytest
 from edge import calibrate
 from edge.client import ClientConfig, config_from_args, load_threshold, parse_args, run, should_ask
 from edge.report import headline, summarize
-from edge.transports import (OVER_BUDGET, PAYLOADS, WAYS, GrpcTransport, RestSpecTransport, RetryPolicy, build_request, spec_body,
+from edge.transports import (DCT_MAX_REQUEST_BYTES, OVER_BUDGET, PAYLOADS, WAYS, GrpcTransport, RestSpecTransport, RetryPolicy, build_request, spec_body,
                              spec_bytes)
 from kws_rpc.audio import decode_wav, read_wav
 from kws_rpc.model import softmax_margin
@@ -269,6 +269,7 @@ def test_payloads_decode_to_the_same_answer(little: Path) -> None:
         assert (sizes["mfcc-q4z"] < sizes["mfcc-q5z"] < sizes["mfcc-i8z"] < sizes["mfcc-i8"] < sizes["mfcc-f16"] < sizes["mfcc-f32"]
                 < sizes["pcm"] < sizes["wav"]), sizes
         assert sizes["mfcc-q5z"] * 40 < spec_bytes(spec_body(audio, "0x1")), sizes
+        assert sizes["mfcc-dct"] < min(sizes["mfcc-q4z"], DCT_MAX_REQUEST_BYTES + 1), sizes
 
 
 def test_grpc_mfcc_needs_metadata_and_fails_softly() -> None:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10kws/v1/kws.proto\x12\x06kws.v1\"D\n\x05\x41udio\x12\x13\n\x0bsample_rate\x18\x01 \x01(\r\x12\x0f\n\x05pcm16\x18\x02 \x01(\x0cH\x00\x12\r\n\x03wav\x18\x03 \x01(\x0cH\x00\x42\x06\n\x04\x64\x61ta\"\x90\x01\n\x06Tensor\x12\x1c\n\x05\x64type\x18\x01 \x01(\x0e\x32\r.kws.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\r\n\x05scale\x18\x04 \x01(\x02\x12\x12\n\nzero_point\x18\x05 \x01(\x11\x12(\n\x08\x65ncoding\x18\x06 \x01(\x0e\x32\x16.kws.v1.TensorEncoding\"\xc4\x01\n\rFeatureConfig\x12\x13\n\x0bsample_rate\x18\x01 \x01(\r\x12\x14\n\x0c\x63lip_samples\x18\x02 \x01(\r\x12\x14\n\x0c\x66rame_length\x18\x03 \x01(\r\x12\x12\n\nframe_step\x18\x04 \x01(\r\x12\x12\n\nfft_length\x18\x05 \x01(\r\x12\x14\n\x0cnum_mel_bins\x18\x06 \x01(\r\x12\x10\n\x08lower_hz\x18\x07 \x01(\x02\x12\x10\n\x08upper_hz\x18\x08 \x01(\x02\x12\x10\n\x08num_mfcc\x18\t \x01(\r\"Q\n\x08\x46\x65\x61tures\x12\x1e\n\x06tensor\x18\x01 \x01(\x0b\x32\x0e.kws.v1.Tensor\x12%\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x15.kws.v1.FeatureConfig\"\x82\x01\n\x0ePredictRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1e\n\x05\x61udio\x18\x03 \x01(\x0b\x32\r.kws.v1.AudioH\x00\x12$\n\x08\x66\x65\x61tures\x18\x04 \x01(\x0b\x32\x10.kws.v1.FeaturesH\x00\x42\x07\n\x05input\"w\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x15\n\rprobabilities\x18\x03 \x03(\x02\x12\r\n\x05model\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x0e\n\x06margin\x18\x06 \x01(\x02\"`\n\x0fPredictResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\nprediction\x18\x02 \x01(\x0b\x32\x12.kws.v1.Prediction\x12\x11\n\tworker_id\x18\x03 \x01(\t\"%\n\x14ModelMetadataRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x8d\x02\n\rModelMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12-\n\x0e\x66\x65\x61ture_config\x18\x04 \x01(\x0b\x32\x15.kws.v1.FeatureConfig\x12\x13\n\x0binput_shape\x18\x05 \x03(\r\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x33\n\x07metrics\x18\x07 \x03(\x0b\x32\".kws.v1.ModelMetadata.MetricsEntry\x12\x14\n\x0c\x61rchitecture\x18\x08 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xc1\x01\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.kws.v1.WorkerStatus.State\x12$\n\x05model\x18\x03 \x01(\x0b\x32\x15.kws.v1.ModelMetadata\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\"7\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\n\n\x06ONLINE\x10\x01\x12\x0b\n\x07OFFLINE\x10\x02*B\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\x08\n\x04INT8\x10\x03*I\n\x0eTensorEncoding\x12\x17\n\x13TENSOR_ENCODING_RAW\x10\x00\x12\x1e\n\x1aTENSOR_ENCODING_DIFF2_ZLIB\x10\x01\x32\xdc\x01\n\x0fKeywordSpotting\x12:\n\x07Predict\x12\x16.kws.v1.PredictRequest\x1a\x17.kws.v1.PredictResponse\x12\x44\n\rPredictStream\x12\x16.kws.v1.PredictRequest\x1a\x17.kws.v1.PredictResponse(\x01\x30\x01\x12G\n\x10GetModelMetadata\x12\x1c.kws.v1.ModelMetadataRequest\x1a\x15.kws.v1.ModelMetadatab\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10kws/v1/kws.proto\x12\x06kws.v1\"D\n\x05\x41udio\x12\x13\n\x0bsample_rate\x18\x01 \x01(\r\x12\x0f\n\x05pcm16\x18\x02 \x01(\x0cH\x00\x12\r\n\x03wav\x18\x03 \x01(\x0cH\x00\x42\x06\n\x04\x64\x61ta\"\x90\x01\n\x06Tensor\x12\x1c\n\x05\x64type\x18\x01 \x01(\x0e\x32\r.kws.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\r\n\x05scale\x18\x04 \x01(\x02\x12\x12\n\nzero_point\x18\x05 \x01(\x11\x12(\n\x08\x65ncoding\x18\x06 \x01(\x0e\x32\x16.kws.v1.TensorEncoding\"\xdc\x01\n\rFeatureConfig\x12\x13\n\x0bsample_rate\x18\x01 \x01(\r\x12\x14\n\x0c\x63lip_samples\x18\x02 \x01(\r\x12\x14\n\x0c\x66rame_length\x18\x03 \x01(\r\x12\x12\n\nframe_step\x18\x04 \x01(\r\x12\x12\n\nfft_length\x18\x05 \x01(\r\x12\x14\n\x0cnum_mel_bins\x18\x06 \x01(\r\x12\x10\n\x08lower_hz\x18\x07 \x01(\x02\x12\x10\n\x08upper_hz\x18\x08 \x01(\x02\x12\x10\n\x08num_mfcc\x18\t \x01(\r\x12\x16\n\x0epeak_normalize\x18\n \x01(\x02\"Q\n\x08\x46\x65\x61tures\x12\x1e\n\x06tensor\x18\x01 \x01(\x0b\x32\x0e.kws.v1.Tensor\x12%\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x15.kws.v1.FeatureConfig\"\x82\x01\n\x0ePredictRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1e\n\x05\x61udio\x18\x03 \x01(\x0b\x32\r.kws.v1.AudioH\x00\x12$\n\x08\x66\x65\x61tures\x18\x04 \x01(\x0b\x32\x10.kws.v1.FeaturesH\x00\x42\x07\n\x05input\"w\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x15\n\rprobabilities\x18\x03 \x03(\x02\x12\r\n\x05model\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x0e\n\x06margin\x18\x06 \x01(\x02\"`\n\x0fPredictResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\nprediction\x18\x02 \x01(\x0b\x32\x12.kws.v1.Prediction\x12\x11\n\tworker_id\x18\x03 \x01(\t\"%\n\x14ModelMetadataRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x8d\x02\n\rModelMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12-\n\x0e\x66\x65\x61ture_config\x18\x04 \x01(\x0b\x32\x15.kws.v1.FeatureConfig\x12\x13\n\x0binput_shape\x18\x05 \x03(\r\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x33\n\x07metrics\x18\x07 \x03(\x0b\x32\".kws.v1.ModelMetadata.MetricsEntry\x12\x14\n\x0c\x61rchitecture\x18\x08 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xc1\x01\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.kws.v1.WorkerStatus.State\x12$\n\x05model\x18\x03 \x01(\x0b\x32\x15.kws.v1.ModelMetadata\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\"7\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\n\n\x06ONLINE\x10\x01\x12\x0b\n\x07OFFLINE\x10\x02*B\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\x08\n\x04INT8\x10\x03*e\n\x0eTensorEncoding\x12\x17\n\x13TENSOR_ENCODING_RAW\x10\x00\x12\x1e\n\x1aTENSOR_ENCODING_DIFF2_ZLIB\x10\x01\x12\x1a\n\x16TENSOR_ENCODING_DCT_RC\x10\x02\x32\xdc\x01\n\x0fKeywordSpotting\x12:\n\x07Predict\x12\x16.kws.v1.PredictRequest\x1a\x17.kws.v1.PredictResponse\x12\x44\n\rPredictStream\x12\x16.kws.v1.PredictRequest\x1a\x17.kws.v1.PredictResponse(\x01\x30\x01\x12G\n\x10GetModelMetadata\x12\x1c.kws.v1.ModelMetadataRequest\x1a\x15.kws.v1.ModelMetadatab\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,34 +33,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELMETADATA_METRICSENTRY']._loaded_options = None
   _globals['_MODELMETADATA_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_DTYPE']._serialized_start=1386
-  _globals['_DTYPE']._serialized_end=1452
-  _globals['_TENSORENCODING']._serialized_start=1454
-  _globals['_TENSORENCODING']._serialized_end=1527
+  _globals['_DTYPE']._serialized_start=1410
+  _globals['_DTYPE']._serialized_end=1476
+  _globals['_TENSORENCODING']._serialized_start=1478
+  _globals['_TENSORENCODING']._serialized_end=1579
   _globals['_AUDIO']._serialized_start=28
   _globals['_AUDIO']._serialized_end=96
   _globals['_TENSOR']._serialized_start=99
   _globals['_TENSOR']._serialized_end=243
   _globals['_FEATURECONFIG']._serialized_start=246
-  _globals['_FEATURECONFIG']._serialized_end=442
-  _globals['_FEATURES']._serialized_start=444
-  _globals['_FEATURES']._serialized_end=525
-  _globals['_PREDICTREQUEST']._serialized_start=528
-  _globals['_PREDICTREQUEST']._serialized_end=658
-  _globals['_PREDICTION']._serialized_start=660
-  _globals['_PREDICTION']._serialized_end=779
-  _globals['_PREDICTRESPONSE']._serialized_start=781
-  _globals['_PREDICTRESPONSE']._serialized_end=877
-  _globals['_MODELMETADATAREQUEST']._serialized_start=879
-  _globals['_MODELMETADATAREQUEST']._serialized_end=916
-  _globals['_MODELMETADATA']._serialized_start=919
-  _globals['_MODELMETADATA']._serialized_end=1188
-  _globals['_MODELMETADATA_METRICSENTRY']._serialized_start=1142
-  _globals['_MODELMETADATA_METRICSENTRY']._serialized_end=1188
-  _globals['_WORKERSTATUS']._serialized_start=1191
-  _globals['_WORKERSTATUS']._serialized_end=1384
-  _globals['_WORKERSTATUS_STATE']._serialized_start=1329
-  _globals['_WORKERSTATUS_STATE']._serialized_end=1384
-  _globals['_KEYWORDSPOTTING']._serialized_start=1530
-  _globals['_KEYWORDSPOTTING']._serialized_end=1750
+  _globals['_FEATURECONFIG']._serialized_end=466
+  _globals['_FEATURES']._serialized_start=468
+  _globals['_FEATURES']._serialized_end=549
+  _globals['_PREDICTREQUEST']._serialized_start=552
+  _globals['_PREDICTREQUEST']._serialized_end=682
+  _globals['_PREDICTION']._serialized_start=684
+  _globals['_PREDICTION']._serialized_end=803
+  _globals['_PREDICTRESPONSE']._serialized_start=805
+  _globals['_PREDICTRESPONSE']._serialized_end=901
+  _globals['_MODELMETADATAREQUEST']._serialized_start=903
+  _globals['_MODELMETADATAREQUEST']._serialized_end=940
+  _globals['_MODELMETADATA']._serialized_start=943
+  _globals['_MODELMETADATA']._serialized_end=1212
+  _globals['_MODELMETADATA_METRICSENTRY']._serialized_start=1166
+  _globals['_MODELMETADATA_METRICSENTRY']._serialized_end=1212
+  _globals['_WORKERSTATUS']._serialized_start=1215
+  _globals['_WORKERSTATUS']._serialized_end=1408
+  _globals['_WORKERSTATUS_STATE']._serialized_start=1353
+  _globals['_WORKERSTATUS_STATE']._serialized_end=1408
+  _globals['_KEYWORDSPOTTING']._serialized_start=1582
+  _globals['_KEYWORDSPOTTING']._serialized_end=1802
 # @@protoc_insertion_point(module_scope)

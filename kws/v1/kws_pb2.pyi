@@ -18,12 +18,14 @@ class TensorEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     TENSOR_ENCODING_RAW: _ClassVar[TensorEncoding]
     TENSOR_ENCODING_DIFF2_ZLIB: _ClassVar[TensorEncoding]
+    TENSOR_ENCODING_DCT_RC: _ClassVar[TensorEncoding]
 DTYPE_UNSPECIFIED: DType
 FLOAT32: DType
 FLOAT16: DType
 INT8: DType
 TENSOR_ENCODING_RAW: TensorEncoding
 TENSOR_ENCODING_DIFF2_ZLIB: TensorEncoding
+TENSOR_ENCODING_DCT_RC: TensorEncoding
 
 class Audio(_message.Message):
     __slots__ = ("sample_rate", "pcm16", "wav")
@@ -52,7 +54,7 @@ class Tensor(_message.Message):
     def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., scale: _Optional[float] = ..., zero_point: _Optional[int] = ..., encoding: _Optional[_Union[TensorEncoding, str]] = ...) -> None: ...
 
 class FeatureConfig(_message.Message):
-    __slots__ = ("sample_rate", "clip_samples", "frame_length", "frame_step", "fft_length", "num_mel_bins", "lower_hz", "upper_hz", "num_mfcc")
+    __slots__ = ("sample_rate", "clip_samples", "frame_length", "frame_step", "fft_length", "num_mel_bins", "lower_hz", "upper_hz", "num_mfcc", "peak_normalize")
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     CLIP_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     FRAME_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +64,7 @@ class FeatureConfig(_message.Message):
     LOWER_HZ_FIELD_NUMBER: _ClassVar[int]
     UPPER_HZ_FIELD_NUMBER: _ClassVar[int]
     NUM_MFCC_FIELD_NUMBER: _ClassVar[int]
+    PEAK_NORMALIZE_FIELD_NUMBER: _ClassVar[int]
     sample_rate: int
     clip_samples: int
     frame_length: int
@@ -71,7 +74,8 @@ class FeatureConfig(_message.Message):
     lower_hz: float
     upper_hz: float
     num_mfcc: int
-    def __init__(self, sample_rate: _Optional[int] = ..., clip_samples: _Optional[int] = ..., frame_length: _Optional[int] = ..., frame_step: _Optional[int] = ..., fft_length: _Optional[int] = ..., num_mel_bins: _Optional[int] = ..., lower_hz: _Optional[float] = ..., upper_hz: _Optional[float] = ..., num_mfcc: _Optional[int] = ...) -> None: ...
+    peak_normalize: float
+    def __init__(self, sample_rate: _Optional[int] = ..., clip_samples: _Optional[int] = ..., frame_length: _Optional[int] = ..., frame_step: _Optional[int] = ..., fft_length: _Optional[int] = ..., num_mel_bins: _Optional[int] = ..., lower_hz: _Optional[float] = ..., upper_hz: _Optional[float] = ..., num_mfcc: _Optional[int] = ..., peak_normalize: _Optional[float] = ...) -> None: ...
 
 class Features(_message.Message):
     __slots__ = ("tensor", "config")
