@@ -69,3 +69,33 @@ def test_resample_keeps_a_tone() -> None:
     assert abs(int(spectrum.argmax()) - 440) <= 1  # 1 Hz bins over 1 s
     back = resample(down, 8000, 16000)
     np.testing.assert_allclose(back[100:-100], tone[100:-100], atol=1e-3)
+
+
+def test_peak_normalize_levels_every_clip_and_caps_the_gain() -> None:
+    from kws_rpc.features import MAX_GAIN, normalize_peak
+
+    rng = np.random.default_rng(2)
+    x = rng.uniform(-1, 1, (3, 16000)).astype(np.float32) * np.array([[0.9], [0.01], [1e-6]], np.float32)
+    y = normalize_peak(x, 0.5)
+    np.testing.assert_allclose(np.abs(y[:2]).max(axis=1), 0.5, rtol=1e-6)
+    assert np.abs(y[2]).max() <= 1e-6 * MAX_GAIN * 1.0001  # near-silence gets at most +60 dB
+    assert not np.any(normalize_peak(np.zeros((1, 16000), np.float32), 0.5))  # and zeros stay zeros
+
+
+def test_peak_normalized_features_do_not_depend_on_the_recording_level() -> None:
+    cfg = FeatureConfig(num_mfcc=0, upper_hz=7600.0, peak_normalize=0.5)
+    x = np.random.default_rng(3).uniform(-0.8, 0.8, cfg.clip_samples).astype(np.float32)
+    np.testing.assert_allclose(mfcc(x / 300, cfg), mfcc(x, cfg), atol=1e-3)
+    plain = FeatureConfig(num_mfcc=0, upper_hz=7600.0)
+    assert np.abs(mfcc(x / 300, plain) - mfcc(x, plain)).mean() > 5  # without it, 50 dB down moves every bin
+
+
+def test_peak_normalize_travels_in_the_proto_config() -> None:
+    from kws_rpc.codec import config_from_proto, config_to_proto
+
+    cfg = FeatureConfig(num_mfcc=0, peak_normalize=0.5)
+    assert config_from_proto(config_to_proto(cfg)) == cfg
+    assert config_to_proto(FeatureConfig()).SerializeToString() == config_to_proto(
+        FeatureConfig(peak_normalize=0.0)).SerializeToString()
+    with pytest.raises(ValueError):
+        FeatureConfig(peak_normalize=2.0)

@@ -15,6 +15,10 @@ from trainers.augment import AugmentConfig
 # number of input coefficients, only the compute does.)
 SHARED_FEATURES = FeatureConfig(num_mfcc=0, upper_hz=7600.0)
 LITTLE_FEATURES = SHARED_FEATURES
+# The shared config with each clip's peak levelled to 0.5 first (kws_rpc.features.normalize_peak).
+LEVELLED_FEATURES = FeatureConfig(num_mfcc=0, upper_hz=7600.0, peak_normalize=0.5)
+# A second feature config for diversity: BC-ResNet's framing (30 ms window, 10 ms hop, 98 frames x 40 log-mel).
+HOP10_FEATURES = FeatureConfig(num_mfcc=0, upper_hz=7600.0, frame_length=480, frame_step=160, fft_length=512)
 # The three server models (big and the two other ensemble members): their mean is the edge's teacher.
 ENSEMBLE_TEACHERS = ("big", "member_cnn", "member_dscnn")
 
@@ -40,6 +44,7 @@ class Recipe:
     distill_weight: float = 0.0  # ... softened by distill_temperature, are blended into the targets with
     distill_temperature: float = 1.0  # ... this weight (distillation)
     output: str = "probabilities"  # or "logits": no softmax layer in the .tflite (see kws_rpc.card)
+    init: str = ""  # fine-tune: start from this shipped float model's weights (trainers.from_tflite), not at random
 
 
 RECIPES: dict[str, Recipe] = {
@@ -55,6 +60,14 @@ RECIPES: dict[str, Recipe] = {
             description="Edge model: DS-CNN (48 filters, 4 depthwise-separable blocks) on 49x40 log-mel, "
                         "distilled from the server ensemble, int8 full-integer with int8 logits out, "
                         "<= 20,000 bytes after zlib.",
+        ),
+        Recipe(
+            name="little_pn", architecture="dscnn", feature=LEVELLED_FEATURES, epochs=35, seed=1,
+            params=dscnn.Params(filters=48, blocks=4),
+            quantization="int8", zlib_budget=20_000, output="logits",
+            teachers=ENSEMBLE_TEACHERS, distill_weight=0.7, distill_temperature=2.0,
+            description="Edge model: little's DS-CNN on 49x40 log-mel of peak-levelled clips, distilled from "
+                        "the server ensemble, int8 full-integer with int8 logits out, <= 20,000 bytes after zlib.",
         ),
         Recipe(
             name="little_bc", architecture="bcresnet", feature=LITTLE_FEATURES, epochs=30, seed=1,
@@ -77,6 +90,28 @@ RECIPES: dict[str, Recipe] = {
             name="big", architecture="resnet", feature=SHARED_FEATURES, epochs=30, seed=2,
             params=resnet.Params(stem=32, channels=(48, 96, 128), blocks_per_stage=1),
             description="Server model: residual CNN on 49x40 log-mel, float32. Also ensemble member 1.",
+        ),
+        Recipe(
+            name="big_pn", architecture="resnet", feature=LEVELLED_FEATURES, epochs=30, seed=2,
+            params=resnet.Params(stem=32, channels=(48, 96, 128), blocks_per_stage=1),
+            description="Server model: big's residual CNN and seed on 49x40 log-mel of peak-levelled clips.",
+        ),
+        Recipe(
+            name="member_cnn_pn", architecture="cnn", feature=LEVELLED_FEATURES, epochs=8, seed=3, lr=5e-4,
+            params=cnn.Params(channels=(32, 48, 96)), init="member_cnn",
+            description="Ensemble member 2 on peak-levelled clips: member_cnn fine-tuned for 8 epochs.",
+        ),
+        Recipe(
+            name="member_dscnn_pn", architecture="dscnn", feature=LEVELLED_FEATURES, epochs=8, seed=4, lr=5e-4,
+            params=dscnn.Params(filters=96, blocks=5, first_kernel=(5, 5), first_stride=(2, 2)), init="member_dscnn",
+            augment=AugmentConfig(time_masks=3, freq_masks=3, freq_mask_max=6),
+            description="Ensemble member 3 on peak-levelled clips: member_dscnn fine-tuned for 8 epochs.",
+        ),
+        Recipe(
+            name="big_h10", architecture="resnet", feature=HOP10_FEATURES, epochs=30, seed=5,
+            params=resnet.Params(stem=32, channels=(48, 96, 128), blocks_per_stage=1),
+            description="Server/ensemble candidate: big's residual CNN on 98x40 log-mel (30 ms window, "
+                        "10 ms hop), float32: the same family on another time resolution, for diversity.",
         ),
         Recipe(
             name="member_cnn", architecture="cnn", feature=SHARED_FEATURES, epochs=30, seed=3,

@@ -21,7 +21,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from kws_rpc.data import LABELS, find_dataset, load_noise, load_split
-from kws_rpc.features import mfcc
+from kws_rpc.features import mfcc, normalize_peak
 from kws_rpc.model import KwsModel
 from trainers.architectures import REGISTRY
 from trainers.augment import augment_audio, spec_augment
@@ -93,6 +93,8 @@ def train(r: Recipe, root: Path, out_dir: Path, epochs: int | None = None, teach
     tf.keras.utils.set_random_seed(r.seed)
     rng = np.random.default_rng(r.seed)
     train_audio, train_labels, _ = load_split("train", root)
+    if r.feature.peak_normalize:  # level the clean clips before noise is added (features level them again)
+        train_audio = normalize_peak(train_audio, r.feature.peak_normalize)
     val_audio, val_labels, _ = load_split("val", root)
     clean = mfcc(train_audio, r.feature)
     data = {
@@ -104,7 +106,12 @@ def train(r: Recipe, root: Path, out_dir: Path, epochs: int | None = None, teach
     }
     epochs = epochs or r.epochs
     steps = int(np.ceil(len(train_audio) / r.batch_size))
-    model = build_model(r, data["mean"], data["var"])
+    if r.init:  # the shipped float model, rebuilt with its weights (batch norm folded, no dropout)
+        from trainers.from_tflite import rebuild
+
+        model = rebuild(teacher_dir / f"{r.init}.tflite")[0]
+    else:
+        model = build_model(r, data["mean"], data["var"])
     callbacks, select_from = [], 0
     if r.prune_sparsity > 0:
         model, callbacks, select_from = _with_pruning(model, r, steps, epochs)
@@ -118,7 +125,7 @@ def train(r: Recipe, root: Path, out_dir: Path, epochs: int | None = None, teach
     training = {
         "seed": r.seed, "epochs": epochs, "batch_size": r.batch_size, "lr": r.lr,
         "label_smoothing": r.label_smoothing, "augment": dataclasses.asdict(r.augment),
-        "teachers": list(r.teachers), "distill_weight": r.distill_weight,
+        "init": r.init or None, "teachers": list(r.teachers), "distill_weight": r.distill_weight,
         "distill_temperature": r.distill_temperature, "prune_sparsity": r.prune_sparsity,
         "prune_ramp_epochs": list(r.prune_ramp) if r.prune_sparsity else None,
         "val_history": [round(a, 4) for a in history],
