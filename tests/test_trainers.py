@@ -186,3 +186,33 @@ def test_rebuilt_keras_matches_the_shipped_tflite(name: str, tf_child: TfChild) 
         card = KwsModel(sibling).card
         assert card.quantization == "int8" and card.training["float_sha256"] == model.card.sha256
         assert abs(card.metrics["test_accuracy"] - card.metrics["float_test_accuracy"]) <= 0.0025
+
+
+def codec_round_trip_of(audio: np.ndarray, prob: float) -> np.ndarray:
+    """Child: trainers.train.codec_round_trip on the big_codec recipe with codec_prob = prob."""
+    import dataclasses
+
+    from kws_rpc.features import mfcc
+    from trainers.recipes import RECIPES
+    from trainers.train import codec_round_trip
+
+    r = dataclasses.replace(RECIPES["big_codec"], codec_prob=prob)
+    return mfcc(audio, r.feature), codec_round_trip(audio, mfcc(audio, r.feature), r, np.random.default_rng(0))
+
+
+def test_codec_augmentation_is_what_the_server_decodes(tf_child: TfChild) -> None:
+    """Training's codec augmentation = the edge's 300 B mfcc-dct request, decoded as the server does."""
+    from edge.transports import build_request
+    from kws_rpc.codec import tensor_from_proto
+    from kws_rpc.features import FeatureConfig
+
+    audio = np.random.default_rng(4).normal(scale=0.05, size=(3, 16000)).astype(np.float32)
+    exact, all_coded = tf_child.run(codec_round_trip_of, audio, 1.0)
+    _, none_coded = tf_child.run(codec_round_trip_of, audio, 0.0)
+    np.testing.assert_array_equal(none_coded, exact)
+    cfg = FeatureConfig(num_mfcc=0, upper_hz=7600.0, peak_normalize=0.5)
+    for i in range(3):
+        request = build_request(audio[i], "mfcc-dct", f"train-{i}", cfg)
+        assert request.ByteSize() <= 300
+        np.testing.assert_array_equal(all_coded[i], tensor_from_proto(request.features.tensor))
+    assert np.abs(all_coded - exact).mean() > 0.01  # lossy: the augmentation changes the features

@@ -44,6 +44,7 @@ class Recipe:
     distill_weight: float = 0.0  # ... softened by distill_temperature, are blended into the targets with
     distill_temperature: float = 1.0  # ... this weight (distillation)
     output: str = "probabilities"  # or "logits": no softmax layer in the .tflite (see kws_rpc.card)
+    codec_prob: float = 0.0  # share of training clips whose features go through the mfcc-dct payload's round trip
     init: str = ""  # fine-tune: start from this shipped float model's weights (trainers.from_tflite), not at random
 
 
@@ -95,6 +96,13 @@ RECIPES: dict[str, Recipe] = {
             name="big_pn", architecture="resnet", feature=LEVELLED_FEATURES, epochs=30, seed=2,
             params=resnet.Params(stem=32, channels=(48, 96, 128), blocks_per_stage=1),
             description="Server model: big's residual CNN and seed on 49x40 log-mel of peak-levelled clips.",
+        ),
+        Recipe(
+            name="big_codec", architecture="resnet", feature=LEVELLED_FEATURES, epochs=6, seed=2, lr=5e-4,
+            params=resnet.Params(stem=32, channels=(48, 96, 128), blocks_per_stage=1), init="big_pn",
+            codec_prob=0.5,
+            description="Server model: big_pn fine-tuned for 6 epochs with half the clips' features passed "
+                        "through the mfcc-dct payload (300 B), so the 300 B requests lose little.",
         ),
         Recipe(
             name="member_cnn_pn", architecture="cnn", feature=LEVELLED_FEATURES, epochs=8, seed=3, lr=5e-4,

@@ -53,7 +53,10 @@ def _fit(model: tf.keras.Model, r: Recipe, epochs: int, data: dict, rng: np.rand
     bar = tqdm(range(epochs), desc=desc, unit="epoch")
     for epoch in bar:
         audio = augment_audio(data["train_audio"], data["noise"], rng, r.augment)
-        feats = spec_augment(mfcc(audio, r.feature), rng, r.augment, data["mean"])
+        feats = mfcc(audio, r.feature)
+        if r.codec_prob:
+            feats = codec_round_trip(audio, feats, r, rng)
+        feats = spec_augment(feats, rng, r.augment, data["mean"])
         targets = data["train_onehot"]
         if data["teachers"]:
             soft = teacher_targets(data["teachers"], audio, r.distill_temperature)
@@ -69,6 +72,20 @@ def _fit(model: tf.keras.Model, r: Recipe, epochs: int, data: dict, rng: np.rand
     if best_w is not None:
         model.set_weights(best_w)
     return history
+
+
+def codec_round_trip(audio: np.ndarray, feats: np.ndarray, r: Recipe, rng: np.random.Generator) -> np.ndarray:
+    """Replaces a random share (r.codec_prob) of the clips' features by what the server decodes from the
+    edge's mfcc-dct request for the same audio (edge.transports.build_request, 300 B at most), so the
+    model learns the codec's loss as one more augmentation."""
+    from edge.transports import build_request
+    from kws_rpc.codec import tensor_from_proto
+
+    feats = feats.copy()
+    for i in np.flatnonzero(rng.random(len(audio)) < r.codec_prob):
+        request = build_request(audio[i], "mfcc-dct", f"train-{i}", r.feature)
+        feats[i] = tensor_from_proto(request.features.tensor)
+    return feats
 
 
 def teacher_targets(teachers: list[KwsModel], audio: np.ndarray, temperature: float) -> np.ndarray:
@@ -125,7 +142,7 @@ def train(r: Recipe, root: Path, out_dir: Path, epochs: int | None = None, teach
     training = {
         "seed": r.seed, "epochs": epochs, "batch_size": r.batch_size, "lr": r.lr,
         "label_smoothing": r.label_smoothing, "augment": dataclasses.asdict(r.augment),
-        "init": r.init or None, "teachers": list(r.teachers), "distill_weight": r.distill_weight,
+        "init": r.init or None, "codec_prob": r.codec_prob, "teachers": list(r.teachers), "distill_weight": r.distill_weight,
         "distill_temperature": r.distill_temperature, "prune_sparsity": r.prune_sparsity,
         "prune_ramp_epochs": list(r.prune_ramp) if r.prune_sparsity else None,
         "val_history": [round(a, 4) for a in history],
