@@ -210,7 +210,7 @@ def test_codec_augmentation_is_what_the_server_decodes(tf_child: TfChild) -> Non
     exact, all_coded = tf_child.run(codec_round_trip_of, audio, 1.0)
     _, none_coded = tf_child.run(codec_round_trip_of, audio, 0.0)
     np.testing.assert_array_equal(none_coded, exact)
-    cfg = FeatureConfig(num_mfcc=0, upper_hz=7600.0, peak_normalize=0.5)
+    cfg = FeatureConfig(num_mfcc=0, upper_hz=7600.0)
     for i in range(3):
         request = build_request(audio[i], "mfcc-dct", f"train-{i}", cfg)
         assert request.ByteSize() <= 300

@@ -121,6 +121,10 @@ def train(r: Recipe, root: Path, out_dir: Path, epochs: int | None = None, teach
         "mean": clean.mean(axis=(0, 1)), "var": clean.var(axis=(0, 1)),
         "teachers": [KwsModel(teacher_dir / f"{t}.tflite") for t in r.teachers],
     }
+    if r.codec_prob:  # select on exact and mfcc-dct-decoded val features alike (1,600 items)
+        coded = codec_round_trip(val_audio, data["val_feats"], dataclasses.replace(r, codec_prob=1.0), rng)
+        data["val_feats"] = np.concatenate([data["val_feats"], coded])
+        data["val_labels"] = np.concatenate([val_labels, val_labels])
     epochs = epochs or r.epochs
     steps = int(np.ceil(len(train_audio) / r.batch_size))
     if r.init:  # the shipped float model, rebuilt with its weights (batch norm folded, no dropout)
@@ -181,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, help="override the recipe's epoch count (for smoke tests)")
     ap.add_argument("--as", dest="as_name", metavar="NAME",
                     help="export one recipe under another name, e.g. a candidate as the shipped little")
+    ap.add_argument("--seed", type=int, help="override the recipe's seed (seed spreads: --seed 3 --as big_s3)")
     ap.add_argument("--teachers", default="models", help="folder of the shipped teacher models (distillation)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -195,6 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name in names:
         recipe = dataclasses.replace(RECIPES[name], name=args.as_name) if args.as_name else RECIPES[name]
+        if args.seed is not None:
+            recipe = dataclasses.replace(recipe, seed=args.seed)
         path = train(recipe, root, out, args.epochs, Path(args.teachers))
         log.info("wrote %s", path)
 
