@@ -98,5 +98,12 @@ clean:
 	rm -rf .pytest_cache build *.egg-info
 
 .PHONY: bench-abuse
+.PHONY: bench-codec bench-codec-commit
+bench-codec: venv data  ## feature payloads: bytes per request vs big's accuracy (val, test), DCT_RC step sweep -> results/bench_codec.{json,png}
+	$(PYTHON) -m bench.bench_codec $(ARGS)
+
+bench-codec-commit: venv data  ## make bench-codec, refreshing the committed bench/results/codec.{json,png}
+	$(PYTHON) -m bench.bench_codec $(ARGS) --out bench/results/codec.json
+
 bench-abuse: venv  ## unary p50/p99 with 64 idle streams open, 300 half-sent bodies -> results/bench_abuse.json
 	$(PYTHON) -m bench.bench_abuse $(ARGS)
