@@ -91,11 +91,13 @@ def test_tflite_matches_keras(arch: str, quant: str, tf_child: TfChild) -> None:
 def recipes_summary() -> dict[str, Any]:
     """Child: what the recipe test checks, as plain data."""
     from trainers.architectures import REGISTRY
-    from trainers.recipes import RECIPES
+    from trainers.recipes import RECIPES, SHIPPED
 
     return {"registry": sorted(REGISTRY),
             "recipes": {n: (r.architecture, r.quantization, dataclasses.is_dataclass(r.params))
-                        for n, r in RECIPES.items()}}
+                        for n, r in RECIPES.items()},
+            "shipped": list(SHIPPED), "needs": {n: [*r.teachers, *([r.init] if r.init else [])]
+                                                for n, r in RECIPES.items()}}
 
 
 def test_recipes_are_consistent(tf_child: TfChild) -> None:
@@ -104,6 +106,10 @@ def test_recipes_are_consistent(tf_child: TfChild) -> None:
     assert summary["recipes"]["little"][1] == "int8"
     for name, (arch, _, typed) in summary["recipes"].items():
         assert arch in ARCHITECTURES and typed, name
+    shipped = summary["shipped"]
+    assert sorted(shipped) == sorted(p.stem for p in (REPO / "models").glob("*.tflite") if not p.stem.endswith("_int8"))
+    for i, name in enumerate(shipped):  # make train: every model a recipe starts from is trained before it
+        assert all(need in shipped[:i] for need in summary["needs"][name]), name
 
 
 def test_logits_export_matches_keras_logits(tf_child: TfChild) -> None:

@@ -26,7 +26,7 @@ from kws_rpc.model import KwsModel
 from trainers.architectures import REGISTRY
 from trainers.augment import augment_audio, spec_augment
 from trainers.export import export
-from trainers.recipes import RECIPES, Recipe
+from trainers.recipes import RECIPES, SHIPPED, Recipe
 
 log = logging.getLogger("trainers")
 
@@ -178,7 +178,8 @@ def _with_pruning(model: tf.keras.Model, r: Recipe, steps: int, epochs: int) -> 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="*", help=f"recipes to train: {', '.join(RECIPES)}")
-    ap.add_argument("--all", action="store_true", help="train every recipe")
+    ap.add_argument("--all", action="store_true", help=f"train the shipped models: {', '.join(SHIPPED)} (in that order: "
+                    "little is distilled from the other three)")
     ap.add_argument("--data-dir", help="folder holding mini_speech_commands/ (default: $KWS_DATA_DIR, ./data, ...)")
     ap.add_argument("--download", action="store_true", help="download the official zip if no copy is found")
     ap.add_argument("--out", default="models", help="where .tflite files and cards go (default: models/)")
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--teachers", default="models", help="folder of the shipped teacher models (distillation)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    names = list(RECIPES) if args.all else args.models
+    names = list(SHIPPED) if args.all else args.models
     unknown = [n for n in names if n not in RECIPES]
     if not names or unknown:
         ap.error(f"name recipes from {list(RECIPES)} or pass --all" + (f" (unknown: {unknown})" if unknown else ""))
