@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.common import RESULTS, format_table, write_results
-from edge.transports import build_request
+from edge.transports import build_request, request_id
 from kws_rpc import featcodec
 from kws_rpc.codec import tensor_from_proto
 from kws_rpc.data import find_dataset, load_split
@@ -49,11 +49,11 @@ def run(model_path: Path, root: Path, splits: list[str]) -> list[dict]:
         exact = model.features(audio)
         exact_right = model.predict(exact).argmax(-1) == labels
         for payload in PAYLOADS:
-            requests = [build_request(a, payload, f"clip-{i:05d}", cfg)
+            requests = [build_request(a, payload, request_id(i), cfg)  # the ids the edge sends
                         for i, a in enumerate(tqdm(audio, desc=f"{split} {payload}", unit="clip", leave=False))]
             feats = np.stack([tensor_from_proto(r.features.tensor) for r in requests])
             rows.append(_row(payload, split, [r.ByteSize() for r in requests], feats, model, labels, exact_right))
-        overhead = build_request(audio[0], "mfcc-dct", "clip-00000", cfg)
+        overhead = build_request(audio[0], "mfcc-dct", request_id(100), cfg)
         overhead = overhead.ByteSize() - len(overhead.features.tensor.data)
         for g in tqdm(STEPS, desc=f"{split} DCT_RC steps", unit="g", leave=False):
             data = [featcodec.encode(x, g) for x in exact]
