@@ -17,7 +17,6 @@ import os
 import shlex
 import subprocess
 import sys
-from math import comb
 from pathlib import Path
 
 import trainers  # noqa: F401  (TF environment)
@@ -29,18 +28,12 @@ from kws_rpc.card import file_facts
 from kws_rpc.data import find_dataset, load_split
 from kws_rpc.features import mfcc
 from kws_rpc.model import KwsModel, softmax
+from kws_rpc.stats import mcnemar
 from trainers.export import strip_names
 from trainers.from_tflite import rebuild
 
 log = logging.getLogger("trainers.quantize")
 CALIBRATION_CLIPS = 500
-
-
-def mcnemar_p(a_right: np.ndarray, b_right: np.ndarray) -> float:
-    """Exact two-sided McNemar p-value on the clips where exactly one of the two models is right."""
-    b, c = int(np.sum(a_right & ~b_right)), int(np.sum(~a_right & b_right))
-    n, k = b + c, min(b, c)
-    return 1.0 if n == 0 else min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n)
 
 
 _TIMER = """
@@ -113,7 +106,7 @@ def quantize(float_path: Path, out: Path, root: Path, seed: int = 0) -> dict:
         "test_accuracy": round(float(q_right.mean()), 5),
         "float_test_accuracy": round(float(f_right.mean()), 5),
         "test_agreement_with_float": round(float((q.predict(test).argmax(-1) == ref.predict(test).argmax(-1)).mean()), 5),
-        "test_mcnemar_p_vs_float": round(mcnemar_p(q_right, f_right), 4),
+        "test_mcnemar_p_vs_float": round(mcnemar(q_right, f_right).p, 4),
         "invoke_ms": round(invoke_ms(out), 3),
         "float_invoke_ms": round(invoke_ms(float_path), 3),
     }
