@@ -1,6 +1,6 @@
 """`make bench-codec`: what each feature payload costs in bytes and in big's accuracy (val and test).
 
-Every clip's features are sent the way the edge sends them (``edge.transports.build_request``) and
+Every clip's features are sent the way the edge sends them (``edge.transports.features_request``) and
 decoded the way the server decodes them (``kws_rpc.codec.tensor_from_proto``), then fed to the model.
 The DCT_RC codec (``mfcc-dct``) is also swept over its step index g, uncapped, which draws its
 rate-accuracy curve; the shipped ``mfcc-dct`` payload is g = 38 with each request capped at 300 B.
@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.common import RESULTS, format_table, write_results
-from edge.transports import build_request, request_id
+from edge.transports import features_request, request_id
 from kws_rpc import featcodec
 from kws_rpc.codec import tensor_from_proto
 from kws_rpc.data import find_dataset, load_split
@@ -49,11 +49,11 @@ def run(model_path: Path, root: Path, splits: list[str]) -> list[dict]:
         exact = model.features(audio)
         exact_right = model.predict(exact).argmax(-1) == labels
         for payload in PAYLOADS:
-            requests = [build_request(a, payload, request_id(i), cfg)  # the ids the edge sends
-                        for i, a in enumerate(tqdm(audio, desc=f"{split} {payload}", unit="clip", leave=False))]
+            requests = [features_request(x, payload, request_id(i), cfg)  # the ids the edge sends
+                        for i, x in enumerate(tqdm(exact, desc=f"{split} {payload}", unit="clip", leave=False))]
             feats = np.stack([tensor_from_proto(r.features.tensor) for r in requests])
             rows.append(_row(payload, split, [r.ByteSize() for r in requests], feats, model, labels, exact_right))
-        overhead = build_request(audio[0], "mfcc-dct", request_id(100), cfg)
+        overhead = features_request(exact[0], "mfcc-dct", request_id(100), cfg)
         overhead = overhead.ByteSize() - len(overhead.features.tensor.data)
         for g in tqdm(STEPS, desc=f"{split} DCT_RC steps", unit="g", leave=False):
             data = [featcodec.encode(x, g) for x in exact]
@@ -70,6 +70,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for split, color in (("val", "tab:blue"), ("test", "tab:red")):
+        if not any(r["split"] == split for r in rows):  # --split measured only the other one
+            continue
         sweep = [r for r in rows if r["split"] == split and r["payload"].startswith("dct g=")]
         ax.plot([r["mean_B"] for r in sweep], [100 * r["accuracy"] for r in sweep], "o-", color=color,
                 label=f"{split}: DCT_RC over its step g (uncapped)")

@@ -230,7 +230,14 @@ def build_request(audio: np.ndarray, payload: str, clip_id: str, config: Feature
         raise ValueError(f"unknown payload {payload!r}; choose from {PAYLOADS}")
     if config is None:
         raise ValueError("MFCC payloads need the server model's feature config")
-    feats = mfcc(pad_or_trim(np.asarray(audio, np.float32), config.clip_samples), config)
+    return features_request(mfcc(pad_or_trim(np.asarray(audio, np.float32), config.clip_samples), config),
+                            payload, clip_id, config)
+
+
+def features_request(feats: np.ndarray, payload: str, clip_id: str, config: FeatureConfig) -> pb.PredictRequest:
+    """A PredictRequest carrying features already computed with ``config`` as the tensor ``payload``."""
+    if payload not in _TENSOR_PAYLOADS:
+        raise ValueError(f"{payload!r} is not a feature payload; choose from {list(_TENSOR_PAYLOADS)}")
     request = pb.PredictRequest(request_id=clip_id, features=pb.Features(
         tensor=tensor_to_proto(feats, *_TENSOR_PAYLOADS[payload]), config=config_to_proto(config)))
     excess = request.ByteSize() - DCT_MAX_REQUEST_BYTES

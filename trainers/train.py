@@ -21,7 +21,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from kws_rpc.data import LABELS, find_dataset, load_noise, load_split
-from kws_rpc.features import mfcc, normalize_peak
+from kws_rpc.features import FeatureConfig, mfcc, normalize_peak
 from kws_rpc.model import KwsModel
 from trainers.architectures import REGISTRY
 from trainers.augment import augment_audio, spec_augment
@@ -55,7 +55,7 @@ def _fit(model: tf.keras.Model, r: Recipe, epochs: int, data: dict, rng: np.rand
         audio = augment_audio(data["train_audio"], data["noise"], rng, r.augment)
         feats = mfcc(audio, r.feature)
         if r.codec_prob:
-            feats = codec_round_trip(audio, feats, r, rng)
+            feats = codec_round_trip(feats, r.feature, np.flatnonzero(rng.random(len(feats)) < r.codec_prob))
         feats = spec_augment(feats, rng, r.augment, data["mean"])
         targets = data["train_onehot"]
         if data["teachers"]:
@@ -74,17 +74,16 @@ def _fit(model: tf.keras.Model, r: Recipe, epochs: int, data: dict, rng: np.rand
     return history
 
 
-def codec_round_trip(audio: np.ndarray, feats: np.ndarray, r: Recipe, rng: np.random.Generator) -> np.ndarray:
-    """Replaces a random share (r.codec_prob) of the clips' features by what the server decodes from the
-    edge's mfcc-dct request for the same audio (edge.transports.build_request, 300 B at most), so the
-    model learns the codec's loss as one more augmentation."""
-    from edge.transports import build_request
+def codec_round_trip(feats: np.ndarray, cfg: FeatureConfig, which: np.ndarray | range) -> np.ndarray:
+    """A copy of feats with the clips ``which`` replaced by what the server decodes from the edge's
+    mfcc-dct request for them (edge.transports.features_request, 300 B at most), so the model learns
+    the codec's loss as one more augmentation."""
+    from edge.transports import features_request
     from kws_rpc.codec import tensor_from_proto
 
     feats = feats.copy()
-    for i in np.flatnonzero(rng.random(len(audio)) < r.codec_prob):
-        request = build_request(audio[i], "mfcc-dct", f"train-{i}", r.feature)
-        feats[i] = tensor_from_proto(request.features.tensor)
+    for i in which:
+        feats[i] = tensor_from_proto(features_request(feats[i], "mfcc-dct", f"train-{i}", cfg).features.tensor)
     return feats
 
 
@@ -122,7 +121,7 @@ def train(r: Recipe, root: Path, out_dir: Path, epochs: int | None = None, teach
         "teachers": [KwsModel(teacher_dir / f"{t}.tflite") for t in r.teachers],
     }
     if r.codec_prob:  # select on exact and mfcc-dct-decoded val features alike (1,600 items)
-        coded = codec_round_trip(val_audio, data["val_feats"], dataclasses.replace(r, codec_prob=1.0), rng)
+        coded = codec_round_trip(data["val_feats"], r.feature, range(len(val_labels)))
         data["val_feats"] = np.concatenate([data["val_feats"], coded])
         data["val_labels"] = np.concatenate([val_labels, val_labels])
     epochs = epochs or r.epochs
@@ -146,7 +145,8 @@ def train(r: Recipe, root: Path, out_dir: Path, epochs: int | None = None, teach
     training = {
         "seed": r.seed, "epochs": epochs, "batch_size": r.batch_size, "lr": r.lr,
         "label_smoothing": r.label_smoothing, "augment": dataclasses.asdict(r.augment),
-        "init": r.init or None, "codec_prob": r.codec_prob, "teachers": list(r.teachers), "distill_weight": r.distill_weight,
+        "init": r.init or None, "codec_prob": r.codec_prob,
+        "teachers": list(r.teachers), "distill_weight": r.distill_weight,
         "distill_temperature": r.distill_temperature, "prune_sparsity": r.prune_sparsity,
         "prune_ramp_epochs": list(r.prune_ramp) if r.prune_sparsity else None,
         "val_history": [round(a, 4) for a in history],
