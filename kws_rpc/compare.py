@@ -168,7 +168,7 @@ def fit_on_val(sets: list[list[str]], probs: dict[str, np.ndarray], y: np.ndarra
         res = ensemble.cross_fit(clips, y, [members] * len(y), folds=folds, seed=seed)
         p, mask, names = ensemble.dense(clips, [members] * len(y), members)
         w = ensemble.fit_weights(p, y, names, res["space"], mask)
-        best = max(ensemble.ALL_POLICIES, key=lambda n: (res["oof_accuracy"][n], -ensemble.ALL_POLICIES.index(n)))
+        best = ensemble.best_policy(res["oof_accuracy"])
         weights[key] = ensemble.Weights(w.weights, w.space, {
             "split": "val", "clips": len(y), "objective": w.fitted["objective"], "nll": w.fitted["nll"],
             "space_chosen_by": f"{folds}-fold out-of-fold accuracy on val (seed {seed})",

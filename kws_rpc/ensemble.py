@@ -318,9 +318,13 @@ def choose_policy(val_clips: Sequence[np.ndarray], val_labels: Sequence[int],
         scores = score_policies(val_clips, val_labels)
     else:
         scores = cross_fit(val_clips, val_labels, members, folds, seed)["oof_accuracy"]
+    return best_policy(scores), scores
+
+
+def best_policy(scores: dict[str, float]) -> str:
+    """The best-scored policy; ties go to the earlier (simpler) one in ALL_POLICIES."""
     names = [p for p in ALL_POLICIES if p in scores]
-    best = max(names, key=lambda name: (scores[name], -names.index(name)))
-    return best, scores
+    return max(names, key=lambda name: (scores[name], -names.index(name)))
 
 
 def stack_models(per_model: Sequence[np.ndarray]) -> list[np.ndarray]:
