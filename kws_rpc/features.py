@@ -14,6 +14,9 @@ from typing import Any
 import numpy as np
 
 LOG_OFFSET = 1e-6
+# mfcc() computes large batches this many clips at a time: one clip's complex spectrum is ~400 KB, and a
+# whole 6,400-clip split at once (2.6 GB) spends its time in memory traffic (16 s against 4 s here).
+CHUNK_CLIPS = 32
 MAX_GAIN = 1000.0  # normalize_peak: at most +60 dB
 
 
@@ -127,6 +130,9 @@ def mfcc(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
         x = x[None, :]
     if x.ndim != 2 or x.shape[1] != cfg.clip_samples:
         raise ValueError(f"expected audio of {cfg.clip_samples} samples, got shape {np.shape(audio)}")
+    if len(x) > CHUNK_CLIPS:  # same values, 4x faster on 6,400 clips: the spectra stay in cache
+        out = np.concatenate([mfcc(x[i : i + CHUNK_CLIPS], cfg) for i in range(0, len(x), CHUNK_CLIPS)])
+        return out[0] if single else out
     if cfg.peak_normalize:
         x = normalize_peak(x, cfg.peak_normalize)
     starts = np.arange(cfg.num_frames) * cfg.frame_step

@@ -48,6 +48,18 @@ def test_single_clip_equals_batch_row() -> None:
     np.testing.assert_array_equal(mfcc(x[1], cfg), mfcc(x, cfg)[1])
 
 
+def test_a_batch_larger_than_a_chunk_equals_its_rows() -> None:
+    """mfcc() splits big batches into CHUNK_CLIPS pieces; the rows must not depend on the split."""
+    from kws_rpc.features import CHUNK_CLIPS
+
+    cfg = FeatureConfig(num_mfcc=0, upper_hz=7600.0, peak_normalize=0.5)
+    x = np.random.default_rng(2).uniform(-0.3, 0.3, (CHUNK_CLIPS * 2 + 3, cfg.clip_samples)).astype(np.float32)
+    whole = mfcc(x, cfg)
+    assert whole.shape == (len(x), *cfg.shape)
+    for i in (0, CHUNK_CLIPS - 1, CHUNK_CLIPS, len(x) - 1):
+        np.testing.assert_array_equal(whole[i], mfcc(x[i], cfg))
+
+
 def test_wrong_length_is_rejected() -> None:
     with pytest.raises(ValueError, match="16000 samples"):
         mfcc(np.zeros(15999, np.float32), FeatureConfig())

@@ -118,13 +118,15 @@ def test_logits_export_matches_keras_logits(tf_child: TfChild) -> None:
     assert np.abs(logits - keras_logits[:1]).max() < 0.1 * np.abs(keras_logits[:1]).max() + 0.05
 
 
-def teacher_targets_of(path: Path, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Child: trainers.train.teacher_targets of a model, with two copies at T=1 and one at T=3."""
+def teacher_targets_of(path: Path, audio: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Child: trainers.train.teacher_targets of a model, with two copies at T=1 and one at T=3, and at
+    T=1 given ``known`` as the features already computed for the model's config."""
     from kws_rpc.model import KwsModel
     from trainers.train import teacher_targets
 
     m = KwsModel(path)
-    return teacher_targets([m, m], audio, 1.0), teacher_targets([m], audio, 3.0)
+    given = teacher_targets([m, m], audio, 1.0, {m.card.feature: known})
+    return teacher_targets([m, m], audio, 1.0), teacher_targets([m], audio, 3.0), given
 
 
 def test_teacher_targets_average_and_soften(little_path: Path, tf_child: TfChild) -> None:
@@ -132,8 +134,11 @@ def test_teacher_targets_average_and_soften(little_path: Path, tf_child: TfChild
 
     m = KwsModel(little_path)
     audio = np.random.default_rng(2).normal(scale=0.1, size=(4, 16000)).astype(np.float32)
-    plain, soft = tf_child.run(teacher_targets_of, little_path, audio)
+    other = np.random.default_rng(3).normal(scale=0.3, size=(4, 16000)).astype(np.float32)
+    plain, soft, given = tf_child.run(teacher_targets_of, little_path, audio, m.features(other))
     np.testing.assert_allclose(plain, m.predict(m.features(audio)), atol=1e-6)
+    # features passed in for the teachers' config are used, not recomputed from the audio
+    np.testing.assert_allclose(given, m.predict(m.features(other)), atol=1e-6)
     np.testing.assert_allclose(soft.sum(-1), 1.0, atol=1e-5)
     assert np.all(soft.max(-1) <= plain.max(-1) + 1e-6)  # a higher temperature flattens
     assert np.array_equal(soft.argmax(-1), plain.argmax(-1))

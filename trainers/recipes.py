@@ -63,6 +63,14 @@ RECIPES: dict[str, Recipe] = {
                         "<= 20,000 bytes after zlib.",
         ),
         Recipe(
+            name="little_long", architecture="dscnn", feature=LITTLE_FEATURES, epochs=100, seed=1,
+            params=dscnn.Params(filters=48, blocks=4),
+            quantization="int8", zlib_budget=20_000, output="logits",
+            teachers=ENSEMBLE_TEACHERS, distill_weight=0.7, distill_temperature=2.0,
+            description="Edge candidate: little's recipe trained twice as long (100 epochs): a patient "
+                        "student sees twice as many augmented views of each clip with the teachers' targets.",
+        ),
+        Recipe(
             name="little_pn", architecture="dscnn", feature=LEVELLED_FEATURES, epochs=35, seed=1,
             params=dscnn.Params(filters=48, blocks=4),
             quantization="int8", zlib_budget=20_000, output="logits",

@@ -53,13 +53,13 @@ def _fit(model: tf.keras.Model, r: Recipe, epochs: int, data: dict, rng: np.rand
     bar = tqdm(range(epochs), desc=desc, unit="epoch")
     for epoch in bar:
         audio = augment_audio(data["train_audio"], data["noise"], rng, r.augment)
-        feats = mfcc(audio, r.feature)
+        clean_feats = feats = mfcc(audio, r.feature)
         if r.codec_prob:
             feats = codec_round_trip(feats, r.feature, np.flatnonzero(rng.random(len(feats)) < r.codec_prob))
         feats = spec_augment(feats, rng, r.augment, data["mean"])
         targets = data["train_onehot"]
         if data["teachers"]:
-            soft = teacher_targets(data["teachers"], audio, r.distill_temperature)
+            soft = teacher_targets(data["teachers"], audio, r.distill_temperature, {r.feature: clean_feats})
             targets = (1 - r.distill_weight) * targets + r.distill_weight * soft
         model.fit(feats, targets, batch_size=r.batch_size, epochs=1, shuffle=True,
                   verbose=0, callbacks=callbacks or [])
@@ -87,9 +87,15 @@ def codec_round_trip(feats: np.ndarray, cfg: FeatureConfig, which: np.ndarray | 
     return feats
 
 
-def teacher_targets(teachers: list[KwsModel], audio: np.ndarray, temperature: float) -> np.ndarray:
-    """Mean teacher probabilities, softened: p ** (1/T), renormalised (= softmax(logits / T))."""
-    p = np.mean([t.predict(t.features(audio)) for t in teachers], axis=0)
+def teacher_targets(teachers: list[KwsModel], audio: np.ndarray, temperature: float,
+                    known: dict[FeatureConfig, np.ndarray] | None = None) -> np.ndarray:
+    """Mean teacher probabilities, softened: p ** (1/T), renormalised (= softmax(logits / T)).
+    ``known`` holds features of ``audio`` already computed (the student's, unaugmented), by config."""
+    feats = dict(known or {})  # teachers sharing a feature config share its features
+    for t in teachers:
+        if t.card.feature not in feats:
+            feats[t.card.feature] = t.features(audio)
+    p = np.mean([t.predict(feats[t.card.feature]) for t in teachers], axis=0)
     if temperature != 1.0:
         p = np.power(np.maximum(p, 1e-12), 1.0 / temperature)
         p /= p.sum(axis=-1, keepdims=True)
