@@ -54,23 +54,35 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def dbfs(peak: float) -> float:
+    return round(float(20 * np.log10(max(float(peak), 1e-9))), 1)
+
+
 class Predictions:
     """Per-model probabilities on the splits, cached on disk by model sha256 + split + feature code."""
 
     def __init__(self, cache_dir: Path, data_root: Path) -> None:
         self.cache_dir = cache_dir
         self.root = data_root
-        self._audio: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._audio: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {}
         self._code = hashlib.sha256(FEATURE_CODE.read_bytes()).hexdigest()[:12]
 
     def labels(self, split: str) -> np.ndarray:
         return self._load(split)[1]
 
-    def _load(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+    def _load(self, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
         if split not in self._audio:
-            audio, y, _ = load_split(split, self.root)
-            self._audio[split] = (audio, y)
+            self._audio[split] = load_split(split, self.root)
         return self._audio[split]
+
+    def clips(self, split: str, which: np.ndarray) -> list[tuple[str, float]]:
+        """(name, peak level in dBFS) of the clips ``which`` of a split."""
+        audio, _, names = self._load(split)
+        peak = np.abs(audio[which]).max(axis=-1)
+        return [(names[i], dbfs(pk)) for i, pk in zip(which, peak)]
+
+    def median_peak_dbfs(self, split: str) -> float:
+        return dbfs(np.median(np.abs(self._load(split)[0]).max(axis=-1)))
 
     def probabilities(self, path: Path, split: str) -> np.ndarray:
         sha = file_sha256(path)
@@ -79,7 +91,7 @@ class Predictions:
             with np.load(cache) as z:
                 return z["probabilities"]
         model = KwsModel(path)  # checks the file against its card
-        audio, y = self._load(split)
+        audio, y, _ = self._load(split)
         probs = np.concatenate([model.predict(model.features(audio[i : i + 200]))
                                 for i in range(0, len(audio), 200)])
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -108,6 +120,19 @@ def overlap(correct: dict[str, np.ndarray]) -> dict[str, dict[str, dict[str, Any
                          "b_right_on_a_errors": int((wrong_a & cb).sum()),
                          "share_b_right": float((wrong_a & cb).sum() / n) if n else float("nan")}
     return out
+
+
+def missed_by_all(preds: Predictions, split: str, probs: dict[str, np.ndarray],
+                  correct: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """The clips every given model gets wrong, with their level and each model's answer: no combination
+    of these models can get them right, so they bound every ensemble's accuracy."""
+    from kws_rpc.data import LABELS
+
+    which = np.flatnonzero(~np.any(np.stack(list(correct.values())), axis=0))
+    y = preds.labels(split)
+    return [{"clip": name, "label": LABELS[y[i]], "peak_dbfs": peak,
+             "answers": {n: LABELS[int(p[i].argmax())] for n, p in probs.items()}}
+            for i, (name, peak) in zip(which, preds.clips(split, which))]
 
 
 def member_sets(requested: Sequence[str], names: Sequence[str], manifest: Path) -> list[list[str]]:
@@ -215,6 +240,14 @@ def render_split(res: dict[str, Any]) -> str:
         cells = [("-" if a == b else f"{100 * ov[a][b]['share_b_right']:.0f}% ({ov[a][b]['b_right_on_a_errors']})")
                  for b in names]
         lines.append(f"{a:<{w}}" + "".join(f"{c:>{w}}" for c in cells))
+    missed = res.get("missed_by_all", [])
+    if len(names) > 1:
+        lines.append(f"\n{len(missed)} clips no model gets right (the ceiling of any ensemble of these models: "
+                     f"{pct(1 - len(missed) / n).strip()}), with their peak level (the split's median peak: "
+                     f"{res.get('median_peak_dbfs', float('nan')):.1f} dBFS) and each model's answer")
+        for m in missed:
+            lines.append(f"  {m['clip']:<40} {m['label']:<6} {m['peak_dbfs']:>6.1f}  "
+                         + " ".join(m["answers"][x] for x in names))
     if res.get("oof"):
         lines.append(f"\nout-of-fold accuracy on {split} ({next(iter(res['oof'].values()))['folds']}-fold "
                      "cross-fitting; only 'weighted' is fitted, the others have nothing to fit)")
@@ -328,6 +361,8 @@ def main(argv: list[str] | None = None) -> None:
             "split": split, "clips": len(y), "reference": ref, "models": rows, "overlap": overlap(correct),
             "ensembles": score_ensembles(sets, probs, y, weights, correct[ref] if ref else None,
                                          args.bootstrap, args.seed)}
+        res["missed_by_all"] = missed_by_all(preds, split, probs, correct)
+        res["median_peak_dbfs"] = preds.median_peak_dbfs(split)
         if split == "val":
             res["oof"] = oof
         if seed_groups:

@@ -225,3 +225,19 @@ def test_codec_augmentation_is_what_the_server_decodes(tf_child: TfChild) -> Non
         assert request.ByteSize() <= 300
         np.testing.assert_array_equal(all_coded[i], tensor_from_proto(request.features.tensor))
     assert np.abs(all_coded - exact).mean() > 0.01  # lossy: the augmentation changes the features
+
+
+def test_quiet_augmentation_makes_16_bit_recordings_at_low_level() -> None:
+    """quiet_prob turns that share of clips into 16-bit recordings 25-65 dB down; the others are untouched."""
+    from trainers.augment import AugmentConfig, augment_audio
+
+    x = np.random.default_rng(4).uniform(-0.5, 0.5, (400, 16000)).astype(np.float32)
+    loud = AugmentConfig(time_shift=0, noise_prob=0.0, gain=(1.0, 1.0))
+    quiet = AugmentConfig(time_shift=0, noise_prob=0.0, gain=(1.0, 1.0), quiet_prob=0.25)
+    plain = augment_audio(x, [], np.random.default_rng(5), loud)
+    out = augment_audio(x, [], np.random.default_rng(5), quiet)
+    changed = np.flatnonzero(np.any(out != plain, axis=-1))
+    assert 60 <= len(changed) <= 140  # about a quarter of 400
+    drop_db = 20 * np.log10(np.abs(plain[changed]).max(-1) / np.abs(out[changed]).max(-1))
+    assert drop_db.min() > 24 and drop_db.max() < 66
+    np.testing.assert_array_equal(out[changed] * 32768, np.round(out[changed] * 32768))  # on the int16 grid

@@ -19,6 +19,10 @@ class AugmentConfig:
     time_mask_max: int = 5
     freq_masks: int = 2
     freq_mask_max: int = 4
+    quiet_prob: float = 0.0
+    """Share of clips turned into quiet recordings: attenuated by quiet_db and re-quantized to 16 bits, as
+    a microphone at far too low a gain records them (some Speech Commands clips peak at -50 to -75 dBFS)."""
+    quiet_db: tuple[float, float] = (25.0, 65.0)
 
 
 def augment_audio(x: np.ndarray, noise: list[np.ndarray], rng: np.random.Generator,
@@ -37,7 +41,12 @@ def augment_audio(x: np.ndarray, noise: list[np.ndarray], rng: np.random.Generat
             rec = noise[rng.integers(len(noise))]
             start = rng.integers(0, len(rec) - length)
             out[i] += rng.uniform(0, cfg.noise_volume) * rec[start : start + length]
-    return np.clip(out, -1.0, 1.0)
+    out = np.clip(out, -1.0, 1.0)
+    if cfg.quiet_prob > 0:
+        quiet = np.flatnonzero(rng.random(n) < cfg.quiet_prob)
+        gain = 10.0 ** (-rng.uniform(*cfg.quiet_db, size=(len(quiet), 1)) / 20.0)
+        out[quiet] = np.round(out[quiet] * gain * 32768.0).astype(np.float32) / np.float32(32768.0)
+    return out
 
 
 def spec_augment(f: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig, fill: np.ndarray) -> np.ndarray:

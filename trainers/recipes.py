@@ -101,6 +101,13 @@ RECIPES: dict[str, Recipe] = {
             description="Server model: residual CNN on 49x40 log-mel, float32. Also ensemble member 1.",
         ),
         Recipe(
+            name="big_quiet", architecture="resnet", feature=SHARED_FEATURES, epochs=30, seed=2,
+            params=resnet.Params(stem=32, channels=(48, 96, 128), blocks_per_stage=1),
+            augment=AugmentConfig(quiet_prob=0.15),
+            description="Server/ensemble candidate: big's residual CNN and seed, 15 % of the training clips "
+                        "turned into quiet recordings (-25 to -65 dB, re-quantized to 16 bits).",
+        ),
+        Recipe(
             name="big_pn", architecture="resnet", feature=LEVELLED_FEATURES, epochs=30, seed=2,
             params=resnet.Params(stem=32, channels=(48, 96, 128), blocks_per_stage=1),
             description="Server model: big's residual CNN and seed on 49x40 log-mel of peak-levelled clips.",
