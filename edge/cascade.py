@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.transports import GrpcTransport, RestSpecTransport, RetryPolicy, Transport
+from edge.transports import REST_WAYS, GrpcTransport, RestSpecTransport, RetryPolicy, Transport
 from kws.v1 import kws_pb2 as pb
 from kws_rpc import handlers
 from kws_rpc.audio import read_wav
@@ -103,8 +103,9 @@ def add_remote_args(ap: argparse.ArgumentParser, timeout_s: float) -> None:
 
 
 def remote(way: str, a: argparse.Namespace, policy: RetryPolicy | None = None, **kw: Any) -> Transport:
-    """The transport for one way of asking big ("rest-spec" or "grpc-<payload>", see transports.WAYS)."""
+    """The transport for one way of asking big ("rest-spec", "rest-adpcm" or "grpc-<payload>", see
+    transports.WAYS)."""
     policy = policy or RetryPolicy(timeout_s=a.timeout)
-    if way == "rest-spec":
-        return RestSpecTransport(a.url, a.device, policy, **kw)
+    if way in REST_WAYS:
+        return RestSpecTransport(a.url, a.device, policy, wav_codec=REST_WAYS[way], **kw)
     return GrpcTransport(a.grpc, way.split("-", 1)[1], policy, **kw)

@@ -20,9 +20,10 @@ from typing import Any
 from edge.cascade import (CASCADE_FILE, DEFAULT_THRESHOLD, LITTLE, RESULTS, add_remote_args, calibrated_budget,
                           little_on_file, load_threshold, repo_relative, should_ask)
 from edge.report import MB, ClipRecord, headline, summarize, write_report
-from edge.transports import (OVER_BUDGET, PAYLOADS, GrpcTransport, RestSpecTransport, RetryPolicy, Transport,
-                             request_id)
+from edge.transports import (OVER_BUDGET, PAYLOADS, REST_WAYS, GrpcTransport, RestSpecTransport, RetryPolicy,
+                             Transport, request_id)
 from kws_rpc import tls
+from kws_rpc.audio import WAV_CODECS
 from kws_rpc.auth import client_token
 from kws_rpc.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
 from kws_rpc.model import KwsModel
@@ -44,7 +45,7 @@ class ClientConfig:
     transport: str  # "rest" | "grpc"
     url: str
     grpc_target: str
-    payload: str
+    payload: str  # gRPC: a transports.PAYLOADS entry; REST: "spec" (16-bit PCM WAV) or "adpcm" (IMA ADPCM WAV)
     threshold: float
     threshold_source: str
     split: str
@@ -62,7 +63,8 @@ class ClientConfig:
 
 def make_transport(cfg: ClientConfig) -> Transport:
     if cfg.transport == "rest":
-        return RestSpecTransport(cfg.url, cfg.device, cfg.policy, cfg.tls, cfg.token)
+        return RestSpecTransport(cfg.url, cfg.device, cfg.policy, cfg.tls, cfg.token,
+                                 wav_codec=REST_WAYS[f"rest-{cfg.payload}"])
     return GrpcTransport(cfg.grpc_target, cfg.payload, cfg.policy, cfg.tls, cfg.token)
 
 
@@ -113,6 +115,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--transport", choices=("rest", "grpc"), default="rest")
     add_remote_args(ap, timeout_s=2.0)
     ap.add_argument("--payload", choices=PAYLOADS, default="wav", help="gRPC payload (REST is always the spec)")
+    ap.add_argument("--wav", choices=WAV_CODECS, default="pcm16",
+                    help="REST: how the spec body's WAV codes the samples: pcm16 (default, the reference's, which "
+                         "any server reads) or ima-adpcm (4 bits a sample: requests 4x smaller, the same "
+                         "accuracy; kws servers read it, the course's reference service does not)")
     ap.add_argument("--threshold", type=float, default=None,
                     help=f"ask big when margin <= this (default: {CASCADE_FILE.name}, else {DEFAULT_THRESHOLD})")
     ap.add_argument("--cascade", default=str(CASCADE_FILE), help="calibrated threshold file")
@@ -140,13 +146,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def way_of(a: argparse.Namespace) -> str:
+    """The way of asking big the flags choose (a key of edge.transports.WAYS)."""
+    if a.transport == "rest":
+        return next(w for w, codec in REST_WAYS.items() if codec == a.wav)
+    return f"grpc-{a.payload}"
+
+
 def config_from_args(a: argparse.Namespace) -> ClientConfig:
     calibrated_for = None
     max_cost_mb = a.max_cost_mb
     if max_cost_mb is not None and max_cost_mb < 0:
         raise SystemExit(f"--max-cost-mb is a budget in MB (0 = no cap); got {max_cost_mb}")
     if a.threshold is None:
-        way = "rest-spec" if a.transport == "rest" else f"grpc-{a.payload}"
+        way = way_of(a)
         threshold, source = load_threshold(Path(a.cascade), way)
         if source != "default":
             doc = json.loads(Path(a.cascade).read_text())
@@ -164,10 +177,14 @@ def config_from_args(a: argparse.Namespace) -> ClientConfig:
         raise SystemExit(f"kws-edge: error: {e}") from None
     if a.transport == "rest" and client_tls is not None and not a.url.lower().startswith("https://"):
         raise SystemExit(f"kws-edge: error: --tls-* flags were given, but --url {a.url} is not https://")
-    suffix = a.transport if a.transport == "rest" or a.payload == "wav" else f"grpc_{a.payload}"
+    if a.transport == "rest":
+        suffix = "rest" if a.wav == "pcm16" else "rest_adpcm"
+    else:
+        suffix = "grpc" if a.payload == "wav" else f"grpc_{a.payload}"
     report = Path(a.report) if a.report else RESULTS / f"edge_{suffix}.json"
     return ClientConfig(little=Path(a.little), transport=a.transport, url=a.url, grpc_target=a.grpc,
-                        payload=a.payload if a.transport == "grpc" else "spec", threshold=threshold,
+                        payload=a.payload if a.transport == "grpc" else way_of(a)[len("rest-"):],
+                        threshold=threshold,
                         threshold_source=source, split=a.split, limit=a.limit, data_dir=a.data_dir,
                         report=report, device=a.device,
                         policy=RetryPolicy(timeout_s=a.timeout, retries=a.retries), progress=not a.no_progress,

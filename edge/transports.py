@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from kws.v1 import kws_pb2 as pb
-from kws_rpc.audio import encode_wav, pad_or_trim
+from kws_rpc.audio import WAV_CODECS, encode_wav, pad_or_trim
 from kws_rpc.codec import audio_to_proto, config_from_proto, config_to_proto, tensor_to_proto
 from kws_rpc.errors import KwsError
 from kws_rpc.features import FeatureConfig, mfcc
@@ -155,23 +155,28 @@ class _Caller:
         return Answer(None, sent, k + 1, error[:300])
 
 
-def spec_body(audio: np.ndarray, device: str, timestamp: int | None = None) -> dict[str, Any]:
-    """The reference SenML+JSON request: the 1 s clip as a base64 16 kHz WAV file."""
-    return spec_body_for_wav(encode_wav(audio, SAMPLE_RATE), device, timestamp)
+def spec_body(audio: np.ndarray, device: str, timestamp: int | None = None, wav_codec: str = "pcm16") -> dict[str, Any]:
+    """The reference SenML+JSON request: the 1 s clip as a base64 16 kHz WAV file, 16-bit PCM as the
+    reference sends it, or 4-bit IMA ADPCM (``wav_codec="ima-adpcm"``, a quarter of the bytes; kws
+    servers read both, the course's reference service only PCM)."""
+    return spec_body_for_wav(encode_wav(audio, SAMPLE_RATE, wav_codec), device, timestamp)
 
 
 class RestSpecTransport:
     """PUTs the spec body to the REST gateway; big's answer is the reply's ``label``, or, from the
-    reference service, its label_idx record in the course's label order."""
+    reference service, its label_idx record in the course's label order. ``wav_codec`` is the WAV's
+    sample coding (see spec_body)."""
 
     def __init__(self, url: str, device: str, policy: RetryPolicy = RetryPolicy(), tls: ClientTls | None = None,
-                 token: str | None = None) -> None:
+                 token: str | None = None, wav_codec: str = "pcm16") -> None:
         import requests
 
         if tls is not None and not url.lower().startswith("https://"):
             raise ValueError(f"TLS settings were given, but {url[:200]} is not an https:// URL")
         self._requests = requests
-        self.url, self.device = url, device
+        if wav_codec not in WAV_CODECS:
+            raise ValueError(f"unknown WAV codec {wav_codec!r}; choose from {WAV_CODECS}")
+        self.url, self.device, self.wav_codec = url, device, wav_codec
         self._session = requests.Session()
         # per request: a Session's own verify loses to $REQUESTS_CA_BUNDLE, a request's does not
         self._tls = tls.requests_kwargs() if tls is not None else {}
@@ -184,7 +189,7 @@ class RestSpecTransport:
         return self._caller.failures
 
     def ask(self, audio: np.ndarray, clip_id: str, max_bytes: int | None = None) -> Answer:
-        data = json.dumps(spec_body(audio, self.device))
+        data = json.dumps(spec_body(audio, self.device, wav_codec=self.wav_codec))
         rq = self._requests
 
         def attempt() -> str:
@@ -247,14 +252,16 @@ def features_request(feats: np.ndarray, payload: str, clip_id: str, config: Feat
     return request
 
 
-WAYS = ("rest-spec", *(f"grpc-{p}" for p in PAYLOADS))
+# REST ways: the spec body with its WAV as 16-bit PCM (the reference's) or as 4-bit IMA ADPCM.
+REST_WAYS = {"rest-spec": "pcm16", "rest-adpcm": "ima-adpcm"}
+WAYS = (*REST_WAYS, *(f"grpc-{p}" for p in PAYLOADS))
 
 
 def request_for(way: str, audio: np.ndarray, clip_id: str, device: str,
                 config: FeatureConfig | None) -> pb.PredictRequest | dict[str, Any]:
-    """What one way of asking big ("rest-spec" or "grpc-<payload>") puts on the wire for a clip."""
-    if way == "rest-spec":
-        return spec_body(audio, device)
+    """What one way of asking big ("rest-spec", "rest-adpcm" or "grpc-<payload>") puts on the wire for a clip."""
+    if way in REST_WAYS:
+        return spec_body(audio, device, wav_codec=REST_WAYS[way])
     if not way.startswith("grpc-"):
         raise ValueError(f"unknown way {way!r}; choose from {WAYS}")
     return build_request(audio, way[len("grpc-"):], clip_id, config)

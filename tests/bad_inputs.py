@@ -89,6 +89,30 @@ def bad_wavs(wav: bytes) -> dict[str, bytes]:
         "wav 3 s long": encode_wav(np.tile(audio, 3), rate),
         "wav 1 frame at 48 kHz": encode_wav(audio[:1], 48000),
         "wav 1 frame at 8 kHz": encode_wav(audio[:1], 8000),
+        **bad_adpcm_wavs(audio, rate),
+    }
+
+
+def bad_adpcm_wavs(audio: np.ndarray, rate: int) -> dict[str, bytes]:
+    """IMA ADPCM WAV files (kws_rpc.adpcm) that lie about their layout. A good one has fmt (20 bytes) at
+    12, fact at 40 (sample count at 48), data at 52 and block 0's header at 60 (index byte 62)."""
+    good = encode_wav(audio, rate, "ima-adpcm")
+    fmt20, data = good[20:40], good[60:]
+    fmt16 = fmt20[:16]
+    return {
+        "adpcm fmt without samples per block": _riff((b"fmt ", fmt16), (b"data", data)),
+        "adpcm samples per block wrong": _wav_with(good, 38, "<H", 1000),
+        "adpcm block align 4": _riff((b"fmt ", fmt20[:12] + struct.pack("<HHHH", 4, 4, 2, 1)), (b"data", data)),
+        "adpcm stereo": _wav_with(good, 22, "<H", 2),
+        "adpcm 3 bit": _wav_with(good, 34, "<H", 3),
+        "adpcm fact beyond the data": _wav_with(good, 48, "<I", 10**6),
+        "adpcm fact 0": _wav_with(good, 48, "<I", 0),
+        "adpcm step index 200": _wav_with(good, 62, "<B", 200),
+        "adpcm reserved byte set": _wav_with(good, 63, "<B", 7),
+        "adpcm data of 3 bytes": _riff((b"fmt ", fmt20), (b"data", data[:3])),
+        "adpcm no samples": _riff((b"fmt ", fmt20), (b"data", b"")),
+        "adpcm 3 s long": encode_wav(np.tile(audio, 3), rate, "ima-adpcm"),
+        "adpcm sample rate 4 kHz": encode_wav(audio[::4], rate // 4, "ima-adpcm"),
     }
 
 

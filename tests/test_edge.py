@@ -19,7 +19,7 @@ import pytest
 from edge import calibrate
 from edge.client import ClientConfig, config_from_args, load_threshold, parse_args, run, should_ask
 from edge.report import headline, summarize
-from edge.transports import (DCT_MAX_REQUEST_BYTES, OVER_BUDGET, PAYLOADS, WAYS, GrpcTransport, RestSpecTransport, RetryPolicy, build_request, spec_body,
+from edge.transports import (DCT_MAX_REQUEST_BYTES, OVER_BUDGET, PAYLOADS, REST_WAYS, WAYS, GrpcTransport, RestSpecTransport, RetryPolicy, build_request, spec_body,
                              spec_bytes)
 from kws_rpc.audio import decode_wav, read_wav
 from kws_rpc.model import softmax_margin
@@ -213,8 +213,8 @@ def test_calibration_uses_val_only(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def client_config(little: Path, tmp_path: Path, transport: str, url: str, limit: int) -> ClientConfig:
-    return ClientConfig(little=little, transport=transport, url=url, grpc_target=url, payload="mfcc-f32",
-                        threshold=1.0, threshold_source="test", split="test", limit=limit, data_dir=None,
+    return ClientConfig(little=little, transport=transport, url=url, grpc_target=url,
+                        payload="mfcc-f32" if transport == "grpc" else "spec", threshold=1.0, threshold_source="test", split="test", limit=limit, data_dir=None,
                         report=tmp_path / "r.json", device="0x1", policy=FAST, progress=False)
 
 
@@ -302,7 +302,7 @@ def real_server(little_path: Path) -> Iterator[tuple[object, Path]]:
         handle.stop(0.5)
 
 
-@pytest.mark.parametrize("transport,payload", [("rest", "spec"), ("grpc", "wav"), ("grpc", "pcm"),
+@pytest.mark.parametrize("transport,payload", [("rest", "spec"), ("rest", "adpcm"), ("grpc", "wav"), ("grpc", "pcm"),
                                                ("grpc", "mfcc-f32"), ("grpc", "mfcc-f16"), ("grpc", "mfcc-i8"),
                                                ("grpc", "mfcc-q5z")])
 def test_cascade_end_to_end(real_server, transport: str, payload: str, little: Path, tmp_path: Path,
@@ -314,7 +314,9 @@ def test_cascade_end_to_end(real_server, transport: str, payload: str, little: P
     url = handle.gateway.url + "/" if transport == "rest" else handle.target
     cfg = dataclasses.replace(client_config(little, tmp_path, transport, url, limit=6), payload=payload,
                               policy=policy)
-    remote = RestSpecTransport(url, cfg.device, policy) if transport == "rest" else GrpcTransport(url, payload, policy)
+    codec = REST_WAYS.get(f"rest-{payload}", "pcm16")
+    remote = (RestSpecTransport(url, cfg.device, policy, wav_codec=codec) if transport == "rest"
+              else GrpcTransport(url, payload, policy))
     try:
         records, summary = run(cfg, remote)
     finally:
@@ -333,7 +335,7 @@ def test_cascade_end_to_end(real_server, transport: str, payload: str, little: P
     if transport == "rest":  # each clip is sent as recorded (some are shorter than 1 s), as the reference does
         for r in records:
             audio, _ = read_wav(str(dataset_root / "mini_speech_commands" / r.name))
-            assert r.bytes_sent == spec_bytes(spec_body(audio, "0x1")), r
+            assert r.bytes_sent == spec_bytes(spec_body(audio, "0x1", wav_codec=codec)), r
 
 
 def test_rest_transport_never_sends_past_max_bytes(http_server) -> None:

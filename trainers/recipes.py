@@ -71,6 +71,14 @@ RECIPES: dict[str, Recipe] = {
                         "student sees twice as many augmented views of each clip with the teachers' targets.",
         ),
         Recipe(
+            name="little_h10", architecture="dscnn", feature=HOP10_FEATURES, epochs=50, seed=1,
+            params=dscnn.Params(filters=48, blocks=4),
+            quantization="int8", zlib_budget=20_000, output="logits",
+            teachers=ENSEMBLE_TEACHERS, distill_weight=0.7, distill_temperature=2.0,
+            description="Edge candidate: little's DS-CNN and recipe on 98x40 log-mel (30 ms window, 10 ms hop, "
+                        "BC-ResNet's framing): the same weights, twice the time resolution and compute.",
+        ),
+        Recipe(
             name="little_pn", architecture="dscnn", feature=LEVELLED_FEATURES, epochs=35, seed=1,
             params=dscnn.Params(filters=48, blocks=4),
             quantization="int8", zlib_budget=20_000, output="logits",
