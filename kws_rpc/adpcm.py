@@ -2,7 +2,7 @@
 "Recommended Practices for Enhancing Digital Audio Compatibility", 1992), mono: 4 bits a sample.
 
 A 1 s clip at 16 kHz is 8,064 bytes instead of 32,000 (16-bit PCM), and big's accuracy on the decoded
-clips equals its accuracy on the originals (val and test: `make adpcm-check`). Readers of this format
+clips equals its accuracy on the originals (val and test: `make payload`). Readers of this format
 are everywhere (sox, ffmpeg, libsndfile, Windows), so a REST body whose base64 clip is an IMA ADPCM WAV is
 still "the clip, base64-encoded, as a WAV file", a quarter of the size.
 

@@ -2,8 +2,9 @@
 
 1. evaluates every shipped model on the test split (table);
 2. starts the real gRPC server hosting the big model, with its REST gateway, on free loopback ports;
-3. runs the edge cascade over the 800 test clips in REST spec mode (SenML+JSON, base64 WAV) and in
-   gRPC mode with int8 MFCC payloads; prints accuracy and communication cost;
+3. runs the edge cascade over the 800 test clips in REST spec mode (SenML+JSON, base64 WAV: 16-bit PCM
+   as the reference sends it, then 4-bit IMA ADPCM) and in gRPC mode with compressed log-mel payloads;
+   prints accuracy and communication cost;
 4. stops the server (SIGTERM, graceful) and runs cooperative inference over MQTT with the embedded broker
    and one worker per ensemble member.
 
@@ -66,6 +67,8 @@ def commands(limit: int | None, grpc_port: int, http_port: int) -> dict[str, lis
                    "--gateway-port", str(http_port), "--log-level", "WARNING"],
         "client-rest": ["-m", "edge.client", "--transport", "rest", "--url", f"http://127.0.0.1:{http_port}/",
                         "--report", "results/edge_rest.json", *n],
+        "client-rest-adpcm": ["-m", "edge.client", "--transport", "rest", "--wav", "ima-adpcm",
+                              "--url", f"http://127.0.0.1:{http_port}/", "--report", "results/edge_rest_adpcm.json", *n],
         "client-grpc": ["-m", "edge.client", "--transport", "grpc", "--payload", "mfcc-q5z",
                         "--grpc", f"127.0.0.1:{grpc_port}", "--report", "results/edge_grpc_mfcc-q5z.json", *n],
         "coop": ["-m", "kws_rpc.mqtt.local", "--split", "test", "--report", "results/coop_report.json", *n],
@@ -90,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         wait_ready(f"http://127.0.0.1:{http_port}/readyz", server)
         step("3/4 edge cascade: little on every clip, big when unsure")
         run(*cmd["client-rest"])
+        run(*cmd["client-rest-adpcm"])
         run(*cmd["client-grpc"])
     finally:
         server.send_signal(signal.SIGTERM)

@@ -241,3 +241,21 @@ def test_quiet_augmentation_makes_16_bit_recordings_at_low_level() -> None:
     drop_db = 20 * np.log10(np.abs(plain[changed]).max(-1) / np.abs(out[changed]).max(-1))
     assert drop_db.min() > 24 and drop_db.max() < 66
     np.testing.assert_array_equal(out[changed] * 32768, np.round(out[changed] * 32768))  # on the int16 grid
+
+
+def test_mixup_mixes_audio_and_targets_alike() -> None:
+    """mixup_prob=0 is the identity; otherwise a mixed clip is lam * x_i + (1 - lam) * x_j with the same
+    lam (>= 0.5) in its targets. With the targets as the "audio", both outputs must be equal."""
+    from trainers.augment import AugmentConfig, mixup
+
+    rng = np.random.default_rng(6)
+    y = np.eye(8, dtype=np.float32)[rng.integers(0, 8, 400)]
+    same_x, same_y = mixup(y, y, rng, AugmentConfig())
+    assert same_x is y and same_y is y
+    mx, my = mixup(y, y, np.random.default_rng(7), AugmentConfig(mixup_prob=0.5))
+    np.testing.assert_allclose(mx, my, atol=1e-6)
+    changed = np.flatnonzero(np.abs(my - y).max(-1) > 1e-6)
+    assert 120 <= len(changed) <= 200  # about half of 400, less the partners of the same word
+    np.testing.assert_allclose(my.sum(-1), 1.0, atol=1e-6)
+    own = my[np.arange(len(y)), y.argmax(-1)]
+    assert own.min() >= 0.5 - 1e-6 and own[changed].max() < 1.0

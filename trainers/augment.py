@@ -23,6 +23,11 @@ class AugmentConfig:
     """Share of clips turned into quiet recordings: attenuated by quiet_db and re-quantized to 16 bits, as
     a microphone at far too low a gain records them (some Speech Commands clips peak at -50 to -75 dBFS)."""
     quiet_db: tuple[float, float] = (25.0, 65.0)
+    mixup_prob: float = 0.0
+    """Share of clips mixed with another clip of the batch (mixup, Zhang et al. 2018), after the audio
+    augmentation: x = lam * x_i + (1 - lam) * x_j, lam ~ Beta(mixup_alpha, mixup_alpha) folded to >= 0.5;
+    their one-hot targets mix alike, and teachers label the mixed audio itself (consistent distillation)."""
+    mixup_alpha: float = 0.4
 
 
 def augment_audio(x: np.ndarray, noise: list[np.ndarray], rng: np.random.Generator,
@@ -66,3 +71,19 @@ def spec_augment(f: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig, fi
             else:
                 f.transpose(0, 2, 1)[mask] = fill[np.nonzero(mask)[1]][:, None]
     return f
+
+
+def mixup(x: np.ndarray, targets: np.ndarray, rng: np.random.Generator,
+          cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Audio and targets with a share cfg.mixup_prob of the clips mixed with a random partner."""
+    if cfg.mixup_prob <= 0:
+        return x, targets
+    n = len(x)
+    which = np.flatnonzero(rng.random(n) < cfg.mixup_prob)
+    partner = rng.integers(0, n, size=len(which))
+    lam = rng.beta(cfg.mixup_alpha, cfg.mixup_alpha, size=len(which)).astype(np.float32)
+    lam = np.maximum(lam, 1 - lam)  # the clip keeps the larger share: its own label stays the top one
+    x, targets = x.copy(), targets.copy()
+    x[which] = lam[:, None] * x[which] + (1 - lam[:, None]) * x[partner]
+    targets[which] = lam[:, None] * targets[which] + (1 - lam[:, None]) * targets[partner]
+    return x, targets

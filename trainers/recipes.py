@@ -79,6 +79,15 @@ RECIPES: dict[str, Recipe] = {
                         "BC-ResNet's framing): the same weights, twice the time resolution and compute.",
         ),
         Recipe(
+            name="little_mix", architecture="dscnn", feature=LITTLE_FEATURES, epochs=60, seed=1,
+            params=dscnn.Params(filters=48, blocks=4),
+            quantization="int8", zlib_budget=20_000, output="logits",
+            augment=AugmentConfig(mixup_prob=0.5),
+            teachers=ENSEMBLE_TEACHERS, distill_weight=0.7, distill_temperature=2.0,
+            description="Edge candidate: little's recipe, 60 epochs, half the clips mixed with another (mixup) "
+                        "and labelled by the teachers on the mixed audio (consistent, patient distillation).",
+        ),
+        Recipe(
             name="little_pn", architecture="dscnn", feature=LEVELLED_FEATURES, epochs=35, seed=1,
             params=dscnn.Params(filters=48, blocks=4),
             quantization="int8", zlib_budget=20_000, output="logits",

@@ -24,7 +24,7 @@ from kws_rpc.data import LABELS, find_dataset, load_noise, load_split
 from kws_rpc.features import FeatureConfig, mfcc, normalize_peak
 from kws_rpc.model import KwsModel
 from trainers.architectures import REGISTRY
-from trainers.augment import augment_audio, spec_augment
+from trainers.augment import augment_audio, mixup, spec_augment
 from trainers.export import export
 from trainers.recipes import RECIPES, SHIPPED, Recipe
 
@@ -53,11 +53,11 @@ def _fit(model: tf.keras.Model, r: Recipe, epochs: int, data: dict, rng: np.rand
     bar = tqdm(range(epochs), desc=desc, unit="epoch")
     for epoch in bar:
         audio = augment_audio(data["train_audio"], data["noise"], rng, r.augment)
+        audio, targets = mixup(audio, data["train_onehot"], rng, r.augment)
         clean_feats = feats = mfcc(audio, r.feature)
         if r.codec_prob:
             feats = codec_round_trip(feats, r.feature, np.flatnonzero(rng.random(len(feats)) < r.codec_prob))
         feats = spec_augment(feats, rng, r.augment, data["mean"])
-        targets = data["train_onehot"]
         if data["teachers"]:
             soft = teacher_targets(data["teachers"], audio, r.distill_temperature, {r.feature: clean_feats})
             targets = (1 - r.distill_weight) * targets + r.distill_weight * soft
