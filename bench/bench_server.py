@@ -42,7 +42,7 @@ class BenchConfig:
     concurrency: tuple[int, ...]
     requests: int  # per cell
     seconds: float  # per cell, at most
-    payloads: tuple[str, ...]  # grpc-wav, grpc-q5z, grpc-dct, rest
+    payloads: tuple[str, ...]  # grpc-wav, grpc-q5z, grpc-dct, rest, rest-adpcm
     processes: tuple[int, ...]  # server processes (kws-server --processes)
     batching: tuple[str, ...]
     max_batch_size: int
@@ -91,7 +91,8 @@ def request_bodies(model: Path) -> dict[str, list[tuple[str, bytes]]]:
 
     config = KwsModel(model).feature_config
     clips = [(p.stem, p.read_bytes()) for p in sorted(CLIPS.glob("*.wav"))]
-    bodies: dict[str, list[tuple[str, bytes]]] = {"grpc-wav": [], "grpc-q5z": [], "grpc-dct": [], "rest": []}
+    bodies: dict[str, list[tuple[str, bytes]]] = {"grpc-wav": [], "grpc-q5z": [], "grpc-dct": [], "rest": [],
+                                                  "rest-adpcm": []}
     for i, (word, wav) in enumerate(clips):
         audio, _ = decode_wav(wav)
         bodies["grpc-wav"].append((word, pb.PredictRequest(request_id=str(i), audio=pb.Audio(wav=wav)).SerializeToString()))
@@ -99,12 +100,13 @@ def request_bodies(model: Path) -> dict[str, list[tuple[str, bytes]]]:
         bodies["grpc-q5z"].append((word, q5z.SerializeToString()))
         bodies["grpc-dct"].append((word, request_for("grpc-mfcc-dct", audio, str(i), "bench", config).SerializeToString()))
         bodies["rest"].append((word, json.dumps(spec_body_for_wav(wav, "bench")).encode()))
+        bodies["rest-adpcm"].append((word, json.dumps(request_for("rest-adpcm", audio, str(i), "bench", config)).encode()))
     return bodies
 
 
 def run_cell(server: ServerProcess, payload: str, bodies: list[tuple[str, bytes]], clients: int, requests: int,
              seconds: float) -> dict[str, Any]:
-    transport = "rest" if payload == "rest" else "grpc"
+    transport = "rest" if payload.startswith("rest") else "grpc"
     target = server.gateway_url if transport == "rest" else server.grpc_target
     job = Job(transport, target, bodies, clients, requests, seconds)
     out = drive(job, processes=1 if transport == "grpc" or clients < 8 else 2)
@@ -146,7 +148,8 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     ap.add_argument("--seconds", type=float, default=6.0, help="seconds per cell (at most)")
     ap.add_argument("--payloads", default="grpc-q5z,grpc-wav,rest",
                     help="grpc-q5z (5-bit log-mel, 791 B), grpc-dct (DCT_RC log-mel, <= 300 B), grpc-wav (the WAV "
-                         "file), rest (the reference SenML body)")
+                         "file), rest (the reference SenML body), rest-adpcm (the SenML body with an IMA ADPCM WAV, "
+                         "4x smaller; the server decodes it)")
     ap.add_argument("--processes", default="1,2", help="server process counts to measure (kws-server --processes)")
     ap.add_argument("--batching", default="off", help="off, on or off,on (the micro-batcher)")
     ap.add_argument("--max-batch-size", type=int, default=32)
