@@ -18,7 +18,8 @@ import numpy as np
 
 from edge.transports import REST_WAYS, GrpcTransport, RestSpecTransport, RetryPolicy, Transport
 from kws.v1 import kws_pb2 as pb
-from kws_rpc import handlers
+from kws_rpc import handlers, tls
+from kws_rpc.auth import client_token
 from kws_rpc.audio import read_wav
 from kws_rpc.core import InferenceCore
 from kws_rpc.features import resample
@@ -100,12 +101,22 @@ def add_remote_args(ap: argparse.ArgumentParser, timeout_s: float) -> None:
                         "with gRPC round_robin and health checks)")
     g.add_argument("--device", default=hex(uuid.getnode()), help="SenML base name 'bn' (device id)")
     g.add_argument("--timeout", type=float, default=timeout_s, help="seconds per remote attempt (default %(default)s)")
+    g.add_argument("--token", default=None,
+                   help="bearer token for the server, or @FILE to read it from a file (default $KWS_TOKEN)")
+    tls.add_client_args(ap)
 
 
 def remote(way: str, a: argparse.Namespace, policy: RetryPolicy | None = None, **kw: Any) -> Transport:
     """The transport for one way of asking big ("rest-spec", "rest-adpcm" or "grpc-<payload>", see
     transports.WAYS)."""
     policy = policy or RetryPolicy(timeout_s=a.timeout)
+    if "tls" not in kw and "token" not in kw:  # the server's TLS and token flags (add_remote_args)
+        try:
+            kw["tls"], kw["token"] = tls.client_tls_from_args(a), client_token(a.token)
+            if kw["tls"] is not None:
+                kw["tls"].check()
+        except (ValueError, OSError) as e:
+            raise SystemExit(f"error: {e}") from None
     if way in REST_WAYS:
         return RestSpecTransport(a.url, a.device, policy, wav_codec=REST_WAYS[way], **kw)
     return GrpcTransport(a.grpc, way.split("-", 1)[1], policy, **kw)

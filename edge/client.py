@@ -133,9 +133,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--report", default=None, help="JSON report (default results/edge_<transport>.json)")
     ap.add_argument("--retries", type=int, default=2, help="extra attempts after a retryable failure")
     ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("--token", default=None,
-                    help="bearer token for the server, or @FILE to read it from a file (default $KWS_TOKEN)")
-    tls.add_client_args(ap)
     modes = ap.add_argument_group("other modes (the same as python -m edge.calibrate; its flags pass through)")
     modes.add_argument("--calibrate", action="store_true",
                        help="choose the threshold on the VAL split (--budget-mb or --target-accuracy; "

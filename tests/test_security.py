@@ -326,6 +326,29 @@ def test_edge_client_over_mtls_and_token(secure_server: ServerHandle, pki: dict[
     assert ("HTTP 401" if transport == "rest" else "UNAUTHENTICATED") in answer.error
 
 
+@pytest.mark.parametrize("way", ["rest-adpcm", "grpc-mfcc-q5z"])
+def test_calibrate_and_payload_reach_a_secure_server(secure_server: ServerHandle, pki: dict[str, Path],
+                                                    clip_wavs: dict[str, bytes], way: str) -> None:
+    """edge.calibrate and edge.payload ask big through edge.cascade.remote: the same --tls-* and --token
+    flags as the client (add_remote_args), so their remote modes work against the Pi setup too."""
+    from edge import calibrate
+    from edge.cascade import remote
+
+    assert secure_server.gateway is not None
+    flags = ["--url", secure_server.gateway.url + "/", "--grpc", secure_server.target, "--tls-ca", str(pki["ca.pem"]),
+             "--tls-cert", str(pki["edge.pem"]), "--tls-key", str(pki["edge.key"]), "--timeout", "10"]
+    for token, ok in ((EDGE_TOKEN, True), ("not-the-token-0123456789", False)):
+        t = remote(way, calibrate.parse_args([*flags, "--token", token]))
+        try:
+            word, wav = next(iter(clip_wavs.items()))
+            answer = t.ask(decode_wav(wav)[0], word)
+        finally:
+            t.close()
+        assert (answer.label == word) is ok, answer
+        if not ok:
+            assert ("HTTP 401" if way.startswith("rest") else "UNAUTHENTICATED") in answer.error
+
+
 # --- configuration ---------------------------------------------------------------------------------------
 
 def test_plaintext_off_loopback_is_refused(served_model_path: Path, pki: dict[str, Path],
