@@ -48,45 +48,40 @@ class Recipe:
     init: str = ""  # fine-tune: start from this shipped float model's weights (trainers.from_tflite), not at random
 
 
+LITTLE = Recipe(
+    name="little", architecture="dscnn", feature=LITTLE_FEATURES, epochs=50, seed=1,
+    params=dscnn.Params(filters=48, blocks=4),
+    quantization="int8", zlib_budget=20_000, output="logits",
+    teachers=ENSEMBLE_TEACHERS, distill_weight=0.7, distill_temperature=2.0,
+    description="Edge model: DS-CNN (48 filters, 4 depthwise-separable blocks) on 49x40 log-mel, "
+                "distilled from the server ensemble, int8 full-integer with int8 logits out, "
+                "<= 20,000 bytes after zlib.",
+)
+BIG = Recipe(
+    name="big", architecture="resnet", feature=SHARED_FEATURES, epochs=30, seed=2,
+    params=resnet.Params(stem=32, channels=(48, 96, 128), blocks_per_stage=1),
+    description="Server model: residual CNN on 49x40 log-mel, float32. Also ensemble member 1.",
+)
+
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in [
         # Edge candidates are chosen on val accuracy: little (distilled from the ensemble) reached 95.13 %,
         # little_pruned (distilled from big alone) 94.00 %. Both fit 20,000 bytes after zlib only with int8.
-        Recipe(
-            name="little", architecture="dscnn", feature=LITTLE_FEATURES, epochs=50, seed=1,
-            params=dscnn.Params(filters=48, blocks=4),
-            quantization="int8", zlib_budget=20_000, output="logits",
-            teachers=ENSEMBLE_TEACHERS, distill_weight=0.7, distill_temperature=2.0,
-            description="Edge model: DS-CNN (48 filters, 4 depthwise-separable blocks) on 49x40 log-mel, "
-                        "distilled from the server ensemble, int8 full-integer with int8 logits out, "
-                        "<= 20,000 bytes after zlib.",
-        ),
-        Recipe(
-            name="little_long", architecture="dscnn", feature=LITTLE_FEATURES, epochs=100, seed=1,
-            params=dscnn.Params(filters=48, blocks=4),
-            quantization="int8", zlib_budget=20_000, output="logits",
-            teachers=ENSEMBLE_TEACHERS, distill_weight=0.7, distill_temperature=2.0,
+        LITTLE,
+        # Candidates that change one thing of little's recipe (their results: README, "Candidates").
+        dataclasses.replace(
+            LITTLE, name="little_long", epochs=100,
             description="Edge candidate: little's recipe trained twice as long (100 epochs): a patient "
-                        "student sees twice as many augmented views of each clip with the teachers' targets.",
-        ),
-        Recipe(
-            name="little_h10", architecture="dscnn", feature=HOP10_FEATURES, epochs=50, seed=1,
-            params=dscnn.Params(filters=48, blocks=4),
-            quantization="int8", zlib_budget=20_000, output="logits",
-            teachers=ENSEMBLE_TEACHERS, distill_weight=0.7, distill_temperature=2.0,
+                        "student sees twice as many augmented views of each clip with the teachers' targets."),
+        dataclasses.replace(
+            LITTLE, name="little_h10", feature=HOP10_FEATURES,
             description="Edge candidate: little's DS-CNN and recipe on 98x40 log-mel (30 ms window, 10 ms hop, "
-                        "BC-ResNet's framing): the same weights, twice the time resolution and compute.",
-        ),
-        Recipe(
-            name="little_mix", architecture="dscnn", feature=LITTLE_FEATURES, epochs=60, seed=1,
-            params=dscnn.Params(filters=48, blocks=4),
-            quantization="int8", zlib_budget=20_000, output="logits",
-            augment=AugmentConfig(mixup_prob=0.5),
-            teachers=ENSEMBLE_TEACHERS, distill_weight=0.7, distill_temperature=2.0,
+                        "BC-ResNet's framing): the same weights, twice the time resolution and compute."),
+        dataclasses.replace(
+            LITTLE, name="little_mix", epochs=60, augment=AugmentConfig(mixup_prob=0.5),
             description="Edge candidate: little's recipe, 60 epochs, half the clips mixed with another (mixup) "
-                        "and labelled by the teachers on the mixed audio (consistent, patient distillation).",
-        ),
+                        "and labelled by the teachers on the mixed audio (consistent, patient distillation)."),
         Recipe(
             name="little_pn", architecture="dscnn", feature=LEVELLED_FEATURES, epochs=35, seed=1,
             params=dscnn.Params(filters=48, blocks=4),
@@ -112,18 +107,11 @@ RECIPES: dict[str, Recipe] = {
             description="Edge candidate: wider DS-CNN, 40% magnitude-pruned 1x1/first-conv/dense kernels "
                         "during training, int8 (per-tensor to fit the budget). Lost to little on val.",
         ),
-        Recipe(
-            name="big", architecture="resnet", feature=SHARED_FEATURES, epochs=30, seed=2,
-            params=resnet.Params(stem=32, channels=(48, 96, 128), blocks_per_stage=1),
-            description="Server model: residual CNN on 49x40 log-mel, float32. Also ensemble member 1.",
-        ),
-        Recipe(
-            name="big_quiet", architecture="resnet", feature=SHARED_FEATURES, epochs=30, seed=2,
-            params=resnet.Params(stem=32, channels=(48, 96, 128), blocks_per_stage=1),
-            augment=AugmentConfig(quiet_prob=0.15),
+        BIG,
+        dataclasses.replace(
+            BIG, name="big_quiet", augment=AugmentConfig(quiet_prob=0.15),
             description="Server/ensemble candidate: big's residual CNN and seed, 15 % of the training clips "
-                        "turned into quiet recordings (-25 to -65 dB, re-quantized to 16 bits).",
-        ),
+                        "turned into quiet recordings (-25 to -65 dB, re-quantized to 16 bits)."),
         Recipe(
             name="big_pn", architecture="resnet", feature=LEVELLED_FEATURES, epochs=30, seed=2,
             params=resnet.Params(stem=32, channels=(48, 96, 128), blocks_per_stage=1),
