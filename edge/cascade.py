@@ -19,8 +19,8 @@ import numpy as np
 from edge.transports import REST_WAYS, GrpcTransport, RestSpecTransport, RetryPolicy, Transport
 from kws.v1 import kws_pb2 as pb
 from kws_rpc import handlers, tls
-from kws_rpc.auth import client_token
 from kws_rpc.audio import read_wav
+from kws_rpc.auth import client_token
 from kws_rpc.core import InferenceCore
 from kws_rpc.features import resample
 from kws_rpc.model import KwsModel, softmax_margin

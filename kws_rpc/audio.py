@@ -8,6 +8,7 @@ import wave
 
 import numpy as np
 
+from kws_rpc import adpcm
 from kws_rpc.errors import InvalidInput, PayloadTooLarge
 
 MAX_CLIP_SECONDS = 2.0
@@ -114,9 +115,7 @@ def _check_length(num_samples: int, rate: int, max_seconds: float) -> None:
 def _decode_ima_adpcm(data: bytes, fmt: tuple[int, ...], fmt_body: bytes, fact: int | None,
                       max_seconds: float) -> np.ndarray:
     """The samples of an IMA ADPCM data chunk; its fmt chunk must state the block layout it uses."""
-    from kws_rpc import adpcm
-
-    _, _, rate, byte_rate, block_align, _ = fmt
+    _, _, rate, _, block_align, _ = fmt  # (the byte rate of an ADPCM file is informative only)
     _check_rate(rate)
     if len(fmt_body) < 20 or not 5 <= block_align <= 8192:
         raise InvalidInput(f"not a valid IMA ADPCM WAV file: a {len(fmt_body)}-byte fmt chunk with block align "
@@ -156,8 +155,6 @@ def encode_wav(audio: np.ndarray, sample_rate: int, codec: str = "pcm16") -> byt
 
 
 def _encode_ima_adpcm(audio: np.ndarray, sample_rate: int) -> bytes:
-    from kws_rpc import adpcm
-
     pcm = np.frombuffer(float_to_pcm16(audio), dtype="<i2")
     data = adpcm.encode(pcm)
     per, align = adpcm.samples_per_block(adpcm.BLOCK_ALIGN), adpcm.BLOCK_ALIGN
