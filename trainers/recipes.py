@@ -84,8 +84,8 @@ RECIPES: dict[str, Recipe] = {
                         "which fits 20,000 bytes after zlib with per-tensor int8 scales only (per-channel scales "
                         "and zero points cost ~4.9 KB of the budget: little_pn, 19,964 against 15,078 B)."),
         dataclasses.replace(
-            LITTLE, name="little_mix", epochs=60, augment=AugmentConfig(mixup_prob=0.5),
-            description="Edge candidate: little's recipe, 60 epochs, half the clips mixed with another (mixup) "
+            LITTLE, name="little_mix", epochs=100, augment=AugmentConfig(mixup_prob=0.5),
+            description="Edge candidate: little_long (100 epochs) with half the clips mixed with another (mixup) "
                         "and labelled by the teachers on the mixed audio (consistent, patient distillation)."),
         Recipe(
             name="little_pn", architecture="dscnn", feature=LEVELLED_FEATURES, epochs=35, seed=1,
