@@ -106,17 +106,23 @@ def add_remote_args(ap: argparse.ArgumentParser, timeout_s: float) -> None:
     tls.add_client_args(ap)
 
 
-def remote(way: str, a: argparse.Namespace, policy: RetryPolicy | None = None, **kw: Any) -> Transport:
+def server_credentials(a: argparse.Namespace, prog: str) -> tuple[tls.ClientTls | None, str | None]:
+    """The TLS settings (checked: the files exist and load) and bearer token the server flags of
+    add_remote_args give; a bad one exits with ``prog: error: ...``."""
+    try:
+        client_tls, token = tls.client_tls_from_args(a), client_token(a.token)
+        if client_tls is not None:
+            client_tls.check()
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"{prog}: error: {e}") from None
+    return client_tls, token
+
+
+def remote(way: str, a: argparse.Namespace, policy: RetryPolicy | None = None) -> Transport:
     """The transport for one way of asking big ("rest-spec", "rest-adpcm" or "grpc-<payload>", see
-    transports.WAYS)."""
+    transports.WAYS), with the server flags' TLS settings and token."""
     policy = policy or RetryPolicy(timeout_s=a.timeout)
-    if "tls" not in kw and "token" not in kw:  # the server's TLS and token flags (add_remote_args)
-        try:
-            kw["tls"], kw["token"] = tls.client_tls_from_args(a), client_token(a.token)
-            if kw["tls"] is not None:
-                kw["tls"].check()
-        except (ValueError, OSError) as e:
-            raise SystemExit(f"error: {e}") from None
+    client_tls, token = server_credentials(a, "kws-edge")
     if way in REST_WAYS:
-        return RestSpecTransport(a.url, a.device, policy, wav_codec=REST_WAYS[way], **kw)
-    return GrpcTransport(a.grpc, way.split("-", 1)[1], policy, **kw)
+        return RestSpecTransport(a.url, a.device, policy, client_tls, token, wav_codec=REST_WAYS[way])
+    return GrpcTransport(a.grpc, way.split("-", 1)[1], policy, client_tls, token)

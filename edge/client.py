@@ -18,13 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from edge.cascade import (CASCADE_FILE, DEFAULT_THRESHOLD, LITTLE, RESULTS, add_remote_args, calibrated_budget,
-                          little_on_file, load_threshold, repo_relative, should_ask)
+                          little_on_file, load_threshold, repo_relative, server_credentials, should_ask)
 from edge.report import MB, ClipRecord, headline, summarize, write_report
 from edge.transports import (OVER_BUDGET, PAYLOADS, REST_WAYS, GrpcTransport, RestSpecTransport, RetryPolicy,
                              Transport, request_id)
-from kws_rpc import tls
 from kws_rpc.audio import WAV_CODECS
-from kws_rpc.auth import client_token
 from kws_rpc.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
 from kws_rpc.model import KwsModel
 from kws_rpc.tls import ClientTls
@@ -155,8 +153,8 @@ def config_from_args(a: argparse.Namespace) -> ClientConfig:
     max_cost_mb = a.max_cost_mb
     if max_cost_mb is not None and max_cost_mb < 0:
         raise SystemExit(f"--max-cost-mb is a budget in MB (0 = no cap); got {max_cost_mb}")
+    way = way_of(a)
     if a.threshold is None:
-        way = way_of(a)
         threshold, source = load_threshold(Path(a.cascade), way)
         if source != "default":
             doc = json.loads(Path(a.cascade).read_text())
@@ -166,22 +164,13 @@ def config_from_args(a: argparse.Namespace) -> ClientConfig:
     else:
         threshold, source = a.threshold, "--threshold"
     max_cost_mb = max_cost_mb or None  # 0 = no cap
-    try:
-        client_tls, token = tls.client_tls_from_args(a), client_token(a.token)
-        if client_tls is not None:
-            client_tls.check()
-    except (ValueError, OSError) as e:
-        raise SystemExit(f"kws-edge: error: {e}") from None
+    client_tls, token = server_credentials(a, "kws-edge")
     if a.transport == "rest" and client_tls is not None and not a.url.lower().startswith("https://"):
         raise SystemExit(f"kws-edge: error: --tls-* flags were given, but --url {a.url} is not https://")
-    if a.transport == "rest":
-        suffix = "rest" if a.wav == "pcm16" else "rest_adpcm"
-    else:
-        suffix = "grpc" if a.payload == "wav" else f"grpc_{a.payload}"
+    suffix = {"rest-spec": "rest", "grpc-wav": "grpc"}.get(way, way.replace("-", "_", 1))  # edge_grpc_mfcc-q5z
     report = Path(a.report) if a.report else RESULTS / f"edge_{suffix}.json"
     return ClientConfig(little=Path(a.little), transport=a.transport, url=a.url, grpc_target=a.grpc,
-                        payload=a.payload if a.transport == "grpc" else way_of(a)[len("rest-"):],
-                        threshold=threshold,
+                        payload=way.split("-", 1)[1], threshold=threshold,
                         threshold_source=source, split=a.split, limit=a.limit, data_dir=a.data_dir,
                         report=report, device=a.device,
                         policy=RetryPolicy(timeout_s=a.timeout, retries=a.retries), progress=not a.no_progress,
