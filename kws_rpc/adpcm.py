@@ -35,6 +35,13 @@ def samples_per_block(block_align: int) -> int:
     return 2 * (block_align - 4) + 1
 
 
+def capacity(num_bytes: int, block_align: int) -> int:
+    """How many samples ``num_bytes`` of blocks hold: a last block of just its 4-byte header holds one
+    (the header's), one shorter than its header none."""
+    full, rest = divmod(num_bytes, block_align)
+    return full * samples_per_block(block_align) + (2 * (rest - 4) + 1 if rest >= 4 else 0)
+
+
 # NEXT_INDEX[i][code]: the step index after ``code`` at index i (a table: 6x faster than min/max in Python)
 NEXT_INDEX = tuple(tuple(min(MAX_INDEX, max(0, i + d)) for d in INDEX_STEP) for i in range(MAX_INDEX + 1))
 
@@ -91,10 +98,9 @@ def decode(data: bytes, num_samples: int, block_align: int) -> np.ndarray:
     the predictor is a running sum of the step differences, clamped to int16 in the rare block that needs it."""
     per = samples_per_block(block_align)
     blocks = -(-num_samples // per)
-    need = (blocks - 1) * block_align + 4 + ((num_samples - (blocks - 1) * per - 1) + 1) // 2
-    if num_samples < 1 or len(data) < need:
+    if not 0 < num_samples <= capacity(len(data), block_align):
         raise InvalidInput(f"IMA ADPCM data of {len(data)} bytes cannot hold {num_samples} samples in "
-                           f"{block_align}-byte blocks (needs {need})")
+                           f"{block_align}-byte blocks (at most {capacity(len(data), block_align)})")
     out = np.empty(num_samples, dtype=np.int16)
     index = 0
     for b in range(blocks):

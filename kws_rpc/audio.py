@@ -126,8 +126,7 @@ def _decode_ima_adpcm(data: bytes, fmt: tuple[int, ...], fmt_body: bytes, fact: 
                            f"blocks hold {adpcm.samples_per_block(block_align)}")
     if not data:
         raise InvalidInput("empty audio: the WAV file's data chunk has no samples")
-    full, rest = divmod(len(data), block_align)
-    capacity = full * per + (2 * (rest - 4) + 1 if rest > 4 else 0)
+    capacity = adpcm.capacity(len(data), block_align)
     if capacity == 0:
         raise InvalidInput(f"not a valid IMA ADPCM WAV file: its {len(data)}-byte data chunk holds no sample (a "
                            "block starts with a 4-byte header)")
