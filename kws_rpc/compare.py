@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from kws_rpc import ensemble, stats
-from kws_rpc.data import find_dataset, load_split
+from kws_rpc.data import LABELS, find_dataset, load_split
 from kws_rpc.model import KwsModel
 
 log = logging.getLogger("kws.compare")
@@ -126,8 +126,6 @@ def missed_by_all(preds: Predictions, split: str, probs: dict[str, np.ndarray],
                   correct: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     """The clips every given model gets wrong, with their level and each model's answer: no combination
     of these models can get them right, so they bound every ensemble's accuracy."""
-    from kws_rpc.data import LABELS
-
     which = np.flatnonzero(~np.any(np.stack(list(correct.values())), axis=0))
     y = preds.labels(split)
     return [{"clip": name, "label": LABELS[y[i]], "peak_dbfs": peak,
