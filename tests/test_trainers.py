@@ -259,3 +259,38 @@ def test_mixup_mixes_audio_and_targets_alike() -> None:
     np.testing.assert_allclose(my.sum(-1), 1.0, atol=1e-6)
     own = my[np.arange(len(y)), y.argmax(-1)]
     assert own.min() >= 0.5 - 1e-6 and own[changed].max() < 1.0
+
+
+def weight_average_run(decay: float) -> tuple[list[list[np.ndarray]], list[np.ndarray], list[np.ndarray]]:
+    """Child: a toy model trained 3 batches with trainers.train.WeightAverage(decay): (its weights after
+    each batch, the average, the weights inside and after ``applied()`` as [inside, after] flattened)."""
+    import tensorflow as tf
+
+    from trainers.train import WeightAverage
+
+    tf.keras.utils.set_random_seed(0)
+    model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(3), tf.keras.layers.BatchNormalization()])
+    model.compile(optimizer=tf.keras.optimizers.SGD(0.5), loss="mse")
+    seen: list[list[np.ndarray]] = []
+    record = tf.keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: seen.append(model.get_weights()))
+    average = WeightAverage(decay)
+    x = np.random.default_rng(1).normal(size=(24, 4)).astype(np.float32)
+    model.fit(x, x[:, :3] * 3.0, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[average, record])
+    with average.applied():
+        inside = model.get_weights()
+    return seen, average.average, [np.concatenate([w.ravel() for w in inside]),
+                                   np.concatenate([w.ravel() for w in model.get_weights()])]
+
+
+def test_weight_average_is_the_exponential_average_of_every_batch(tf_child: TfChild) -> None:
+    """After batches w1, w2, w3: avg = d^2 w1 + d (1 - d) w2 + (1 - d) w3 for every weight, batch-norm
+    statistics included; applied() swaps it in and restores the training weights after."""
+    d = 0.7
+    seen, average, (inside, after) = tf_child.run(weight_average_run, d)
+    assert len(seen) == 3
+    for i, a in enumerate(average):
+        w1, w2, w3 = (s[i] for s in seen)
+        np.testing.assert_allclose(a, d * d * w1 + d * (1 - d) * w2 + (1 - d) * w3, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(average[0], seen[-1][0])  # training moved the weights: the average is not the last
+    np.testing.assert_allclose(inside, np.concatenate([a.ravel() for a in average]), rtol=1e-6)
+    np.testing.assert_allclose(after, np.concatenate([w.ravel() for w in seen[-1]]), rtol=1e-6)

@@ -46,6 +46,8 @@ class Recipe:
     output: str = "probabilities"  # or "logits": no softmax layer in the .tflite (see kws_rpc.card)
     codec_prob: float = 0.0  # share of training clips whose features go through the mfcc-dct payload's round trip
     init: str = ""  # fine-tune: start from this shipped float model's weights (trainers.from_tflite), not at random
+    ema: float = 0.0  # > 0: validate, select and export an exponential moving average of the weights
+    # (every weight, batch-norm statistics included), updated after each batch with this decay
 
 
 LITTLE = Recipe(
@@ -117,6 +119,11 @@ RECIPES: dict[str, Recipe] = {
             BIG, name="big_quiet", augment=AugmentConfig(quiet_prob=0.15),
             description="Server/ensemble candidate: big's residual CNN and seed, 15 % of the training clips "
                         "turned into quiet recordings (-25 to -65 dB, re-quantized to 16 bits)."),
+        dataclasses.replace(
+            BIG, name="big_avg", epochs=60, augment=AugmentConfig(mixup_prob=0.5), ema=0.998,
+            description="Server/ensemble candidate: big's residual CNN and seed trained twice as long (60 epochs) "
+                        "with half the clips mixed with another (mixup), selecting and exporting the moving "
+                        "average of the weights (decay 0.998, about 5 epochs) instead of the last ones."),
         Recipe(
             name="big_pn", architecture="resnet", feature=LEVELLED_FEATURES, epochs=30, seed=2,
             params=resnet.Params(stem=32, channels=(48, 96, 128), blocks_per_stage=1),
