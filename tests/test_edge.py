@@ -250,12 +250,13 @@ def test_headline_format() -> None:
     assert headline(s) == "Accuracy: 100.000%\nCommunication Cost: 2.835 MB"
 
 
-def test_payloads_decode_to_the_same_answer(little: Path) -> None:
-    """What payload.py feeds big locally: lossless payloads give big's own answer exactly."""
+def test_payloads_decode_to_the_same_answer(served_model_path: Path) -> None:
+    """What payload.py feeds big locally: lossless payloads give big's own answer exactly, and each
+    payload's size on the served model's features (49x40) keeps its place."""
     from edge.cascade import local_answer
     from kws_rpc.model import KwsModel
 
-    big = KwsModel(little)  # any model works to check the decoding path
+    big = KwsModel(served_model_path)
     for word in ("yes", "no", "go"):
         audio = fixture_clip(word)
         direct = big.labels[int(np.argmax(big.predict_audio(audio, 16000)[0]))]
