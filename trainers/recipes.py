@@ -96,6 +96,10 @@ RECIPES: dict[str, Recipe] = {
             LITTLE_H20, name="little_mix", epochs=100, augment=AugmentConfig(mixup_prob=0.5),
             description="Edge candidate: little_long (100 epochs) with half the clips mixed with another (mixup) "
                         "and labelled by the teachers on the mixed audio (consistent, patient distillation)."),
+        dataclasses.replace(
+            LITTLE, name="little_mix10", epochs=100, augment=AugmentConfig(mixup_prob=0.5),
+            description="Edge candidate: little_mix's training (100 epochs, half the clips mixed with another and "
+                        "labelled by the teachers on the mixed audio) on little's 98x40 framing."),
         Recipe(
             name="little_pn", architecture="dscnn", feature=LEVELLED_FEATURES, epochs=35, seed=1,
             params=dscnn.Params(filters=48, blocks=4),
@@ -131,6 +135,11 @@ RECIPES: dict[str, Recipe] = {
             description="Server/ensemble candidate: big's residual CNN and seed trained twice as long (60 epochs) "
                         "with half the clips mixed with another (mixup), selecting and exporting the moving "
                         "average of the weights (decay 0.998, about 5 epochs) instead of the last ones."),
+        dataclasses.replace(
+            BIG, name="big_kd", teachers=ENSEMBLE_TEACHERS, distill_weight=0.5, distill_temperature=2.0,
+            description="Server/ensemble candidate: big's residual CNN and seed with half of each target taken "
+                        "from the server ensemble's softened mean on the same augmented audio (distillation "
+                        "from an ensemble that includes big itself)."),
         Recipe(
             name="big_pn", architecture="resnet", feature=LEVELLED_FEATURES, epochs=30, seed=2,
             params=resnet.Params(stem=32, channels=(48, 96, 128), blocks_per_stage=1),
