@@ -117,6 +117,13 @@ RECIPES: dict[str, Recipe] = {
                         "sub-bands; width 1, 8 blocks) on 49x40 log-mel, distilled from the server ensemble, "
                         "int8 full-integer with int8 logits out, <= 20,000 bytes after zlib.",
         ),
+        dataclasses.replace(
+            LITTLE, name="little_bc10", architecture="bcresnet", epochs=60, augment=AugmentConfig(mixup_prob=0.5),
+            params=bcresnet.Params(stem=16, channels=(8, 12, 16, 20), blocks=(2, 2, 4, 4), head=32,
+                                   dilations=(1, 2, 4, 8)),
+            description="Edge candidate: BC-ResNet-1 as published (12 broadcasted-residual blocks, SubSpectralNorm "
+                        "with 5 sub-bands, temporal dilations 1/2/4/8) on little's 98x40 framing, distilled from "
+                        "the server ensemble with mixup for 60 epochs, int8 full-integer, <= 20,000 bytes after zlib."),
         Recipe(
             name="little_pruned", architecture="dscnn", feature=SHARED_FEATURES, epochs=40, seed=1,
             params=dscnn.Params(filters=56, blocks=4),
