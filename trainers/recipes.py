@@ -100,23 +100,16 @@ RECIPES: dict[str, Recipe] = {
             LITTLE, name="little_mix10", epochs=100, augment=AugmentConfig(mixup_prob=0.5),
             description="Edge candidate: little_mix's training (100 epochs, half the clips mixed with another and "
                         "labelled by the teachers on the mixed audio) on little's 98x40 framing."),
-        Recipe(
-            name="little_pn", architecture="dscnn", feature=LEVELLED_FEATURES, epochs=35, seed=1,
-            params=dscnn.Params(filters=48, blocks=4),
-            quantization="int8", zlib_budget=20_000, output="logits",
-            teachers=ENSEMBLE_TEACHERS, distill_weight=0.7, distill_temperature=2.0,
+        dataclasses.replace(
+            LITTLE_H20, name="little_pn", feature=LEVELLED_FEATURES, epochs=35,
             description="Edge model: little's DS-CNN on 49x40 log-mel of peak-levelled clips, distilled from "
-                        "the server ensemble, int8 full-integer with int8 logits out, <= 20,000 bytes after zlib.",
-        ),
-        Recipe(
-            name="little_bc", architecture="bcresnet", feature=SHARED_FEATURES, epochs=30, seed=1,
+                        "the server ensemble, int8 full-integer with int8 logits out, <= 20,000 bytes after zlib."),
+        dataclasses.replace(
+            LITTLE_H20, name="little_bc", architecture="bcresnet", epochs=30,
             params=bcresnet.Params(stem=16, channels=(8, 12, 16, 20), blocks=(1, 1, 3, 3), head=32),
-            quantization="int8", zlib_budget=20_000, output="logits",
-            teachers=ENSEMBLE_TEACHERS, distill_weight=0.7, distill_temperature=2.0,
             description="Edge candidate: BC-ResNet (broadcasted residual blocks, SubSpectralNorm with 5 "
                         "sub-bands; width 1, 8 blocks) on 49x40 log-mel, distilled from the server ensemble, "
-                        "int8 full-integer with int8 logits out, <= 20,000 bytes after zlib.",
-        ),
+                        "int8 full-integer with int8 logits out, <= 20,000 bytes after zlib."),
         dataclasses.replace(
             LITTLE, name="little_bc10", architecture="bcresnet", epochs=60, augment=AugmentConfig(mixup_prob=0.5),
             params=bcresnet.Params(stem=16, channels=(8, 12, 16, 20), blocks=(2, 2, 4, 4), head=32,
@@ -147,18 +140,13 @@ RECIPES: dict[str, Recipe] = {
             description="Server/ensemble candidate: big's residual CNN and seed with half of each target taken "
                         "from the server ensemble's softened mean on the same augmented audio (distillation "
                         "from an ensemble that includes big itself)."),
-        Recipe(
-            name="big_pn", architecture="resnet", feature=LEVELLED_FEATURES, epochs=30, seed=2,
-            params=resnet.Params(stem=32, channels=(48, 96, 128), blocks_per_stage=1),
-            description="Server model: big's residual CNN and seed on 49x40 log-mel of peak-levelled clips.",
-        ),
-        Recipe(
-            name="big_codec", architecture="resnet", feature=SHARED_FEATURES, epochs=6, seed=2, lr=5e-4,
-            params=resnet.Params(stem=32, channels=(48, 96, 128), blocks_per_stage=1), init="big",
-            codec_prob=0.5,
+        dataclasses.replace(
+            BIG, name="big_pn", feature=LEVELLED_FEATURES,
+            description="Server model: big's residual CNN and seed on 49x40 log-mel of peak-levelled clips."),
+        dataclasses.replace(
+            BIG, name="big_codec", epochs=6, lr=5e-4, init="big", codec_prob=0.5,
             description="Server candidate: big fine-tuned for 6 epochs with half the clips' features passed "
-                        "through the mfcc-dct payload (300 B), selected on exact and decoded val features.",
-        ),
+                        "through the mfcc-dct payload (300 B), selected on exact and decoded val features."),
         Recipe(
             name="member_cnn_pn", architecture="cnn", feature=LEVELLED_FEATURES, epochs=8, seed=3, lr=5e-4,
             params=cnn.Params(channels=(32, 48, 96)), init="member_cnn",
@@ -170,12 +158,10 @@ RECIPES: dict[str, Recipe] = {
             augment=AugmentConfig(time_masks=3, freq_masks=3, freq_mask_max=6),
             description="Ensemble member 3 on peak-levelled clips: member_dscnn fine-tuned for 8 epochs.",
         ),
-        Recipe(
-            name="big_h10", architecture="resnet", feature=HOP10_FEATURES, epochs=30, seed=5,
-            params=resnet.Params(stem=32, channels=(48, 96, 128), blocks_per_stage=1),
+        dataclasses.replace(
+            BIG, name="big_h10", feature=HOP10_FEATURES, seed=5,
             description="Server/ensemble candidate: big's residual CNN on 98x40 log-mel (30 ms window, "
-                        "10 ms hop), float32: the same family on another time resolution, for diversity.",
-        ),
+                        "10 ms hop), float32: the same family on another time resolution, for diversity."),
         Recipe(
             name="member_cnn", architecture="cnn", feature=SHARED_FEATURES, epochs=30, seed=3,
             params=cnn.Params(channels=(32, 48, 96)),
