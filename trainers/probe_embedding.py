@@ -39,7 +39,7 @@ import numpy as np
 from kws_rpc import stats
 from kws_rpc.compare import overlap
 from kws_rpc.data import cache_dir, find_dataset, load_noise, load_split
-from kws_rpc.model import KwsModel
+from kws_rpc.model import KwsModel, softmax
 
 log = logging.getLogger("kws.probe")
 PAD = 4800  # 300 ms of silence on each side: 1.6 s -> 11 embedding windows
@@ -101,12 +101,6 @@ def train_head(x: dict[str, np.ndarray], y: dict[str, np.ndarray], seed: int, ep
     return {s: model.predict(x[s], verbose=0).astype(np.float64) for s in ("val", "test")}
 
 
-def _softmax(logits: np.ndarray, t: float) -> np.ndarray:
-    z = logits / t
-    e = np.exp(z - z.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -144,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
              for s in ("val", "test")}
 
     def log_mean(s: str, t: float) -> np.ndarray:
-        lp = [np.log(p + 1e-9) for p in probs[s].values()] + [np.log(_softmax(logits[s], t) + 1e-9)]
+        lp = [np.log(p + 1e-9) for p in probs[s].values()] + [np.log(softmax(logits[s] / t) + 1e-9)]
         return np.mean(lp, 0).argmax(1) == y[s]
 
     t_val = max(TEMPERATURES, key=lambda t: (log_mean("val", t).mean(), -t))
