@@ -36,12 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kws_rpc import stats
+from kws_rpc import ensemble, stats
 from kws_rpc.compare import overlap
 from kws_rpc.data import cache_dir, find_dataset, load_noise, load_split
 from kws_rpc.model import KwsModel, softmax
 
-log = logging.getLogger("kws.probe")
 PAD = 4800  # 300 ms of silence on each side: 1.6 s -> 11 embedding windows
 WINDOW, STEP = 76, 8  # the embedding's input frames and its stride (openWakeWord's framing)
 MEMBERS = ("big", "member_cnn", "member_dscnn")
@@ -138,8 +137,8 @@ def main(argv: list[str] | None = None) -> None:
              for s in ("val", "test")}
 
     def log_mean(s: str, t: float) -> np.ndarray:
-        lp = [np.log(p + 1e-9) for p in probs[s].values()] + [np.log(softmax(logits[s] / t) + 1e-9)]
-        return np.mean(lp, 0).argmax(1) == y[s]
+        votes = np.stack([*probs[s].values(), softmax(logits[s] / t)], axis=1)  # (clips, models, labels)
+        return ensemble.decide_all("log_mean", votes) == y[s]
 
     t_val = max(TEMPERATURES, key=lambda t: (log_mean("val", t).mean(), -t))
     report: dict = {"temperature_chosen_on_val": t_val, "augmented_copies": args.augment}
