@@ -41,7 +41,7 @@ def test_little_is_small_int8_and_accurate(evaluated, test_audio) -> None:
     m, probs = evaluated["little"]
     assert m.card.quantization == "int8" and m.input_dtype == np.int8
     assert m.card.zlib_bytes <= 20_000
-    assert accuracy(probs, test_audio[1]) >= 0.94
+    assert accuracy(probs, test_audio[1]) >= 0.95
 
 
 def test_big_beats_the_reference(evaluated, test_audio) -> None:
