@@ -2,8 +2,9 @@
 
 One clip at a time, read from disk: decode the WAV, pad to 1 s, run the little int8 model; when its score
 margin (top-1 minus top-2 probability) is at most the threshold, ask the big model over REST (the
-reference's SenML body) or gRPC. A failed ask keeps the little answer, so a dead or slow server degrades
-accuracy, never the run. Prints the reference's two lines and writes a per-clip JSON report.
+reference's SenML body) or gRPC. A failed ask keeps the little answer, so a dead or slow server costs
+accuracy and the run still goes to the end; it then exits 1 and logs how many asks failed. Prints the
+reference's two lines and writes a per-clip JSON report.
 """
 
 from __future__ import annotations
@@ -195,6 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     cap = "no cap" if cfg.max_cost_mb is None else f"cap {cfg.max_cost_mb:.3f} MB"
     print(f"(threshold {cfg.threshold:g} from {cfg.threshold_source}, {cap}; {summary['calls']} calls, "
           f"{summary['failures']} failed, {summary['over_budget']} over budget; little {summary['mean_little_ms']:.1f} ms/clip; report {cfg.report})")
+    if summary["failures"]:
+        # Every clip has an answer, but not the one the run was asked for: say so, and exit non-zero.
+        server = cfg.url if cfg.transport == "rest" else cfg.grpc_target
+        log.error("%d of %d asks to %s failed (errors per clip in %s); those clips kept little's answer. "
+                  "Is the server running (`make server`) and reachable?", summary["failures"], summary["calls"],
+                  server, cfg.report)
+        return 1
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import logging
 import os
 import socket
 import threading
@@ -228,6 +229,21 @@ def test_client_keeps_little_answers_when_server_is_down(transport: str, little:
     assert all(r.big_label is None and r.final_label == r.little_label for r in records)
     assert summary["accuracy"] == summary["little_accuracy"]
     assert headline(summary).splitlines()[1] == "Communication Cost: 0.000 MB"
+
+
+def test_client_exits_1_when_asks_failed(little: Path, tmp_path: Path, dataset_root: Path,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    """The run goes to the end on little's answers, and its exit code says that asks were lost."""
+    from edge import client
+
+    url = f"http://127.0.0.1:{closed_port()}/"
+    report = tmp_path / "r.json"
+    args = ["--url", url, "--little", str(little), "--threshold", "1.0", "--limit", "3", "--no-progress",
+            "--report", str(report)]
+    with caplog.at_level(logging.ERROR, logger="edge.client"):
+        assert client.main(args) == 1
+    assert "3 of 3 asks to " + url + " failed" in caplog.text and report.exists()
+    assert client.main([*args[:5], "0.0", *args[6:]]) == 0  # threshold 0: nothing asked, nothing lost
 
 
 @pytest.mark.parametrize("http_server", [{"hold": True}], indirect=True)
