@@ -238,12 +238,15 @@ def test_client_exits_1_when_asks_failed(little: Path, tmp_path: Path, dataset_r
 
     url = f"http://127.0.0.1:{closed_port()}/"
     report = tmp_path / "r.json"
-    args = ["--url", url, "--little", str(little), "--threshold", "1.0", "--limit", "3", "--no-progress",
-            "--report", str(report)]
+
+    def argv(threshold: str) -> list[str]:
+        return ["--url", url, "--little", str(little), "--threshold", threshold, "--limit", "3", "--no-progress",
+                "--report", str(report)]
+
     with caplog.at_level(logging.ERROR, logger="edge.client"):
-        assert client.main(args) == 1
+        assert client.main(argv("1.0")) == 1
     assert "3 of 3 asks to " + url + " failed" in caplog.text and report.exists()
-    assert client.main([*args[:5], "0.0", *args[6:]]) == 0  # threshold 0: nothing asked, nothing lost
+    assert client.main(argv("0.0")) == 0  # threshold 0: nothing asked, nothing lost
 
 
 @pytest.mark.parametrize("http_server", [{"hold": True}], indirect=True)
