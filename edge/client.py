@@ -28,7 +28,7 @@ from kws_rpc.data import DATASET_DIR, LABELS, find_dataset, label_of, split_name
 from kws_rpc.model import KwsModel
 from kws_rpc.tls import ClientTls
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("edge.client")  # not __name__: run with -m, that is __main__
 
 
 def warn_if_stale(cfg: ClientConfig, little: KwsModel) -> None:

@@ -53,7 +53,7 @@ from kws_rpc.mqtt.topics import Topics
 from kws_rpc.threads import pin_native_threads, responsive_network_thread
 
 __all__ = ["CoopClient", "CoopConfig", "Run", "report", "main"]
-log = logging.getLogger(__name__)
+log = logging.getLogger("edge.coop")  # not __name__: run with -m, that is __main__
 SAMPLE_RATE = 16000
 PAYLOADS = ("auto", "features", "audio")
 PREPROCESS_CHUNK = 32

@@ -25,7 +25,7 @@ import numpy as np
 from kws_rpc.audio import pad_or_trim, read_wav
 from kws_rpc.errors import DatasetError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("kws_rpc.data")  # not __name__: run with -m, that is __main__
 
 LABELS: tuple[str, ...] = ("down", "go", "left", "no", "right", "stop", "up", "yes")
 SPLITS = ("train", "val", "test")

@@ -59,7 +59,7 @@ from kws_rpc.limits import Limits, add_limit_args, limits_from_args
 from kws_rpc.tls import ClientTls, ServerTls, describe
 from kws_rpc.senml import COURSE_LABELS, check_label_order, parse_label_order, spec_reply, validate_label_order
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("kws_rpc.gateway")  # not __name__: run with -m, that is __main__
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,6 +9,8 @@ import json
 import logging
 import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,7 +28,8 @@ from kws_rpc.audio import decode_wav, read_wav
 from kws_rpc.model import softmax_margin
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "clips"
-MODELS = Path(__file__).resolve().parent.parent / "models"
+REPO = Path(__file__).resolve().parent.parent
+MODELS = REPO / "models"
 FAST = RetryPolicy(timeout_s=0.3, retries=1, backoff_s=0.05, open_after=3, cooldown_s=30.0)
 
 
@@ -247,6 +250,17 @@ def test_client_exits_1_when_asks_failed(little: Path, tmp_path: Path, dataset_r
         assert client.main(argv("1.0")) == 1
     assert "3 of 3 asks to " + url + " failed" in caplog.text and report.exists()
     assert client.main(argv("0.0")) == 0  # threshold 0: nothing asked, nothing lost
+
+
+def test_client_as_users_run_it_logs_under_its_module_name(little: Path, tmp_path: Path, dataset_root: Path) -> None:
+    """`python -m edge.client` with no server: exit 1, and the log line names edge.client (under -m the
+    module is __main__, and a logger named after __name__ printed that instead)."""
+    url = f"http://127.0.0.1:{closed_port()}/"
+    run_ = subprocess.run([sys.executable, "-m", "edge.client", "--url", url, "--little", str(little), "--threshold",
+                           "1.0", "--limit", "1", "--no-progress", "--report", str(tmp_path / "r.json"),
+                           "--data-dir", str(dataset_root)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run_.returncode == 1, run_.stderr
+    assert "ERROR edge.client: 1 of 1 asks to " + url + " failed" in run_.stderr
 
 
 @pytest.mark.parametrize("http_server", [{"hold": True}], indirect=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from kws_rpc.mqtt import acl
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("kws_rpc.mqtt.broker")  # not __name__: run with -m, that is __main__
 LOOPBACK = "127.0.0.1"
 
 

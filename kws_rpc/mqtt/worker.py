@@ -39,7 +39,7 @@ from kws_rpc.mqtt.options import add_broker_arguments, broker_settings
 from kws_rpc.mqtt.topics import Topics, check_segment
 from kws_rpc.threads import pin_native_threads, responsive_network_thread
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("kws_rpc.mqtt.worker")  # not __name__: run with -m, that is __main__
 VOTE_CACHE = 8192  # answered request ids remembered for repeats (~100 B each)
 
 
