@@ -294,3 +294,37 @@ def test_weight_average_is_the_exponential_average_of_every_batch(tf_child: TfCh
     assert not np.allclose(average[0], seen[-1][0])  # training moved the weights: the average is not the last
     np.testing.assert_allclose(inside, np.concatenate([a.ravel() for a in average]), rtol=1e-6)
     np.testing.assert_allclose(after, np.concatenate([w.ravel() for w in seen[-1]]), rtol=1e-6)
+
+
+def toy_training_digest(seed: int) -> str:
+    """Child: train() in small: seeds set, a toy DS-CNN built, compiled and fitted for one epoch (fresh
+    augmentation, mixup, SpecAugment, best-val selection) on 128 synthetic clips; the sha256 of its weights."""
+    import hashlib
+
+    import tensorflow as tf
+
+    from kws_rpc.features import mfcc
+    from trainers.augment import AugmentConfig
+    from trainers.train import _compile, _fit, build_model
+
+    r = toy_recipe("dscnn", "float32", augment=AugmentConfig(mixup_prob=0.5))
+    data_rng = np.random.default_rng(123)  # the same clips for every seed
+    audio = (0.1 * data_rng.standard_normal((128, 16000))).astype(np.float32)
+    labels = data_rng.integers(0, 8, 128)
+    clean = mfcc(audio, r.feature)
+    data = {"train_audio": audio, "noise": [audio.ravel()], "train_onehot": np.eye(8, dtype=np.float32)[labels],
+            "val_feats": clean[:32], "val_labels": labels[:32], "mean": clean.mean(axis=(0, 1)), "teachers": []}
+    tf.keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = build_model(r, data["mean"], clean.var(axis=(0, 1)))
+    _compile(model, r, r.lr, 2)
+    _fit(model, r, 1, data, rng, "toy")
+    return hashlib.sha256(b"".join(w.tobytes() for w in model.get_weights())).hexdigest()
+
+
+def test_training_is_a_function_of_its_seed(tf_child: TfChild) -> None:
+    """What lets a card's train_command reproduce its file on one machine: the same seed gives the same
+    weights bit for bit, another seed others."""
+    first, again, other = (tf_child.run(toy_training_digest, s) for s in (0, 0, 1))
+    assert first == again
+    assert other != first
