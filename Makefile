@@ -8,7 +8,7 @@ PYTHON := $(BIN)/python
 DATA ?= data
 export KWS_DATA_DIR ?= $(abspath $(DATA))
 
-.PHONY: help venv protos data train eval eval-commit demo test server client calibrate calibrate-commit sweep \
+.PHONY: help venv protos data train reproduce eval eval-commit demo test server client calibrate calibrate-commit sweep \
 	payload coop bench clean
 
 help:  ## list targets
@@ -33,6 +33,10 @@ $(DATA)/mini_speech_commands/.complete:
 train: venv data  ## retrain the shipped models and their int8 siblings (about 2.2 h on 2 cores)
 	$(PYTHON) -m trainers.train --all
 	$(PYTHON) -m trainers.quantize models/big.tflite models/member_cnn.tflite models/member_dscnn.tflite
+
+MODEL ?= little
+reproduce: venv data  ## retrain MODEL (default little) by its card's train_command into results/reproduce/ and check it is the shipped file bit for bit (little: ~1 h)
+	$(PYTHON) -m trainers.reproduce $(MODEL) $(ARGS)
 
 eval: venv data  ## evaluate every shipped model on the test split (table + results/eval.json)
 	$(PYTHON) -m kws_rpc.evaluate $(ARGS)

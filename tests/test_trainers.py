@@ -328,3 +328,25 @@ def test_training_is_a_function_of_its_seed(tf_child: TfChild) -> None:
     first, again, other = (tf_child.run(toy_training_digest, s) for s in (0, 0, 1))
     assert first == again
     assert other != first
+
+
+def test_reproduce_reads_the_card_command_and_compares_files(tmp_path: Path) -> None:
+    """trainers.reproduce: the card's command is redirected, never rewritten; a copy of the shipped card
+    is 'identical' (exit 0), one whose file and 40th val epoch differ is not (exit 1, epoch 40 named)."""
+    import json
+
+    from trainers import reproduce
+
+    little = json.loads((REPO / "models" / "little.json").read_text())
+    assert reproduce.train_argv(little) == ["little"]
+    with pytest.raises(ValueError, match="trainers.quantize"):
+        reproduce.train_argv(json.loads((REPO / "models" / "big_int8.json").read_text()))
+    (tmp_path / "little.json").write_text(json.dumps(little))
+    assert reproduce.main(["little", "--out", str(tmp_path), "--compare-only"]) == 0
+    other = {**little, "sha256": "0" * 64,
+             "training": {**little["training"], "val_history": [*little["training"]["val_history"][:40], 0.5]}}
+    (tmp_path / "little.json").write_text(json.dumps(other))
+    assert reproduce.main(["little", "--out", str(tmp_path), "--compare-only"]) == 1
+    result = json.loads((tmp_path / "little.reproduce.json").read_text())
+    assert not result["identical"] and result["first_divergent_epoch"] == 40
+    assert reproduce.main(["big_int8", "--out", str(tmp_path), "--compare-only"]) == 2
