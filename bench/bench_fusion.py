@@ -3,7 +3,7 @@
 The server's reply carries big's probabilities, so on an asked clip the Pi could decide by
 ``log p_big + w log p_little`` instead of taking big's label (w = 0 is the shipped cascade). For each way
 of asking big, at its threshold calibrated on val (models/cascade.json), this runs the little on every clip
-as the Pi does (``edge.cascade.little_on_file``), sends the asked clips' requests as the edge builds them
+as the Pi does (``edge.cascade.little_on_file``, keeping its probabilities), sends the asked clips' requests as the edge builds them
 (``edge.transports.request_for``) through the server's own handlers in process, and scores the cascade
 at every w on val and test. Writes results/bench_fusion.json.
 """
@@ -18,12 +18,13 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.common import RESULTS, format_table, write_results
-from edge.cascade import BIG, CASCADE_FILE, LITTLE, load_threshold, little_on_file, repo_relative, should_ask
+from edge.cascade import BIG, CASCADE_FILE, LITTLE, load_threshold, repo_relative, should_ask
 from edge.transports import request_for, request_id
 from kws_rpc import handlers
+from kws_rpc.audio import read_wav
 from kws_rpc.core import InferenceCore
 from kws_rpc.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
-from kws_rpc.model import KwsModel
+from kws_rpc.model import KwsModel, softmax_margin
 
 WAYS = ("rest-spec", "rest-adpcm", "grpc-mfcc-q5z", "grpc-mfcc-dct")
 WEIGHTS = (0.0, 0.25, 0.5, 1.0)
@@ -41,8 +42,9 @@ def run(little: KwsModel, big: KwsModel, root: Path, split: str, thresholds: dic
     p_big = {w: np.full((len(names), len(LABELS)), np.nan) for w in WAYS}
     margin = np.zeros(len(names))
     for i, name in enumerate(tqdm(names, desc=f"{split}", unit="clip")):
-        audio, _, margin[i], _ = little_on_file(little, root / name)
-        p_little[i] = in_label_order(little.predict(little.features(audio))[0], little.labels)
+        audio, rate = read_wav(str(root / name))
+        probs = little.predict_audio(audio, rate)[0]  # what edge.cascade.little_on_file runs, kept whole
+        margin[i], p_little[i] = softmax_margin(probs), in_label_order(probs, little.labels)
         for way in WAYS:
             if should_ask(margin[i], thresholds[way]):
                 request = request_for(way, audio, request_id(i), "bench", big.feature_config)

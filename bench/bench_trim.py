@@ -49,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         clips = [read_wav(str(root / n))[0] for n in tqdm(names, desc=f"read {split}", unit="clip")]
 
         def right(batch: list[np.ndarray]) -> np.ndarray:
-            x = np.stack([pad_or_trim(c, big.feature_config.clip_samples) for c in batch])
-            probs = np.concatenate([big.predict(big.features(x[i : i + 200])) for i in range(0, len(x), 200)])
+            probs = big.predict_audio(np.stack([pad_or_trim(c, big.feature_config.clip_samples) for c in batch]))
             return np.array(big.labels)[probs.argmax(-1)] == truth
 
         whole = right(clips)
