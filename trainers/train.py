@@ -147,14 +147,20 @@ def _compile(model: tf.keras.Model, r: Recipe, lr: float, steps: int) -> None:
     )
 
 
-def train(r: Recipe, root: Path, out_dir: Path, epochs: int | None = None, teacher_dir: Path = Path("models")) -> Path:
-    t0 = time.time()
+def fit_recipe(r: Recipe, root: Path, epochs: int | None = None, teacher_dir: Path = Path("models"),
+               train_set: tuple[np.ndarray, np.ndarray] | None = None,
+               val_set: tuple[np.ndarray, np.ndarray] | None = None,
+               select_last: bool = False) -> tuple[tf.keras.Model, np.ndarray, list[float]]:
+    """Trains recipe r: the Keras model (logits out), the clean training features (for int8 calibration)
+    and the val accuracy of every epoch. By default on the train split, keeping the best val epoch;
+    ``train_set`` / ``val_set`` (audio, labels) replace the splits (trainers.kfold's folds), and
+    ``select_last`` keeps the last epoch, so the clips scored each epoch choose nothing."""
     tf.keras.utils.set_random_seed(r.seed)
     rng = np.random.default_rng(r.seed)
-    train_audio, train_labels, _ = load_split("train", root)
+    train_audio, train_labels = train_set if train_set is not None else load_split("train", root)[:2]
     if r.feature.peak_normalize:  # level the clean clips before noise is added (features level them again)
         train_audio = normalize_peak(train_audio, r.feature.peak_normalize)
-    val_audio, val_labels, _ = load_split("val", root)
+    val_audio, val_labels = val_set if val_set is not None else load_split("val", root)[:2]
     clean = mfcc(train_audio, r.feature)
     data = {
         "train_audio": train_audio, "noise": load_noise(root),
@@ -178,12 +184,21 @@ def train(r: Recipe, root: Path, out_dir: Path, epochs: int | None = None, teach
     callbacks, select_from = [], 0
     if r.prune_sparsity > 0:
         model, callbacks, select_from = _with_pruning(model, r, steps, epochs)
+    if select_last:
+        select_from = epochs - 1
     _compile(model, r, r.lr, steps * epochs)
     history = _fit(model, r, epochs, data, rng, f"{r.name}: train", callbacks, select_from)
     if r.prune_sparsity > 0:
         import tensorflow_model_optimization as tfmot
 
         model = tfmot.sparsity.keras.strip_pruning(model)
+    return model, clean, history
+
+
+def train(r: Recipe, root: Path, out_dir: Path, epochs: int | None = None, teacher_dir: Path = Path("models")) -> Path:
+    t0 = time.time()
+    epochs = epochs or r.epochs
+    model, clean, history = fit_recipe(r, root, epochs, teacher_dir)
     seconds = time.time() - t0
     training = {
         "seed": r.seed, "epochs": epochs, "batch_size": r.batch_size, "lr": r.lr,
