@@ -89,6 +89,17 @@ ensemble-weights: venv data  ## refit the weighted policy's member weights on va
 	$(PYTHON) -m kws_rpc.compare models/big_int8.tflite models/member_cnn_int8.tflite models/member_dscnn_int8.tflite \
 		--split val --write-manifest models/ensemble.json $(ARGS)
 
+.PHONY: kfold stack
+KFOLD ?= results/kfold
+kfold: venv data  ## retrain each ensemble member on 2 of 3 folds of train+val, for out-of-fold votes: two workers side by side (~70 min on 2 cores) -> results/kfold/
+	@mkdir -p $(KFOLD)
+	$(PYTHON) -m trainers.kfold --out $(KFOLD) $(ARGS) > $(KFOLD)/worker2.log 2>&1 & \
+	$(PYTHON) -m trainers.kfold --out $(KFOLD) $(ARGS); wait
+	$(PYTHON) -m trainers.kfold --out $(KFOLD) $(ARGS)  # exit 0 once every fold model is done
+
+stack: venv data  ## fit the weighted policy on make kfold's out-of-fold votes into models/ensemble.json; report it on test
+	$(PYTHON) -m trainers.stack --kfold $(KFOLD) --write-manifest $(ARGS)
+
 .PHONY: bench-coop bench-coop-commit
 bench-coop: venv data  ## 800 test clips, 3 and 5 workers, amqtt and mosquitto -> results/bench_coop.json
 	$(PYTHON) -m bench.bench_coop $(ARGS)

@@ -11,14 +11,16 @@ past its in-flight limit). A clip is decided when every live worker has voted or
 OFFLINE or silent; a clip still short of votes is republished after ``--retry`` seconds (then doubling)
 until its ``--timeout``. The run exits 0 only if every clip was decided with a vote from every worker
 that stayed alive; otherwise it names the clips it could not decide and exits 1. The ensemble policy is
-chosen on the val split (``--policy auto``) and reported on the requested split.
+chosen before the run (``--policy auto``) and reported on the requested split.
 
-``--policy auto`` scores the unfitted policies by their val accuracy and the fitted ``weighted`` one
-(one weight per member model, kws_rpc.ensemble) by its 5-fold out-of-fold accuracy on the same val
-votes, so no policy is scored on clips its own weights were fitted on; ties go to the simpler policy.
-When ``weighted`` wins (or is asked for), the weights are those fitted on val and stored in the
-manifest (``--weights``, models/ensemble.json: ``python -m kws_rpc.compare ... --write-manifest``), if
-they name every live worker's model; otherwise they are fitted on this run's val votes.
+When the manifest's weights were fitted on out-of-fold votes over train+val (``python -m trainers.stack``:
+7,200 clips, every member retrained per fold) and name exactly the live workers' models, ``--policy
+auto`` takes the policy chosen there, with those weights if it is ``weighted``. Otherwise it runs the
+val split first: the unfitted policies are scored by their val accuracy and ``weighted`` (one weight per
+member model, kws_rpc.ensemble) by its 5-fold out-of-fold accuracy on the same val votes, so no policy
+is scored on clips its own weights were fitted on; ties go to the simpler policy. When ``weighted`` wins
+(or is asked for), the weights are the manifest's (``--weights``, models/ensemble.json) if they name
+every live worker's model; otherwise they are fitted on this run's val votes.
 """
 
 from __future__ import annotations
@@ -310,6 +312,17 @@ class CoopClient:
         return cfg
 
 
+def oof_choice(weights: ensemble.Weights | None, live_models: set[str]) -> str | None:
+    """The policy chosen on out-of-fold votes over train+val (trainers.stack), if the manifest holds one
+    for exactly these member models; else None (``--policy auto`` then chooses on a val run)."""
+    if weights is None or not str(weights.fitted.get("split", "")).startswith("train+val"):
+        return None
+    choice = weights.fitted.get("oof_choice")
+    if choice not in ensemble.ALL_POLICIES or live_models != set(weights.weights):
+        return None
+    return choice
+
+
 def failed_clips(run: Run, names: Sequence[str]) -> list[str]:
     """Clips decided without a vote from some worker that stayed alive (lost), or with no vote at all."""
     return [f"{name} ({clip.reason}; missing {', '.join(sorted(clip.expected - set(clip.votes))) or '-'})"
@@ -326,10 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("test", "val"))
     p.add_argument("--limit", type=int, default=0, help="only the first N clips (0 = all)")
     p.add_argument("--policy", default="auto", choices=("auto", *ensemble.ALL_POLICIES),
-                   help="auto = run the val split first and take the best policy there (weighted scored out of "
-                        "fold); weighted = the per-member weights of --weights")
+                   help="auto = the policy --weights chose on out-of-fold votes over train+val (trainers.stack) "
+                        "when its members are the live workers' models, else run the val split first and take "
+                        "the best policy there (weighted scored out of fold); weighted = the weights of --weights")
     p.add_argument("--weights", default=str(MODELS / "ensemble.json"),
-                   help="manifest holding the weighted policy's weights fitted on val (default: %(default)s)")
+                   help="manifest holding the weighted policy's fitted weights (default: %(default)s)")
     p.add_argument("--workers", type=int, default=1, help="wait for this many live workers (default %(default)s)")
     p.add_argument("--timeout", type=float, default=10.0,
                    help="seconds a clip may take from its first publication; after that it counts as lost")
@@ -377,7 +391,16 @@ def main(argv: list[str] | None = None, embedded: bool = False) -> None:
         if policy == "weighted" and weights is None:
             p.error(f"--policy weighted: {args.weights} holds no fitted weights (python -m kws_rpc.compare "
                     "... --write-manifest), or use --policy auto")
-        if policy == "auto":
+        live_models = {s.model.name for s in client.statuses.values()}
+        oof = oof_choice(weights, live_models)
+        if policy == "auto" and oof:
+            policy = oof
+            result["policy_choice"] = {"split": weights.fitted["split"], "clips": weights.fitted.get("clips"),
+                                       "scores": weights.fitted.get("oof_accuracy"), "chosen": policy,
+                                       "from": args.weights}
+            log.info("coop: policy %s, chosen on %s out-of-fold votes (%s)", policy, weights.fitted.get("clips"),
+                     args.weights)
+        elif policy == "auto":
             val_audio, val_y, val_names = load_split("val", root)
             val_run = client.run(val_audio)
             failed += [f"val/{f}" for f in failed_clips(val_run, val_names)]

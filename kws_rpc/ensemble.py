@@ -15,10 +15,10 @@ Out-of-sample predictions, honestly: the members were trained on the train split
 predictions are in-sample (near 100 %) and must not be used to fit a combiner; their val predictions
 are out-of-sample. ``cross_fit`` estimates each policy's accuracy by k-fold cross-fitting over the val
 clips (fit on k-1 folds, decide the held-out fold), and the policy is chosen on those out-of-fold (OOF)
-accuracies; the weights then used are fitted on all val clips. True k-fold over train+val would retrain
-every member k times on k-1 folds of train+val, to get out-of-fold predictions for all 7,200 clips
-(hours per member on 2 cores): this OOF-on-val scheme is the approximation that the time allows, with
-800 clips to fit K numbers.
+accuracies; the weights then used are fitted on all val clips. True k-fold over train+val retrains
+every member k times on k-1 folds of train+val, for out-of-fold predictions of all 7,200 clips:
+``trainers.kfold`` does that (about 70 min on 2 cores for k = 3), and ``trainers.stack`` runs
+``cross_fit`` and ``fit_weights`` on those votes instead of val's 800.
 """
 
 from __future__ import annotations
@@ -276,8 +276,8 @@ def cross_fit(clips: Sequence[np.ndarray], labels: Sequence[int], members: Seque
     space with the better OOF accuracy (ties: lower OOF NLL). Returns the scores, per-space details
     (OOF accuracy, OOF NLL, each fold's weights) and the chosen space.
 
-    Pass out-of-sample votes only (the val split for members trained on train). This is the OOF-on-val
-    approximation: true k-fold over train+val would retrain every member k times (hours on 2 cores)."""
+    Pass out-of-sample votes only: the val split for members trained on train, or the out-of-fold votes
+    over train+val of members retrained per fold (trainers.kfold, trainers.stack)."""
     y = np.asarray(labels, dtype=np.int64)
     n = len(y)
     if len(clips) != n or len(members) != n:

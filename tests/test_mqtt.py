@@ -4,6 +4,8 @@ the three shipped members. Each test uses a few dozen test clips so the file run
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import signal
 import subprocess
@@ -404,6 +406,34 @@ def test_cli_weighted_policy_weighs_each_vote_by_its_model(members: list[str], t
     w = ensemble.Weights.from_dict(json.loads(manifest.read_text())["weighted"])
     y = [LABELS.index(c["label"]) for c in rep["per_clip"]]  # the client's label order
     assert rep["accuracy"] == ensemble.accuracy("weighted", offline, y, [names] * 24, w)
+
+
+def test_cli_auto_policy_takes_the_out_of_fold_choice_for_its_members(members: list[str], tmp_path: Path) -> None:
+    """--policy auto with a manifest fitted out of fold over train+val (trainers.stack) for exactly the
+    live models takes the policy chosen there, with its weights, and runs no val split first; a manifest
+    naming other models is not used that way."""
+    import json
+
+    from edge.coop import oof_choice
+    from kws_rpc.mqtt.local import main
+
+    names = [KwsModel(m).name for m in members]
+    chosen = names[-1]
+    manifest = tmp_path / "ensemble.json"
+    manifest.write_text(json.dumps({"members": names, "weighted": {
+        "weights": {n: float(n == chosen) for n in names}, "space": "log",
+        "fitted": {"split": "train+val out of fold (3-fold retraining)", "clips": 7200, "oof_choice": "weighted",
+                   "oof_accuracy": {"majority": 0.97, "weighted": 0.98}}}}))
+    out = tmp_path / "coop.json"
+    main(["--models", *members, "--limit", "16", "--weights", str(manifest), "--report", str(out), "--no-progress"])
+    rep = json.loads(out.read_text())
+    assert rep["policy"] == "weighted" and rep["policy_choice"]["clips"] == 7200
+    assert "end_to_end_s" not in rep["policy_choice"]  # no val run
+    assert rep["per_policy_accuracy"]["weighted"] == rep["per_model_accuracy"][chosen]["accuracy"]
+    w = ensemble.Weights.from_dict(json.loads(manifest.read_text())["weighted"])
+    assert oof_choice(w, set(names)) == "weighted"
+    assert oof_choice(w, set(names[:-1])) is None  # other live models: choose on val instead
+    assert oof_choice(dataclasses.replace(w, fitted={"split": "val", "oof_choice": "weighted"}), set(names)) is None
 
 
 def test_worker_takes_clips_only_from_the_clips_topic(members: list[str]) -> None:

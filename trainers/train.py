@@ -105,7 +105,7 @@ def _fit(model: tf.keras.Model, r: Recipe, epochs: int, data: dict, rng: np.rand
             history.append(acc)
             if epoch >= select_from and acc >= best:
                 best, best_w = acc, model.get_weights()
-        bar.set_postfix(val=f"{acc:.4f}", best=f"{best:.4f}")
+        bar.set_postfix(val=f"{acc:.4f}", best=f"{best:.4f}" if best >= 0 else "-")  # "-": no epoch selectable yet
     if best_w is not None:
         model.set_weights(best_w)
     return history
