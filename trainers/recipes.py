@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from kws_rpc.features import FeatureConfig
-from trainers.architectures import bcresnet, cnn, dscnn, resnet
+from trainers.architectures import bcresnet, cnn, dscnn, resnet, tcresnet
 from trainers.augment import AugmentConfig
 
 # Every server model reads one feature config (49 frames x 40 log-mel bins): the edge computes it once
@@ -174,6 +174,13 @@ RECIPES: dict[str, Recipe] = {
             BIG, name="big_h10", feature=HOP10_FEATURES, seed=5,
             description="Server/ensemble candidate: big's residual CNN on 98x40 log-mel (30 ms window, "
                         "10 ms hop), float32: the same family on another time resolution, for diversity."),
+        Recipe(
+            name="member_tc", architecture="tcresnet", feature=SHARED_FEATURES, epochs=30, seed=6,
+            params=tcresnet.Params(),
+            description="Ensemble candidate: TC-ResNet14 (width 1.5; temporal convolutions with the 40 mel bins "
+                        "as channels) on 49x40 log-mel, float32: another architecture family, for errors "
+                        "that differ from the 2-D members'.",
+        ),
         Recipe(
             name="member_cnn", architecture="cnn", feature=SHARED_FEATURES, epochs=30, seed=3,
             params=cnn.Params(channels=(32, 48, 96)),

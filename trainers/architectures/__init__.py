@@ -5,6 +5,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from trainers.architectures import bcresnet, cnn, dscnn, resnet
+from trainers.architectures import bcresnet, cnn, dscnn, resnet, tcresnet
 
-REGISTRY: dict[str, ModuleType] = {"dscnn": dscnn, "resnet": resnet, "cnn": cnn, "bcresnet": bcresnet}
+REGISTRY: dict[str, ModuleType] = {"dscnn": dscnn, "resnet": resnet, "cnn": cnn, "bcresnet": bcresnet, "tcresnet": tcresnet}
