@@ -268,13 +268,15 @@ def fit_weights(probs: np.ndarray, labels: Sequence[int], names: Sequence[str], 
 
 
 def cross_fit(clips: Sequence[np.ndarray], labels: Sequence[int], members: Sequence[Sequence[str]],
-              folds: int = 5, seed: int = 0, spaces: Sequence[str] = SPACES) -> dict[str, Any]:
+              folds: int = 5, seed: int = 0, spaces: Sequence[str] = SPACES,
+              keep_predictions: bool = False) -> dict[str, Any]:
     """Out-of-fold accuracy of every policy on these (out-of-sample) clips, by k-fold cross-fitting.
 
     The unfitted policies have nothing to fit: their OOF accuracy is their accuracy. ``weighted`` is
     fitted on k-1 folds and decides the held-out fold, once per pooling space; its score is that of the
     space with the better OOF accuracy (ties: lower OOF NLL). Returns the scores, per-space details
-    (OOF accuracy, OOF NLL, each fold's weights) and the chosen space.
+    (OOF accuracy, OOF NLL, each fold's weights; with ``keep_predictions`` also each clip's cross-fitted
+    decision, for paired tests) and the chosen space.
 
     Pass out-of-sample votes only: the val split for members trained on train, or the out-of-fold votes
     over train+val of members retrained per fold (trainers.kfold, trainers.stack)."""
@@ -301,7 +303,7 @@ def cross_fit(clips: Sequence[np.ndarray], labels: Sequence[int], members: Seque
             for i in held:
                 losses[i] = nll(probs[i : i + 1], mask[i : i + 1], y[i : i + 1], w.of(names), space)[0]
         detail[space] = {"oof_accuracy": float(np.mean(pred == y)), "oof_nll": float(losses.mean()),
-                         "fold_weights": fold_weights}
+                         "fold_weights": fold_weights, **({"predictions": pred} if keep_predictions else {})}
     space = max(spaces, key=lambda s: (detail[s]["oof_accuracy"], -detail[s]["oof_nll"]))
     scores["weighted"] = detail[space]["oof_accuracy"]
     return {"folds": folds, "seed": seed, "clips": n, "members": names, "oof_accuracy": scores,

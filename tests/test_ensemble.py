@@ -181,4 +181,12 @@ def test_shipped_manifest_weights_name_its_members() -> None:
         pytest.skip("no fitted weights in models/ensemble.json")
     members = json.loads(manifest.read_text())["members"]
     assert set(w.weights) == set(members) and sum(w.weights.values()) == pytest.approx(1.0, abs=1e-5)
-    assert w.fitted["split"] == "val"  # never fitted on the members' in-sample train predictions
+    # Never fitted on the members' in-sample train predictions: on val (out of sample for members trained on
+    # train), or on out-of-fold votes over train+val (trainers.stack), then for these very member files.
+    assert w.fitted["split"] == "val" or w.fitted["split"].startswith("train+val out of fold")
+    if w.fitted["split"] != "val":
+        from kws_rpc.compare import file_sha256
+
+        models = manifest.parent
+        assert w.fitted["members_sha256"] == {m: file_sha256(models / f"{m}.tflite") for m in members}
+        assert w.fitted["oof_choice"] in ensemble.ALL_POLICIES

@@ -109,6 +109,11 @@ def render(report: dict[str, Any]) -> str:
     lines.append(f"\npolicies, 5-fold cross-fitted on the OOF votes: "
                  + ", ".join(f"{p} {pct(a).strip()}" for p, a in cf["oof_accuracy"].items())
                  + f" -> {oof['choice']}")
+    best = max(members, key=lambda m: oof["member_accuracy"][m])
+    for policy, vs in oof["policy_vs_member"].items():
+        t = vs[best]
+        lines.append(f"  {policy:<16} vs {best}: {t['b']} / {t['c']}, p = {fmt_p(t['p'])}, "
+                     f"{100 * t['diff']:+.3f} [{100 * t['ci95'][0]:+.3f}, {100 * t['ci95'][1]:+.3f}] points")
     fw = report["weights"]
     lines.append(f"weights fitted on all {oof['clips']} OOF votes ({fw['space']} pooling): "
                  + ", ".join(f"{k} {v:.3f}" for k, v in fw["weights"].items()))
@@ -141,8 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kfold", default="results/kfold", help="what trainers.kfold wrote (default: %(default)s)")
     ap.add_argument("--manifest", default="models/ensemble.json", help="the shipped ensemble (default: %(default)s)")
     ap.add_argument("--models", default="models", help="folder of the shipped members (default: %(default)s)")
+    ap.add_argument("--extra", action="append", default=[], metavar="MODEL.tflite",
+                    help="a candidate member (int8 .tflite with its card; its fold models are <recipe>_f<k> in "
+                         "--kfold, recipe = file name without _int8) scored with the manifest's; repeatable")
     ap.add_argument("--write-manifest", action="store_true",
-                    help="store the OOF-fitted weights as the manifest's 'weighted' entry")
+                    help="store the OOF-fitted weights as the manifest's 'weighted' entry (not with --extra)")
     ap.add_argument("--folds", type=int, default=5, help="k of the cross-fitting on the OOF votes (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the cross-fitting folds and the bootstrap")
     ap.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples (default: %(default)s)")
@@ -153,16 +161,27 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     manifest = Path(args.manifest)
     body = json.loads(manifest.read_text())
-    members: list[str] = list(body["members"])
+    if args.extra and args.write_manifest:
+        ap.error("--write-manifest stores weights for the manifest's members: leave out --extra")
+    paths = {m: Path(args.models) / f"{m}.tflite" for m in body["members"]}
+    paths.update({Path(x).stem: Path(x) for x in args.extra})
+    members: list[str] = list(paths)
     data = load_oof(Path(args.kfold), members)
     p, y = data["probs"], data["labels"]
     clips, voters = list(p), [members] * len(y)
     correct = {m: p[:, j].argmax(-1) == y for j, m in enumerate(members)}
-    cf = ensemble.cross_fit(clips, y, voters, folds=args.folds, seed=args.seed)
+    cf = ensemble.cross_fit(clips, y, voters, folds=args.folds, seed=args.seed, keep_predictions=True)
     choice = ensemble.best_policy(cf["oof_accuracy"])
+    # Paired tests on the OOF votes: each policy's decisions (weighted: cross-fitted) against each member.
+    decisions = {policy: ensemble.decide_all(policy, clips, voters) for policy in ensemble.POLICIES}
+    decisions["weighted"] = cf["weighted"][cf["space"]]["predictions"]
+    for d in cf["weighted"].values():
+        d.pop("predictions")
+    oof_pairs = {policy: {m: pair_test(pred == y, correct[m], args.bootstrap, args.seed) for m in members}
+                 for policy, pred in decisions.items()}
     w = ensemble.fit_weights(p, y, members, cf["space"])
     meta = data["meta"]
-    shas = {m: file_sha256(Path(args.models) / f"{m}.tflite") for m in members}
+    shas = {m: file_sha256(paths[m]) for m in members}
     oof_w = ensemble.Weights(w.weights, w.space, {
         "split": f"train+val out of fold ({meta['folds']}-fold retraining of each member: trainers.kfold)",
         "clips": len(y), "objective": w.fitted["objective"], "nll": w.fitted["nll"],
@@ -181,11 +200,11 @@ def main(argv: list[str] | None = None) -> int:
         "members": members, "folds": meta["folds"], "reference": ref,
         "oof": {"clips": len(y), "member_accuracy": {m: float(c.mean()) for m, c in correct.items()},
                 "overlap": overlap(correct), "cross_fit": {k: v for k, v in cf.items() if k != "members"},
-                "choice": choice},
+                "choice": choice, "policy_vs_member": oof_pairs},
         "weights": oof_w.as_dict(), "val_weights": fitted["weighted_val"].as_dict() if "weighted_val" in fitted else None,
         "splits": {}}
     for split in ("test", "val"):
-        probs = {m: preds.probabilities(Path(args.models) / f"{m}.tflite", split) for m in members}
+        probs = {m: preds.probabilities(paths[m], split) for m in members}
         report["splits"][split] = evaluate(members, probs, preds.labels(split), fitted, ref, args.bootstrap, args.seed)
     ty = preds.labels("test")
     bag = {m: float((data["test"][m].mean(0).argmax(-1) == ty).mean()) for m in members}
