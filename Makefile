@@ -85,13 +85,13 @@ COMPARE_MODELS ?= models/big_int8.tflite models/member_cnn_int8.tflite models/me
 compare: venv data  ## paired comparison on val+test: McNemar vs big_int8, error overlap, ensembles (OOF-fitted weights) -> results/compare.json
 	$(PYTHON) -m kws_rpc.compare $(COMPARE_MODELS) --against models/big_int8.tflite --split val test $(ARGS)
 
-ensemble-weights: venv data  ## refit the weighted policy's member weights on val (5-fold OOF report) into models/ensemble.json
+ensemble-weights: venv data  ## refit the weighted policy's member weights on val alone (5-fold OOF report) into models/ensemble.json (the shipped ones come from make stack)
 	$(PYTHON) -m kws_rpc.compare models/big_int8.tflite models/member_cnn_int8.tflite models/member_dscnn_int8.tflite \
 		--split val --write-manifest models/ensemble.json $(ARGS)
 
 .PHONY: kfold stack
 KFOLD ?= results/kfold
-kfold: venv data  ## retrain each ensemble member on 2 of 3 folds of train+val, for out-of-fold votes: two workers side by side (~70 min on 2 cores) -> results/kfold/
+kfold: venv data  ## retrain each ensemble member on 2 of 3 folds of train+val, for out-of-fold votes: two workers side by side (~80 min on 2 cores) -> results/kfold/
 	@mkdir -p $(KFOLD)
 	$(PYTHON) -m trainers.kfold --out $(KFOLD) $(ARGS) > $(KFOLD)/worker2.log 2>&1 & \
 	$(PYTHON) -m trainers.kfold --out $(KFOLD) $(ARGS); wait

@@ -17,7 +17,7 @@ are out-of-sample. ``cross_fit`` estimates each policy's accuracy by k-fold cros
 clips (fit on k-1 folds, decide the held-out fold), and the policy is chosen on those out-of-fold (OOF)
 accuracies; the weights then used are fitted on all val clips. True k-fold over train+val retrains
 every member k times on k-1 folds of train+val, for out-of-fold predictions of all 7,200 clips:
-``trainers.kfold`` does that (about 70 min on 2 cores for k = 3), and ``trainers.stack`` runs
+``trainers.kfold`` does that (about 80 min on 2 cores for k = 3), and ``trainers.stack`` runs
 ``cross_fit`` and ``fit_weights`` on those votes instead of val's 800.
 """
 

@@ -10,9 +10,10 @@ split go to `<member>_f<k>.npz`. Every clip of train+val then has one prediction
 model that never saw it: 7,200 out-of-sample votes instead of val's 800, the data the cooperative
 client's combiner is fitted on (`python -m trainers.stack`).
 
-Jobs are claimed through files in --out, so two processes started side by side share the work (on
-2 cores that is about 1.3 times the throughput of one) and a stopped run resumes where it was: a job
-with its .npz is done, and a claim left by a process that is no longer running is taken over.
+Jobs are claimed through files in --out, so two processes started side by side share the work (`make
+kfold` does that: 83 min for the three members here, with other work on the cores) and a stopped run
+resumes where it was: a job with its .npz is done, and a claim left by a process that is no longer
+running is taken over.
 """
 
 from __future__ import annotations
