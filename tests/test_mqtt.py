@@ -598,6 +598,8 @@ def test_worker_answers_a_republished_clip_from_its_cache(any_broker: str, membe
     two = threading.Event()
 
     def on_message(c: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        if topics.voter_of(msg.topic) is None:  # amqtt 0.12 also hands a new subscriber retained statuses
+            return
         votes.append(msg.payload)
         if len(votes) >= 2:
             two.set()
