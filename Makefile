@@ -77,7 +77,7 @@ sweep: venv data  ## accuracy vs cost over thresholds on test -> results/sweep_t
 payload: venv data  ## bytes per request per transport/payload and test accuracy -> results/payload.json
 	$(PYTHON) -m edge.payload --local-big $(ARGS)
 
-coop: venv data  ## cooperative inference over MQTT: embedded broker + the 3 members in-process, policy chosen on val
+coop: venv data  ## cooperative inference over MQTT: embedded broker + the 3 members in-process, policy chosen out of fold on train+val (models/ensemble.json)
 	$(PYTHON) -m kws_rpc.mqtt.local --split test $(ARGS)
 
 .PHONY: compare ensemble-weights

@@ -162,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     for member, k in jobs:
         name = f"{member}_f{k}"
         if (out / f"{name}.npz").exists():
+            trained = json.loads((out / f"{name}.json").read_text())["training"]["epochs"]
+            if trained != (args.epochs or RECIPES[member].epochs):
+                raise SystemExit(f"{out / name}.tflite was trained for {trained} epochs, not "
+                                 f"{args.epochs or RECIPES[member].epochs}: pick another --out")
             done += 1
             continue
         claim = out / f"{name}.claim"
