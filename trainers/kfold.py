@@ -19,8 +19,8 @@ running is taken over.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -38,7 +38,6 @@ from kws_rpc.model import KwsModel
 
 log = logging.getLogger("trainers.kfold")
 MEMBERS = ("big", "member_cnn", "member_dscnn")  # the shipped ensemble's float recipes
-CALIBRATION_CLIPS = 500
 
 
 def fold_of(labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
@@ -78,16 +77,17 @@ def _claim(path: Path) -> bool:
     return True
 
 
-def run_job(member: str, k: int, folds: int, seed: int, root: Path, out: Path,
+def run_job(member: str, k: int, fold: np.ndarray, seed: int, root: Path, out: Path,
             data: tuple[np.ndarray, np.ndarray, list[str]], test: tuple[np.ndarray, np.ndarray],
             epochs: int | None = None) -> Path:
-    from trainers.export import _jsonable
-    from trainers.quantize import convert
+    """Trains member's recipe on the clips whose ``fold`` is not k; writes its int8 file, card and .npz."""
+    from trainers.export import VERSION, _jsonable
+    from trainers.quantize import CALIBRATION_CLIPS, convert
     from trainers.recipes import RECIPES
     from trainers.train import fit_recipe
 
     audio, labels, names = data
-    fold = fold_of(labels, folds, seed)
+    folds = int(fold.max()) + 1
     held, kept = np.flatnonzero(fold == k), np.flatnonzero(fold != k)
     r = dataclasses.replace(RECIPES[member], name=f"{member}_f{k}")
     t0 = time.time()
@@ -99,15 +99,16 @@ def run_job(member: str, k: int, folds: int, seed: int, root: Path, out: Path,
     path = out / f"{r.name}.tflite"
     path.write_bytes(content)
     card = ModelCard(
-        name=r.name, version="1", architecture=r.architecture, params=_jsonable(r.params), num_parameters=int(model.count_params()),
+        name=r.name, version=VERSION, architecture=r.architecture, params=_jsonable(r.params),
+        num_parameters=int(model.count_params()),
         feature=r.feature, input_shape=[1, *r.feature.shape], input_dtype="int8", labels=list(LABELS),
         quantization="int8", metrics={}, output="logits",
         train_command=f"python -m trainers.kfold --members {member} --folds {folds} --seed {seed}"
                       + (f" --epochs {epochs}" if epochs else ""),
         description=f"Fold model: the {member} recipe trained on folds != {k} of {folds} over train+val "
                     f"(last epoch), int8 full-integer ({CALIBRATION_CLIPS} calibration clips of its folds).",
-        training={"recipe": member, "epochs": epochs or r.epochs, "fold": k, "folds": folds, "fold_seed": seed, "train_clips": int(len(kept)),
-                  "selection": "last epoch", "heldout_history": [round(a, 4) for a in history],
+        training={"recipe": member, "epochs": epochs or r.epochs, "fold": k, "folds": folds, "fold_seed": seed,
+                  "train_clips": int(len(kept)), "selection": "last epoch", "heldout_history": [round(a, 4) for a in history],
                   "train_seconds": round(seconds, 1)},
         **file_facts(content))
     card.save(path.with_suffix(".json"))
@@ -149,8 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     root = find_dataset(args.data_dir)
     data = pool(root)
     test_audio, test_labels, _ = load_split("test", root)
+    fold = fold_of(data[1], args.folds, args.seed)
     meta = {"folds": args.folds, "seed": args.seed, "pool": "kws_train_split.txt + kws_val_split.txt",
-            "clips": len(data[1]), "fold_of": fold_of(data[1], args.folds, args.seed).tolist(),
+            "clips": len(data[1]), "fold_of": fold.tolist(),
             "names_sha256": hashlib.sha256("\n".join(data[2]).encode()).hexdigest()}
     meta_path = out / "folds.json"
     if meta_path.exists() and json.loads(meta_path.read_text())["fold_of"] != meta["fold_of"]:
@@ -158,7 +160,6 @@ def main(argv: list[str] | None = None) -> int:
     meta_path.write_text(json.dumps(meta))
     # The costliest recipes first, so two workers finish close together.
     jobs = [(m, k) for m in reversed(args.members) for k in range(args.folds)]
-    done = 0
     for member, k in jobs:
         name = f"{member}_f{k}"
         if (out / f"{name}.npz").exists():
@@ -166,15 +167,13 @@ def main(argv: list[str] | None = None) -> int:
             if trained != (args.epochs or RECIPES[member].epochs):
                 raise SystemExit(f"{out / name}.tflite was trained for {trained} epochs, not "
                                  f"{args.epochs or RECIPES[member].epochs}: pick another --out")
-            done += 1
             continue
         claim = out / f"{name}.claim"
         if not _claim(claim):
             log.info("%s: another process is training it", name)
             continue
         try:
-            run_job(member, k, args.folds, args.seed, root, out, data, (test_audio, test_labels), args.epochs)
-            done += 1
+            run_job(member, k, fold, args.seed, root, out, data, (test_audio, test_labels), args.epochs)
         finally:
             claim.unlink(missing_ok=True)
     missing = [f"{m}_f{k}" for m, k in jobs if not (out / f"{m}_f{k}.npz").exists()]
