@@ -85,7 +85,7 @@ COMPARE_MODELS ?= models/big_int8.tflite models/member_cnn_int8.tflite models/me
 compare: venv data  ## paired comparison on val+test: McNemar vs big_int8, error overlap, ensembles (OOF-fitted weights) -> results/compare.json
 	$(PYTHON) -m kws_rpc.compare $(COMPARE_MODELS) --against models/big_int8.tflite --split val test $(ARGS)
 
-ensemble-weights: venv data  ## refit the weighted policy's member weights on val alone (5-fold OOF report) into models/ensemble.json (the shipped ones come from make stack)
+ensemble-weights: venv data  ## fit the weighted policy's member weights on val alone (5-fold OOF report) into models/ensemble.json's weighted_val (the weighted entry keeps make stack's OOF weights)
 	$(PYTHON) -m kws_rpc.compare models/big_int8.tflite models/member_cnn_int8.tflite models/member_dscnn_int8.tflite \
 		--split val --write-manifest models/ensemble.json $(ARGS)
 

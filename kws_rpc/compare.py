@@ -19,8 +19,9 @@ The weighted combiner is fitted only on val (the members were trained on train, 
 out-of-sample; train predictions are not and are never used): k-fold cross-fitting over the val clips
 gives every policy's out-of-fold (OOF) accuracy, on which a policy should be chosen; the weights fitted
 on all val clips are then reported on test. --write-manifest models/ensemble.json stores them (with how
-they were fitted) for the cooperative client's "weighted" policy. See kws_rpc.ensemble for why this is
-OOF-on-val rather than k-fold over train+val.
+they were fitted) as the manifest's "weighted_val" entry, and as "weighted" (the cooperative client's
+policy) unless that entry holds weights fitted on out-of-fold votes over train+val (make kfold, make
+stack: 9x the clips), which stay.
 
 Each model computes its own features from the audio (models may have different feature configs); its
 probabilities are cached under --cache-dir keyed by the model file's sha256, the split and the feature
@@ -276,6 +277,19 @@ def render_split(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def store_val_weights(body: dict[str, Any], entry: dict[str, Any], manifest: Path) -> str:
+    """Put val-fitted weights into a manifest body: always as ``weighted_val``, and as ``weighted`` (the
+    policy the cooperative client runs) only if that entry is missing or was itself fitted on val.
+    Weights fitted on out-of-fold votes over train+val (trainers.stack) saw 9x the clips and stay."""
+    body["weighted_val"] = entry
+    current = body.get("weighted") or {}
+    if str(current.get("fitted", {}).get("split", "")).startswith("train+val"):
+        return (f"wrote the weights fitted on val ({entry['space']} pooling) into {manifest} as weighted_val; "
+                "its weighted entry stays the out-of-fold one (make stack refits it)")
+    body["weighted"] = entry
+    return f"wrote the weights fitted on val ({entry['space']} pooling) into {manifest} as weighted and weighted_val"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m kws_rpc.compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -376,11 +390,11 @@ def main(argv: list[str] | None = None) -> None:
         if key not in weights:
             sys.exit(f"--write-manifest: {manifest} names members {members}; give them all (and no --no-fit)")
         w = weights[key]
-        body["weighted"] = {**w.as_dict(), "fitted": {**w.fitted, "members_sha256": {
+        entry = {**w.as_dict(), "fitted": {**w.fitted, "members_sha256": {
             m: report["models"][m]["sha256"] for m in members}, "command": "python -m kws_rpc.compare "
             + " ".join(sys.argv[1:] if argv is None else argv)}}
+        print(store_val_weights(body, entry, manifest))
         manifest.write_text(json.dumps(body, indent=2) + "\n")
-        print(f"wrote the weights fitted on val ({w.space} pooling) into {manifest}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")

@@ -54,7 +54,15 @@ def test_compare_cli_on_two_shipped_models(tmp_path: Path, capsys: pytest.Captur
     fitted = json.loads(manifest.read_text())["weighted"]
     assert fitted["fitted"]["split"] == "val" and set(fitted["weights"]) == {"big_int8", "little"}
     assert "McNemar" in text and "share of the ROW model's errors" in text
-    # the second run reads the cached probabilities
+    assert json.loads(manifest.read_text())["weighted_val"] == fitted
+    # the second run reads the cached probabilities; out-of-fold weights (make stack) in the manifest
+    # are not overwritten by val-fitted ones, which go to weighted_val only
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    oof = {"weights": {"big_int8": 0.6, "little": 0.4}, "space": "log",
+           "fitted": {"split": "train+val out of fold (3-fold)", "clips": 7200, "oof_choice": "weighted"}}
+    manifest.write_text(json.dumps({"members": ["big_int8", "little"], "weighted": oof}))
     compare.main(args)
     assert json.loads(out.read_text())["splits"]["val"]["models"] == val["models"]
+    body = json.loads(manifest.read_text())
+    assert body["weighted"] == oof and body["weighted_val"]["weights"] == fitted["weights"]
+    assert "stays the out-of-fold one" in capsys.readouterr().out
