@@ -308,8 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5, help="k of the k-fold cross-fitting on val (default: %(default)s)")
     p.add_argument("--no-fit", action="store_true", help="skip the weighted combiner (no val predictions needed)")
     p.add_argument("--write-manifest", metavar="PATH",
-                   help="store the weights fitted on val for the manifest's member set in PATH (its 'weighted' "
-                        "entry; e.g. models/ensemble.json, read by the cooperative client)")
+                   help="store the weights fitted on val for the manifest's member set in PATH (e.g. "
+                        "models/ensemble.json): its 'weighted_val' entry, and 'weighted' (the cooperative "
+                        "client's) unless that holds make stack's out-of-fold weights")
     p.add_argument("--seeds", action="append", default=[], metavar="NAME=A.tflite,B.tflite,...",
                    help="spread of one recipe's accuracy over training seeds; repeatable")
     p.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples (default: %(default)s)")
