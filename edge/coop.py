@@ -315,7 +315,7 @@ class CoopClient:
 def oof_choice(weights: ensemble.Weights | None, live_models: set[str]) -> str | None:
     """The policy chosen on out-of-fold votes over train+val (trainers.stack), if the manifest holds one
     for exactly these member models; else None (``--policy auto`` then chooses on a val run)."""
-    if weights is None or not str(weights.fitted.get("split", "")).startswith("train+val"):
+    if weights is None or not weights.out_of_fold:
         return None
     choice = weights.fitted.get("oof_choice")
     if choice not in ensemble.ALL_POLICIES or live_models != set(weights.weights):

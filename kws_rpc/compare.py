@@ -282,8 +282,8 @@ def store_val_weights(body: dict[str, Any], entry: dict[str, Any], manifest: Pat
     policy the cooperative client runs) only if that entry is missing or was itself fitted on val.
     Weights fitted on out-of-fold votes over train+val (trainers.stack) saw 9x the clips and stay."""
     body["weighted_val"] = entry
-    current = body.get("weighted") or {}
-    if str(current.get("fitted", {}).get("split", "")).startswith("train+val"):
+    current = body.get("weighted")
+    if current and ensemble.Weights.from_dict(current).out_of_fold:
         return (f"wrote the weights fitted on val ({entry['space']} pooling) into {manifest} as weighted_val; "
                 "its weighted entry stays the out-of-fold one (make stack refits it)")
     body["weighted"] = entry

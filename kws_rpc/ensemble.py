@@ -114,6 +114,11 @@ class Weights:
             w = np.ones(len(w))
         return w / w.sum() if len(w) else w
 
+    @property
+    def out_of_fold(self) -> bool:
+        """Fitted on out-of-fold votes over train+val (trainers.stack), not on val's clips alone."""
+        return str(self.fitted.get("split", "")).startswith("train+val")
+
     def as_dict(self) -> dict[str, Any]:
         return {"weights": {k: round(float(v), 6) for k, v in self.weights.items()}, "space": self.space,
                 "fitted": self.fitted}
