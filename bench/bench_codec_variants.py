@@ -42,16 +42,13 @@ VARIANTS = (  # (step index, round, offset, cap)
 
 def quantize(x: np.ndarray, g: int, rounding: float) -> tuple[np.ndarray, np.ndarray]:
     """Integer DCT coefficients of x at step index g, |c| / step rounded down below ``rounding``."""
-    frames, coeffs = x.shape
-    steps = fc.layout(frames, coeffs)[0] * (g / 64.0)
-    c = fc.dct_basis(frames) @ np.maximum(x.astype(np.float64), fc.FLOOR) @ fc.dct_basis(coeffs).T
+    steps = fc.layout(*x.shape)[0] * (g / 64.0)
+    c = fc.transform(x)
     return (np.sign(c) * np.floor(np.abs(c) / steps + rounding)).astype(np.int64), steps
 
 
 def reconstruct(q: np.ndarray, steps: np.ndarray, offset: float) -> np.ndarray:
-    frames, coeffs = q.shape
-    c = np.sign(q) * np.maximum(np.abs(q) - offset, 0.0) * steps
-    return (fc.dct_basis(frames).T @ c @ fc.dct_basis(coeffs)).astype(np.float32)
+    return fc.inverse(np.sign(q) * np.maximum(np.abs(q) - offset, 0.0) * steps)
 
 
 def fit_coarser(x: np.ndarray, g: int, rounding: float, cap: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -68,7 +65,8 @@ def fit_truncated(x: np.ndarray, g: int, rounding: float, cap: int) -> tuple[np.
     """The step kept, the scan cut after the longest prefix that fits (the stream codes its length)."""
     q, steps = quantize(x, g, rounding)
     order = fc.layout(*q.shape)[1]
-    lo, hi, best = 0, q.size, (np.zeros_like(q), 1)
+    zeros = np.zeros_like(q)
+    lo, hi, best = 0, q.size, (zeros, len(fc.encode_codes(zeros, g)))
     while lo < hi:
         mid = (lo + hi + 1) // 2
         cut = q.ravel().copy()

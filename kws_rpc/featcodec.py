@@ -150,11 +150,21 @@ class _Encoder:
         return out[1 : 1 + max(len(stripped), len(out) - 1 - MAX_TAIL)]  # ... but at most MAX_TAIL of them
 
 
-def _quantize(x: np.ndarray, g: int) -> np.ndarray:
+def transform(x: np.ndarray) -> np.ndarray:
+    """The 2-D DCT coefficients the format quantizes: of x (frames, coeffs) raised to FLOOR."""
     frames, coeffs = x.shape
-    steps = layout(frames, coeffs)[0]
-    c = dct_basis(frames) @ np.maximum(x.astype(np.float64), FLOOR) @ dct_basis(coeffs).T
-    return np.rint(c / (steps * (g / 64.0))).astype(np.int64)
+    return dct_basis(frames) @ np.maximum(x.astype(np.float64), FLOOR) @ dct_basis(coeffs).T
+
+
+def inverse(c: np.ndarray) -> np.ndarray:
+    """Float32 features from dequantized coefficients c (frames, coeffs): the inverse 2-D DCT."""
+    frames, coeffs = c.shape
+    return (dct_basis(frames).T @ c @ dct_basis(coeffs)).astype(np.float32)
+
+
+def _quantize(x: np.ndarray, g: int) -> np.ndarray:
+    steps = layout(*x.shape)[0]
+    return np.rint(transform(x) / (steps * (g / 64.0))).astype(np.int64)
 
 
 def encode_codes(q: np.ndarray, g: int, counts: list[list[int]] | None = None) -> bytes:
@@ -279,8 +289,7 @@ def decode(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
     if pos - size > MAX_TAIL:
         raise InvalidInput(f"DCT_RC data ends {pos - size} bytes before its coded coefficients do (at most "
                            f"{MAX_TAIL}): truncated")
-    c = q.reshape(frames, coeffs) * (steps * (g / 64.0))
-    return (dct_basis(frames).T @ c @ dct_basis(coeffs)).astype(np.float32)
+    return inverse(q.reshape(frames, coeffs) * (steps * (g / 64.0)))
 
 
 def train_init_probs(features: np.ndarray, g: int = DEFAULT_STEP_INDEX) -> tuple[int, ...]:
