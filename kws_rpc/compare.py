@@ -47,7 +47,6 @@ from kws_rpc.data import LABELS, find_dataset, load_split
 from kws_rpc.model import KwsModel
 
 log = logging.getLogger("kws.compare")
-ENSEMBLE_POLICIES = (*ensemble.POLICIES, "weighted")
 FEATURE_CODE = Path(__file__).resolve().parent / "features.py"
 
 
@@ -164,15 +163,10 @@ def score_ensembles(sets: list[list[str]], probs: dict[str, np.ndarray], y: np.n
                     seed: int) -> list[dict[str, Any]]:
     rows = []
     for members in sets:
-        clips = ensemble.stack_models([probs[m] for m in members])
-        voters = [members] * len(y)
         key = "+".join(members)
         row: dict[str, Any] = {"members": members, "policies": {}}
-        for policy in ENSEMBLE_POLICIES:
-            if policy == "weighted" and key not in weights:
-                continue
-            pred = ensemble.decide_all(policy, clips, voters, weights.get(key))
-            correct = pred == y
+        correct_of = ensemble.correct_by_policy(members, probs, y, {"weighted": weights[key]} if key in weights else {})
+        for policy, correct in correct_of.items():
             entry: dict[str, Any] = {"accuracy": float(correct.mean()), "errors": int((~correct).sum())}
             if ref is not None:
                 entry["vs_ref"] = pair_test(correct, ref, resamples, seed)

@@ -338,3 +338,16 @@ def stack_models(per_model: Sequence[np.ndarray]) -> list[np.ndarray]:
     """[(N, C)] * K arrays of K models -> N per-clip (K, C) vote arrays (the offline ensemble)."""
     arr = np.stack([np.asarray(p) for p in per_model], axis=1)
     return list(arr)
+
+
+def correct_by_policy(members: Sequence[str], probs: dict[str, np.ndarray], labels: Sequence[int],
+                      weightings: dict[str, Weights] | None = None) -> dict[str, np.ndarray]:
+    """The offline ensemble of ``members`` (every one votes on every clip; ``probs[m]`` is (N, C)): per
+    fixed policy, then per named weighting (decided by the weighted policy), whether each clip is right."""
+    clips = stack_models([probs[m] for m in members])
+    voters = [list(members)] * len(clips)
+    y = np.asarray(labels)
+    out = {policy: decide_all(policy, clips, voters) == y for policy in POLICIES}
+    for name, w in (weightings or {}).items():
+        out[name] = decide_all("weighted", clips, voters, w) == y
+    return out

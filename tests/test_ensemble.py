@@ -82,6 +82,17 @@ def test_stack_models_and_unknown_policy() -> None:
         ensemble.decide("median", a)
 
 
+def test_correct_by_policy_scores_each_policy_and_weighting() -> None:
+    # one clip, SPLIT's votes (label 1 is right): majority and mean miss it, margin-weighting gets it;
+    # a weighting that trusts only the third member gets it, one that trusts only the first does not
+    probs = {m: SPLIT[i][None] for i, m in enumerate("abc")}
+    only = {m: ensemble.Weights({m: 1.0}, "prob") for m in "ac"}
+    got = ensemble.correct_by_policy(list("abc"), probs, [1], only)
+    assert list(got) == [*ensemble.POLICIES, "a", "c"]
+    assert not got["majority"][0] and not got["mean"][0] and got["margin_weighted"][0]
+    assert not got["a"][0] and got["c"][0]
+
+
 # --- the fitted combiner ---------------------------------------------------------------------------------
 
 def synthetic(n: int, seed: int, noise_members: int = 1, labels: int = 8) -> tuple[np.ndarray, np.ndarray]:

@@ -72,15 +72,9 @@ def load_oof(kfold: Path, members: list[str]) -> dict[str, Any]:
 def evaluate(members: list[str], probs: dict[str, np.ndarray], y: np.ndarray,
              fitted: dict[str, ensemble.Weights], ref: str, resamples: int, seed: int) -> dict[str, Any]:
     """Accuracy of every policy (and each fitted weighting) on one split, paired against ``ref`` alone."""
-    clips = ensemble.stack_models([probs[m] for m in members])
-    voters = [members] * len(y)
     base = probs[ref].argmax(-1) == y
     rows: dict[str, Any] = {m: {"accuracy": float((probs[m].argmax(-1) == y).mean())} for m in members}
-    correct_of: dict[str, np.ndarray] = {}
-    for policy in ensemble.POLICIES:
-        correct_of[policy] = ensemble.decide_all(policy, clips, voters) == y
-    for name, w in fitted.items():
-        correct_of[name] = ensemble.decide_all("weighted", clips, voters, w) == y
+    correct_of = ensemble.correct_by_policy(members, probs, y, fitted)
     for name, c in correct_of.items():
         rows[name] = {"accuracy": float(c.mean()), "errors": int((~c).sum()),
                       f"vs_{ref}": pair_test(c, base, resamples, seed)}
