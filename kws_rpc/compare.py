@@ -150,6 +150,18 @@ def member_sets(requested: Sequence[str], names: Sequence[str], manifest: Path) 
     return sets
 
 
+def model_names(paths: Sequence[Path], card_names: Sequence[str]) -> list[str]:
+    """One distinct label per model: its card name, else its file stem, else its path as given.
+
+    Two shipped files copied aside keep their card name and stem (a candidate `little.tflite` beside
+    models/little.tflite): labelled alike, one model's rows would silently stand for both."""
+    for names in (list(card_names), [x.stem for x in paths], [str(x) for x in paths]):
+        if len(set(names)) == len(names):
+            return names
+    dup = sorted({str(x) for x in paths if list(paths).count(x) > 1})
+    raise ValueError(f"the same model is given twice: {', '.join(dup)}")
+
+
 def resolve(names: Sequence[str], ref: str) -> str:
     """A model named by card name, file name or path -> its card name among the given models."""
     for cand in (ref, Path(ref).stem):
@@ -325,9 +337,10 @@ def main(argv: list[str] | None = None) -> None:
     if missing:
         p.error(f"no such model: {', '.join(missing)}")
     cards = {x: json.loads(x.with_suffix(".json").read_text()) for x in paths}
-    names = [cards[x]["name"] for x in paths]
-    if len(set(names)) != len(names):
-        names = [x.stem for x in paths]  # two cards with one name: tell them apart by file
+    try:
+        names = model_names(paths, [cards[x]["name"] for x in paths])
+    except ValueError as e:
+        p.error(str(e))
     by_name = dict(zip(names, paths))
     ref = resolve(names, args.against) if args.against else None
     pairs: list[tuple[str, str]] = [(n, ref) for n in names if ref and n != ref]

@@ -66,3 +66,12 @@ def test_compare_cli_on_two_shipped_models(tmp_path: Path, capsys: pytest.Captur
     body = json.loads(manifest.read_text())
     assert body["weighted"] == oof and body["weighted_val"]["weights"] == fitted["weights"]
     assert "stays the out-of-fold one" in capsys.readouterr().out
+
+
+def test_model_names_tell_apart_files_with_one_card_name_and_stem() -> None:
+    a, b, c = Path("models/little.tflite"), Path("cand/little.tflite"), Path("cand/little_s2.tflite")
+    assert compare.model_names([a, c], ["little", "little_s2"]) == ["little", "little_s2"]
+    assert compare.model_names([a, c], ["little", "little"]) == ["little", "little_s2"]
+    assert compare.model_names([a, b], ["little", "little"]) == ["models/little.tflite", "cand/little.tflite"]
+    with pytest.raises(ValueError, match="given twice: models/little.tflite"):
+        compare.model_names([a, a], ["little", "little"])
