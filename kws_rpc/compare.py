@@ -84,6 +84,10 @@ class Predictions:
     def median_peak_dbfs(self, split: str) -> float:
         return dbfs(np.median(np.abs(self._load(split)[0]).max(axis=-1)))
 
+    def peaks_dbfs(self, split: str) -> np.ndarray:
+        """Every clip's peak level in dBFS (digital silence counts as -180)."""
+        return 20 * np.log10(np.maximum(np.abs(self._load(split)[0]).max(axis=-1), 1e-9))
+
     def probabilities(self, path: Path, split: str) -> np.ndarray:
         sha = file_sha256(path)
         cache = self.cache_dir / f"{sha[:24]}-{split}-{self._code}.npz"
@@ -120,6 +124,23 @@ def overlap(correct: dict[str, np.ndarray]) -> dict[str, dict[str, dict[str, Any
                          "b_right_on_a_errors": int((wrong_a & cb).sum()),
                          "share_b_right": float((wrong_a & cb).sum() / n) if n else float("nan")}
     return out
+
+
+LEVEL_EDGES_DBFS = (-40.0, -30.0, -20.0)  # bands of a clip's peak level: most errors are in the quiet ones
+
+
+def by_level(peaks: np.ndarray, correct: dict[str, np.ndarray],
+             edges: Sequence[float] = LEVEL_EDGES_DBFS) -> list[dict[str, Any]]:
+    """Each model's accuracy in bands of the clips' peak level (below edges[0], between edges, at or above
+    the last): a few near-silent clips can hold most of a model's errors, which no ensemble fixes."""
+    bounds = [-np.inf, *edges, np.inf]
+    rows = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        m = (peaks >= lo) & (peaks < hi)
+        band = f"< {hi:g}" if lo == -np.inf else f">= {lo:g}" if hi == np.inf else f"{lo:g} to {hi:g}"
+        rows.append({"band_dbfs": band, "clips": int(m.sum()),
+                     "errors": {n: int((~c[m]).sum()) for n, c in correct.items()}})
+    return rows
 
 
 def missed_by_all(preds: Predictions, split: str, probs: dict[str, np.ndarray],
@@ -245,6 +266,11 @@ def render_split(res: dict[str, Any]) -> str:
         cells = [("-" if a == b else f"{100 * ov[a][b]['share_b_right']:.0f}% ({ov[a][b]['b_right_on_a_errors']})")
                  for b in names]
         lines.append(f"{a:<{w}}" + "".join(f"{c:>{w}}" for c in cells))
+    if res.get("by_level"):
+        lines.append("\nerrors by the clip's peak level (dBFS)")
+        lines.append(f"{'band':<14}{'clips':>6}" + "".join(f"{x[:w - 1]:>{w}}" for x in names))
+        for r in res["by_level"]:
+            lines.append(f"{r['band_dbfs']:<14}{r['clips']:>6}" + "".join(f"{r['errors'][x]:>{w}}" for x in names))
     missed = res.get("missed_by_all", [])
     if len(names) > 1:
         lines.append(f"\n{len(missed)} clips no model gets right (the ceiling of any ensemble of these models: "
@@ -383,6 +409,7 @@ def main(argv: list[str] | None = None) -> None:
                                          args.bootstrap, args.seed)}
         res["missed_by_all"] = missed_by_all(preds, split, probs, correct)
         res["median_peak_dbfs"] = preds.median_peak_dbfs(split)
+        res["by_level"] = by_level(preds.peaks_dbfs(split), correct)
         if split == "val":
             res["oof"] = oof
         if seed_groups:

@@ -53,7 +53,9 @@ def test_compare_cli_on_two_shipped_models(tmp_path: Path, capsys: pytest.Captur
     assert set(oof) == {"majority", "mean", "log_mean", "margin_weighted", "weighted"}
     fitted = json.loads(manifest.read_text())["weighted"]
     assert fitted["fitted"]["split"] == "val" and set(fitted["weights"]) == {"big_int8", "little"}
-    assert "McNemar" in text and "share of the ROW model's errors" in text
+    assert "McNemar" in text and "share of the ROW model's errors" in text and "errors by the clip's peak level" in text
+    assert sum(r["clips"] for r in val["by_level"]) == 800
+    assert sum(r["errors"]["little"] for r in val["by_level"]) == rows["little"]["errors"]
     assert json.loads(manifest.read_text())["weighted_val"] == fitted
     # the second run reads the cached probabilities; out-of-fold weights (make stack) in the manifest
     # are not overwritten by val-fitted ones, which go to weighted_val only
@@ -75,3 +77,12 @@ def test_model_names_tell_apart_files_with_one_card_name_and_stem() -> None:
     assert compare.model_names([a, b], ["little", "little"]) == ["models/little.tflite", "cand/little.tflite"]
     with pytest.raises(ValueError, match="given twice: models/little.tflite"):
         compare.model_names([a, a], ["little", "little"])
+
+
+def test_by_level_counts_each_models_errors_in_bands_of_peak_level() -> None:
+    peaks = np.array([-70.0, -45.0, -35.0, -25.0, -5.0, -180.0])
+    correct = {"a": np.array([0, 1, 0, 1, 1, 0], bool), "b": np.array([1, 1, 1, 1, 0, 1], bool)}
+    rows = compare.by_level(peaks, correct)
+    assert [r["band_dbfs"] for r in rows] == ["< -40", "-40 to -30", "-30 to -20", ">= -20"]
+    assert [r["clips"] for r in rows] == [3, 1, 1, 1]
+    assert [r["errors"]["a"] for r in rows] == [2, 1, 0, 0] and [r["errors"]["b"] for r in rows] == [0, 0, 0, 1]
