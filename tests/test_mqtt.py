@@ -5,7 +5,7 @@ the three shipped members. Each test uses a few dozen test clips so the file run
 from __future__ import annotations
 
 import dataclasses
-
+import logging
 import os
 import signal
 import subprocess
@@ -362,19 +362,25 @@ def test_audio_payload_and_mixed_feature_configs(any_broker: str, members: list[
     assert rep["accuracy"] >= 0.5
 
 
-def test_cli_one_command_demo(members: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`make coop` (python -m kws_rpc.mqtt.local): embedded broker, in-process workers, exact output line."""
+def test_cli_one_command_demo(members: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                              caplog: pytest.LogCaptureFixture) -> None:
+    """`make coop` (python -m kws_rpc.mqtt.local): embedded broker, in-process workers, exact output line;
+    everyone speaks the embedded broker's MQTT 3.1.1 from the start, so the broker logs no refused MQTT 5
+    probe ('Invalid connection') in a healthy run."""
     import json
     import re
 
     from kws_rpc.mqtt.local import main
 
     out = tmp_path / "coop.json"
-    main(["--models", *members, "--limit", "24", "--policy", "majority", "--report", str(out), "--no-progress"])
+    with caplog.at_level(logging.INFO):
+        main(["--models", *members, "--limit", "24", "--policy", "majority", "--report", str(out), "--no-progress"])
+    assert not [r for r in caplog.records if "Invalid connection" in r.getMessage()]
     text = capsys.readouterr().out
     assert re.search(r"^Accuracy: \d{1,3}\.\d{3}%$", text, re.M), text
     rep = json.loads(out.read_text())
     assert rep["clips"] == 24 and rep["embedded"] and len(rep["workers"]) == len(members)
+    assert rep["protocol"].startswith("MQTT 3.1.1")
     assert rep["bytes_per_clip_message"] < rep["senml_json_base64_f32_clip_bytes"]
     assert f"Accuracy: {100 * rep['accuracy']:.3f}%" in text
 

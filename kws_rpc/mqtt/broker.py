@@ -66,6 +66,10 @@ class EmbeddedBroker:
     checked). With ``tls`` the listener speaks TLS only.
     """
 
+    # amqtt speaks MQTT 3.1.1 only. Participants that know they face this broker say so (BrokerSettings'
+    # protocol) instead of probing with MQTT 5, which amqtt logs as an invalid connection.
+    PROTOCOL = "3.1.1"
+
     def __init__(self, host: str = LOOPBACK, port: int = 0, users: dict[str, str] | None = None,
                  coordinator: str = "coop", workers: tuple[str, ...] | None = None,
                  tls: TlsFiles | None = None) -> None:

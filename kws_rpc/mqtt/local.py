@@ -26,12 +26,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--deployment", default="default", help="topic namespace: kws/<deployment>/...")
     args, client_args = p.parse_known_args(argv)
     with EmbeddedBroker() as broker:
-        settings = BrokerSettings.from_url(broker.url)
+        settings = BrokerSettings.from_url(broker.url, protocol=broker.PROTOCOL)
         workers = [Worker(WorkerConfig(m, settings, args.deployment, f"w{i}-{Path(m).stem}")).start()
                    for i, m in enumerate(args.models)]
         try:
             coop.main(["--broker", broker.url, "--deployment", args.deployment, "--workers", str(len(workers)),
-                       *client_args], embedded=True)
+                       "--protocol", broker.PROTOCOL, *client_args], embedded=True)
         finally:
             for w in workers:
                 w.stop()
