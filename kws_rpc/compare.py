@@ -131,7 +131,7 @@ LEVEL_EDGES_DBFS = (-40.0, -30.0, -20.0)  # bands of a clip's peak level: most e
 
 def by_level(peaks: np.ndarray, correct: dict[str, np.ndarray],
              edges: Sequence[float] = LEVEL_EDGES_DBFS) -> list[dict[str, Any]]:
-    """Each model's accuracy in bands of the clips' peak level (below edges[0], between edges, at or above
+    """Each model's errors in bands of the clips' peak level (below edges[0], between edges, at or above
     the last): a few near-silent clips can hold most of a model's errors, which no ensemble fixes."""
     bounds = [-np.inf, *edges, np.inf]
     rows = []
