@@ -30,7 +30,7 @@ $(DATA)/mini_speech_commands/.complete:
 	@if [ -x ../shared/data/unpack.sh ]; then ../shared/data/unpack.sh $(DATA); \
 	else $(MAKE) venv && $(PYTHON) -m kws_rpc.data --download --dest $(DATA); fi
 
-train: venv data  ## retrain the shipped models and their int8 siblings (about 2.2 h on 2 cores)
+train: venv data  ## retrain the shipped models and their int8 siblings (about 2.5 h on 2 cores)
 	$(PYTHON) -m trainers.train --all
 	$(PYTHON) -m trainers.quantize models/big.tflite models/member_cnn.tflite models/member_dscnn.tflite
 

@@ -350,3 +350,19 @@ def test_reproduce_reads_the_card_command_and_compares_files(tmp_path: Path) -> 
     result = json.loads((tmp_path / "little.reproduce.json").read_text())
     assert not result["identical"] and result["first_divergent_epoch"] == 40
     assert reproduce.main(["big_int8", "--out", str(tmp_path), "--compare-only"]) == 2
+
+
+def test_reproduce_model_diff_compares_answers_and_quantization_scales() -> None:
+    """A file against itself: the same answers on every val clip and no tensor with other scales; against
+    other models: answers differ, and scales differ (same tensor count) or are not compared (another count)."""
+    from trainers import reproduce
+
+    models = REPO / "models"
+    same = reproduce.model_diff(models / "little.tflite", models / "little.tflite")
+    assert same["clips"] == 800 and same["answers_differ"] == 0 and same["max_probability_diff"] == 0.0
+    assert same["tensors_with_other_scales"] == 0 and same["max_relative_scale_diff"] == 0.0
+    alike = reproduce.model_diff(models / "little.tflite", models / "big_int8.tflite")  # 52 tensors each
+    assert alike["answers_differ"] > 0 and alike["tensors_with_other_scales"] > 0
+    other = reproduce.model_diff(models / "little.tflite", models / "member_cnn_int8.tflite")
+    assert other["answers_differ"] > 0 and other["tensors"][0] != other["tensors"][1]
+    assert other["tensors_with_other_scales"] is None

@@ -4,7 +4,10 @@ The command runs as written on the card (`python -m trainers.train little`, say)
 a scratch folder (--out, default results/reproduce/) instead of models/; then the new file is compared
 with the shipped one: the same sha256 means the card's command reproduces the model bit for bit. If
 not, this says at which epoch the val accuracy first differs, which tells a changed recipe or data (an
-early epoch) from floating-point differences that grow over a run (later).
+early epoch) from floating-point differences that grow over a run (later), and how the two files differ
+where it matters: their answers on the val clips, and which tensors' int8 quantization scales differ. When
+every epoch agrees, the answers are the same and only scales differ by float rounding (~1e-7), the training
+reproduced and the int8 calibration summed its statistics in another order (another CPU's BLAS).
 
 Training is a function of its seed on one machine (tests/test_trainers.py): the same command there gives
 the same file, also with another job sharing the cores. Another CPU may not: TensorFlow's oneDNN kernels
@@ -49,12 +52,48 @@ def compare(shipped: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
             "epochs": {"shipped": len(a), "new": len(b)}}
 
 
+def model_diff(shipped: Path, new: Path, data_dir: str | None = None, split: str = "val") -> dict[str, Any]:
+    """Two .tflite files of one model compared where it matters: their answers on a split's clips (each
+    file with its own card), and the tensors whose quantization scales or zero points differ (static
+    metadata, compared when both files have the same tensors)."""
+    import numpy as np
+
+    from kws_rpc.data import find_dataset, load_split
+    from kws_rpc.model import KwsModel
+    from kws_rpc.runtime import make_interpreter
+
+    audio, _, _ = load_split(split, find_dataset(data_dir))
+    probs = []
+    for path in (shipped, new):
+        model = KwsModel(path)
+        probs.append(np.concatenate([model.predict(model.features(audio[i:i + 200])) for i in range(0, len(audio), 200)]))
+    details = [make_interpreter(path.read_bytes()).get_tensor_details() for path in (shipped, new)]
+    out: dict[str, Any] = {"split": split, "clips": len(audio),
+                           "answers_differ": int((probs[0].argmax(-1) != probs[1].argmax(-1)).sum()),
+                           "max_probability_diff": float(np.abs(probs[0] - probs[1]).max()),
+                           "tensors": [len(d) for d in details], "tensors_with_other_scales": None,
+                           "max_relative_scale_diff": None}
+    if len(details[0]) == len(details[1]):
+        rel = []
+        for x, y in zip(*details):
+            qa, qb = x["quantization_parameters"], y["quantization_parameters"]
+            same_shape = qa["scales"].shape == qb["scales"].shape
+            if not same_shape or not np.array_equal(qa["zero_points"], qb["zero_points"]):
+                rel.append(float("inf"))
+            elif not np.array_equal(qa["scales"], qb["scales"]):
+                rel.append(float((np.abs(qa["scales"] - qb["scales"]) / np.abs(qa["scales"])).max()))
+        out["tensors_with_other_scales"] = len(rel)
+        out["max_relative_scale_diff"] = max(rel, default=0.0)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="a shipped model's name (models/NAME.json)")
     ap.add_argument("--out", default=str(ROOT / "results" / "reproduce"), help="scratch folder for the retrained file")
     ap.add_argument("--models", default=str(ROOT / "models"), help="where the shipped model and its teachers are")
     ap.add_argument("--compare-only", action="store_true", help="do not train: compare what --out already holds")
+    ap.add_argument("--data-dir", help="folder holding mini_speech_commands/ (default: $KWS_DATA_DIR, ./data, ...)")
     a = ap.parse_args(argv)
     shipped = json.loads((Path(a.models) / f"{a.model}.json").read_text())
     try:
@@ -72,13 +111,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reproduce: {new_card} is missing: train first (without --compare-only)", file=sys.stderr)
         return 1
     result = compare(shipped, json.loads(new_card.read_text()))
+    new_file = out / f"{shipped['name']}.tflite"
+    if not result["identical"] and new_file.is_file():
+        result["model_diff"] = model_diff(Path(a.models) / f"{shipped['name']}.tflite", new_file, a.data_dir)
     (out / f"{shipped['name']}.reproduce.json").write_text(json.dumps(result, indent=1) + "\n")
     if result["identical"]:
         print(f"{shipped['name']}: identical to the shipped file (sha256 {shipped['sha256'][:16]}...)")
         return 0
+    first = result["first_divergent_epoch"]
     print(f"{shipped['name']}: differs from the shipped file: val {result['val_accuracy']['new']} against "
-          f"{result['val_accuracy']['shipped']}; val accuracy first differs at epoch "
-          f"{result['first_divergent_epoch']} of {result['epochs']['shipped']}")
+          f"{result['val_accuracy']['shipped']}; "
+          + (f"every epoch's val accuracy agrees ({result['epochs']['shipped']} epochs)" if first is None else
+             f"val accuracy first differs at epoch {first} of {result['epochs']['shipped']}"))
+    d = result.get("model_diff")
+    if d:
+        scales = ("" if d["tensors_with_other_scales"] is None else
+                  f"; {d['tensors_with_other_scales']} of {d['tensors'][0]} tensors have other quantization "
+                  f"scales (at most {d['max_relative_scale_diff']:.1e} apart, relative)")
+        print(f"  answers differ on {d['answers_differ']} of {d['clips']} {d['split']} clips (largest "
+              f"probability difference {d['max_probability_diff']:.1e}){scales}")
     return 1
 
 
