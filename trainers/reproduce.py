@@ -7,7 +7,7 @@ not, this says at which epoch the val accuracy first differs, which tells a chan
 early epoch) from floating-point differences that grow over a run (later), and how the two files differ
 where it matters: their answers on the val clips, and which tensors' int8 quantization scales differ. When
 every epoch agrees, the answers are the same and only scales differ by float rounding (~1e-7), the training
-reproduced and the int8 calibration summed its statistics in another order (another CPU's BLAS).
+reproduced and the int8 calibration's float statistics rounded differently (another CPU's kernels).
 
 Training is a function of its seed on one machine (tests/test_trainers.py): the same command there gives
 the same file, also with another job sharing the cores. Another CPU may not: TensorFlow's oneDNN kernels
