@@ -243,14 +243,16 @@ def fmt_p(p: float) -> str:
 def render_split(res: dict[str, Any]) -> str:
     split, n = res["split"], res["clips"]
     lines = [f"== {split}: {n} clips (one clip = {100 / n:.3f} points) =="]
-    lines.append(f"{'model':<18} {'acc':>8} {'errors':>6}   {'vs':<14} {'b':>3} {'c':>3} {'McNemar p':>9} "
+    mw = max([18, *(len(m["model"]) for m in res["models"])])  # labels may be paths (model_names)
+    rw = max([14, *(len(r) for m in res["models"] for r in m["vs"])])
+    lines.append(f"{'model':<{mw}} {'acc':>8} {'errors':>6}   {'vs':<{rw}} {'b':>3} {'c':>3} {'McNemar p':>9} "
                  f"{'diff [95% CI], points':>26}")
     for m in res["models"]:
-        head = f"{m['model']:<18} {pct(m['accuracy'])} {m['errors']:>6}"
+        head = f"{m['model']:<{mw}} {pct(m['accuracy'])} {m['errors']:>6}"
         if not m["vs"]:
             lines.append(head)
         for ref, t in m["vs"].items():
-            lines.append(f"{head}   {ref:<14} {t['b']:>3} {t['c']:>3} {fmt_p(t['p']):>9} "
+            lines.append(f"{head}   {ref:<{rw}} {t['b']:>3} {t['c']:>3} {fmt_p(t['p']):>9} "
                          f"{100 * t['diff']:+7.3f} [{100 * t['ci95'][0]:+.3f}, {100 * t['ci95'][1]:+.3f}]")
             head = " " * len(head)
     names = [m["model"] for m in res["models"]]
