@@ -63,10 +63,7 @@ def model_diff(shipped: Path, new: Path, data_dir: str | None = None, split: str
     from kws_rpc.runtime import make_interpreter
 
     audio, _, _ = load_split(split, find_dataset(data_dir))
-    probs = []
-    for path in (shipped, new):
-        model = KwsModel(path)
-        probs.append(np.concatenate([model.predict(model.features(audio[i:i + 200])) for i in range(0, len(audio), 200)]))
+    probs = [KwsModel(path).predict_audio(audio) for path in (shipped, new)]
     details = [make_interpreter(path.read_bytes()).get_tensor_details() for path in (shipped, new)]
     out: dict[str, Any] = {"split": split, "clips": len(audio),
                            "answers_differ": int((probs[0].argmax(-1) != probs[1].argmax(-1)).sum()),
