@@ -65,6 +65,7 @@ class Predictions:
         self.cache_dir = cache_dir
         self.root = data_root
         self._audio: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {}
+        self._peak: dict[str, np.ndarray] = {}
         self._code = hashlib.sha256(FEATURE_CODE.read_bytes()).hexdigest()[:12]
 
     def labels(self, split: str) -> np.ndarray:
@@ -75,18 +76,23 @@ class Predictions:
             self._audio[split] = load_split(split, self.root)
         return self._audio[split]
 
+    def _peaks(self, split: str) -> np.ndarray:
+        """Every clip's peak |sample| (full scale 1), computed once per split."""
+        if split not in self._peak:
+            self._peak[split] = np.abs(self._load(split)[0]).max(axis=-1)
+        return self._peak[split]
+
     def clips(self, split: str, which: np.ndarray) -> list[tuple[str, float]]:
         """(name, peak level in dBFS) of the clips ``which`` of a split."""
-        audio, _, names = self._load(split)
-        peak = np.abs(audio[which]).max(axis=-1)
-        return [(names[i], dbfs(pk)) for i, pk in zip(which, peak)]
+        names = self._load(split)[2]
+        return [(names[i], dbfs(pk)) for i, pk in zip(which, self._peaks(split)[which])]
 
     def median_peak_dbfs(self, split: str) -> float:
-        return dbfs(np.median(np.abs(self._load(split)[0]).max(axis=-1)))
+        return dbfs(np.median(self._peaks(split)))
 
     def peaks_dbfs(self, split: str) -> np.ndarray:
         """Every clip's peak level in dBFS (digital silence counts as -180)."""
-        return 20 * np.log10(np.maximum(np.abs(self._load(split)[0]).max(axis=-1), 1e-9))
+        return 20 * np.log10(np.maximum(self._peaks(split), 1e-9))
 
     def probabilities(self, path: Path, split: str) -> np.ndarray:
         sha = file_sha256(path)
