@@ -14,13 +14,40 @@ export KWS_DATA_DIR ?= $(abspath $(DATA))
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
-$(BIN)/activate: pyproject.toml
-	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[train,server,edge,dev]'
+# Every environment installs from its lock in requirements/ (exact versions, sha256 of every file), never from
+# pyproject.toml's ranges: a fresh machine gets the versions the README's figures were measured with.
+# A changed lock rebuilds the environment from scratch, so nothing the lock dropped lingers.
+PIP_LOCKED = pip install -q --require-hashes --no-deps
+$(BIN)/activate: requirements/main.txt pyproject.toml
+	$(PY) -m venv --clear $(VENV)
+	$(BIN)/$(PIP_LOCKED) -r requirements/main.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $(BIN)/activate
 
-venv: $(BIN)/activate  ## create .venv with everything (TensorFlow included, for training)
+venv: $(BIN)/activate  ## create .venv from requirements/main.txt: everything (TensorFlow included, for training)
+
+EDGE_VENV ?= .venv-edge
+$(EDGE_VENV)/bin/activate: requirements/edge.txt pyproject.toml
+	$(PY) -m venv --clear $(EDGE_VENV)
+	$(EDGE_VENV)/bin/$(PIP_LOCKED) -r requirements/edge.txt
+	$(EDGE_VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
+	$(EDGE_VENV)/bin/pip check
+	touch $@
+
+.PHONY: venv-edge lock
+venv-edge: $(EDGE_VENV)/bin/activate  ## create .venv-edge from requirements/edge.txt: the Pi's install (no TensorFlow, no broker) + pytest
+
+TOOLS_VENV ?= .venv-tools
+$(TOOLS_VENV)/bin/uv: requirements/tools.txt
+	$(PY) -m venv --clear $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/$(PIP_LOCKED) -r requirements/tools.txt
+
+UPGRADE ?=
+lock: $(TOOLS_VENV)/bin/uv  ## re-resolve requirements/*.txt, keeping pins (UPGRADE="pkg ..." or UPGRADE=all moves them); regenerates kws/v1 if grpcio-tools moved
+	$(TOOLS_VENV)/bin/python scripts/lock.py --uv $(TOOLS_VENV)/bin/uv $(if $(UPGRADE),--upgrade $(UPGRADE)) \
+		|| { rc=$$?; [ $$rc = 3 ] && $(MAKE) venv protos; }
+	@git --no-pager diff --stat -- requirements/ kws/ 2>/dev/null || true
 
 protos: $(BIN)/activate  ## regenerate Python code from protos/ (grpcio-tools)
 	$(PYTHON) -m kws_rpc.protogen

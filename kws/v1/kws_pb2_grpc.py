@@ -5,7 +5,7 @@ import warnings
 
 from kws.v1 import kws_pb2 as kws_dot_v1_dot_kws__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
