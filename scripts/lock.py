@@ -18,10 +18,12 @@ Standard library only: it runs before anything of kws is installed.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 REQ = ROOT / "requirements"
 PYTHON = "3.11"  # the oldest Python the locks must serve (Raspberry Pi OS bookworm, this project's CI)
 PROTO_TOOL = "grpcio-tools"
+# The Pi's platform: the edge lock must have a wheel for it of every package (no compiler on a Pi).
+# Raspberry Pi OS bookworm (64-bit) has glibc 2.36, so any manylinux tag up to 2_36 installs there.
+PI_PLATFORMS = ("manylinux2014_aarch64", *(f"manylinux_2_{v}_aarch64" for v in range(17, 37)))
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,19 @@ def compile_env(uv: str, env: Env, upgrade: list[str]) -> None:
     subprocess.run(cmd, cwd=ROOT, check=True)
 
 
+def check_pi(env: Env) -> None:
+    """Download every pinned wheel of the env for the Pi (aarch64, CPython 3.11), checking their hashes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+               "--python-version", PYTHON, "--implementation", "cp", "--require-hashes",
+               "-r", str(env.lock), "--dest", tmp]
+        for p in PI_PLATFORMS:
+            cmd += ["--platform", p]
+        subprocess.run(cmd, cwd=ROOT, check=True)
+        print(f"{env.lock.relative_to(ROOT)}: {len(os.listdir(tmp))} wheels for the Pi (aarch64, "
+              f"CPython {PYTHON}), hashes checked")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--uv", default=shutil.which("uv") or "uv", help="the uv executable (default: uv on PATH)")
@@ -91,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="move these packages to their newest allowed release ('all' moves every pin)")
     ap.add_argument("--env", nargs="*", choices=[e.name for e in ENVS], default=None,
                     help="lock only these environments (default: all)")
+    ap.add_argument("--no-pi-check", action="store_true",
+                    help="skip downloading the edge lock's aarch64 wheels (the check that a Pi can install it)")
     args = ap.parse_args(argv)
     tool_moved = False
     for env in ENVS:
@@ -105,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         for k in changed:
             print(f"  {k}: {before.get(k, '-')} -> {after.get(k, '-')}")
         tool_moved |= any(k.split(" ;")[0] == PROTO_TOOL for k in changed)
+        if env.name == "edge" and not args.no_pi_check:
+            check_pi(env)
     if tool_moved:
         print(f"{PROTO_TOOL} moved: the generated code in kws/v1 must be regenerated (make protos)")
         return 3
