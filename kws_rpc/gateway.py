@@ -47,7 +47,7 @@ from starlette.requests import ClientDisconnect
 
 from kws.v1 import kws_pb2 as pb
 from kws_rpc.codec import check_base64_fields
-from kws_rpc import auth, safejson, tls
+from kws_rpc import auth, ports, safejson, tls
 from kws_rpc.auth import AuthConfig, Guard, retry_after_header
 from kws_rpc.errors import (MAX_MESSAGE_CHARS, InvalidInput, KwsError, PayloadTooLarge, RateLimited, RequestTimeout,
                             Unavailable, clip)
@@ -337,14 +337,16 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(str(e))
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        held = ports.claim(config.host, [config.port], "kws gateway or server")  # held until this process exits
         check_backend_labels(config)
-    except ValueError as e:
+    except (ValueError, ports.PortTaken) as e:
         ap.exit(2, f"{ap.prog}: error: {e}\n")
     log.info("gateway on %s://%s:%d -> grpc %s (%s)", "https" if config.tls else "http", config.host, config.port,
              config.grpc_target, describe(config.tls, config.auth))
     uvicorn.run(make_app(config), host=config.host, port=config.port, log_level=config.log_level,
                 access_log=config.log_level == "debug", **uvicorn_options(config.limits),
                 **(config.tls.uvicorn_kwargs() if config.tls else {}))
+    held.release()
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from kws_rpc import auth, tls
+from kws_rpc import auth, lifeline, ports, tls
 from kws_rpc.auth import AuthConfig, Guard
 from kws_rpc.batching import MicroBatcher
 from kws_rpc.core import InferenceCore
@@ -248,21 +248,42 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
                         spec_labels, limits=limits, reuse_port=a.reuse_port, processes=processes, **security)
 
 
+def exit_status(code: int) -> int:
+    """A child's Popen returncode as a shell would report it (-9 -> 137)."""
+    return 128 - code if code < 0 else code
+
+
+def describe_exit(code: int) -> str:
+    return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+
+
 def supervise(config: ServerConfig, argv: list[str]) -> int:
     """Runs config.processes copies of this server on the same ports (SO_REUSEPORT: the kernel spreads
     connections over them), each pinned to one BLAS thread before numpy loads; SIGTERM/SIGINT are passed
-    on. If one process dies, the others are stopped and its exit status returned (systemd restarts)."""
+    on. The ports are claimed first (kws_rpc.ports), so a second server on them is refused instead of
+    sharing them, and the children hold the claim and die with this process (kws_rpc.lifeline), however
+    it dies.
+
+    If a child dies on its own, the others are stopped and the supervisor exits non-zero (the child's
+    status, or 1 if it exited 0). It does not restart it: a process that died (a crash, the OOM killer) left
+    the server in a state nobody chose, and restarting one process in place hides a crash loop; the service
+    manager (systemd's Restart=on-failure, Kubernetes) restarts the whole server with back-off and counts it."""
     base = [a for i, a in enumerate(argv) if not (a.startswith("--processes") or
                                                    (i > 0 and argv[i - 1] == "--processes"))]
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    metrics_ports = ([config.metrics_port + i for i in range(config.processes)]
+                     if config.metrics_port is not None else [])
+    held = ports.claim(config.host, [config.port, config.gateway_port, *metrics_ports])
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", lifeline.ENV: str(os.getpid())}
     procs = []
     for i in range(config.processes):
         extra = ["--processes", "1", "--reuse-port"]
         if config.metrics_port is not None:
             extra += ["--metrics-port", str(config.metrics_port + i)]
-        procs.append(subprocess.Popen([sys.executable, "-m", "kws_rpc.server", *base, *extra], env=env))
-    log.info("started %d server processes on gRPC :%d%s", len(procs), config.port,
-             f", gateway :{config.gateway_port}" if config.gateway_port is not None else "")
+        procs.append(subprocess.Popen([sys.executable, "-m", "kws_rpc.server", *base, *extra], env=env,
+                                      pass_fds=held.fds()))
+    held.release()  # the children hold the claim now: it ends with the last of them
+    log.info("started %d server processes (pids %s) on gRPC :%d%s", len(procs), [p.pid for p in procs],
+             config.port, f", gateway :{config.gateway_port}" if config.gateway_port is not None else "")
 
     stopping: list[int] = []
 
@@ -277,12 +298,19 @@ def supervise(config: ServerConfig, argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     while not any(p.poll() is not None for p in procs):
-        time.sleep(0.2)
-    if not stopping:
-        log.error("a server process exited on its own (status %s): stopping the others", [p.poll() for p in procs])
+        time.sleep(0.1)
+    asked = bool(stopping)  # a signal told us to stop, rather than a child dying
+    if not asked:
+        for i, p in enumerate(procs):
+            if p.returncode is not None:
+                log.error("server process %d (pid %d) died on its own (%s): stopping the whole server", i,
+                          p.pid, describe_exit(p.returncode))
+        died = next(p.returncode for p in procs if p.returncode is not None)
     forward(signal.SIGTERM, None)
     codes = [p.wait() for p in procs]
-    return next((c for c in codes if c), 0)
+    if not asked:
+        return exit_status(died) or 1
+    return next((exit_status(c) for c in codes if c), 0)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -290,7 +318,10 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if config.processes > 1:
-        raise SystemExit(supervise(config, argv))
+        try:
+            raise SystemExit(supervise(config, argv))
+        except ports.PortTaken as e:
+            raise SystemExit(f"kws-server: error: {e}") from None
     pin_native_threads()
     stop = threading.Event()
 
@@ -300,15 +331,23 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    parent = lifeline.supervisor_pid()
+    held = None
     try:
+        if parent is not None:  # a child of supervise(): it claimed the ports; stop if it dies
+            lifeline.follow(parent)
+        else:
+            held = ports.claim(config.host, [config.port, config.gateway_port, config.metrics_port])
         handle = serve(config)
-    except ValueError as e:  # a configuration the models refuse (e.g. --spec-labels): a message, not a traceback
-        raise SystemExit(f"kws-server: error: {e}") from None
+    except (ValueError, ports.PortTaken) as e:  # a configuration the models refuse (e.g. --spec-labels), a
+        raise SystemExit(f"kws-server: error: {e}") from None  # taken port: a message, not a traceback
     try:
         while not stop.wait(0.5):
             pass
     finally:
         handle.stop()
+        if held is not None:
+            held.release()
 
 
 if __name__ == "__main__":
