@@ -92,14 +92,15 @@ def local_answer(big: KwsModel, request: pb.PredictRequest | dict[str, Any]) -> 
     return handlers.predict(core, request).prediction.label
 
 
-def add_remote_args(ap: argparse.ArgumentParser, timeout_s: float) -> None:
-    """How an edge command reaches big: the flags client, calibrate and payload share."""
+def add_remote_args(ap: argparse.ArgumentParser, timeout_s: float, device_flag: str = "--device") -> None:
+    """How an edge command reaches big: the flags client, calibrate and payload share (``listen`` names
+    the SenML device id --device-id, its --device being the microphone)."""
     g = ap.add_argument_group("the server")
     g.add_argument("--url", default="http://127.0.0.1:8080/", help="REST gateway (spec body, PUT)")
     g.add_argument("--grpc", default="127.0.0.1:50051",
                    help="gRPC server host:port, an ip:port list, or dns:///name:port (several servers: balanced "
                         "with gRPC round_robin and health checks)")
-    g.add_argument("--device", default=hex(uuid.getnode()), help="SenML base name 'bn' (device id)")
+    g.add_argument(device_flag, dest="device", default=hex(uuid.getnode()), help="SenML base name 'bn' (device id)")
     g.add_argument("--timeout", type=float, default=timeout_s, help="seconds per remote attempt (default %(default)s)")
     g.add_argument("--token", default=None,
                    help="bearer token for the server, or @FILE to read it from a file (default $KWS_TOKEN)")

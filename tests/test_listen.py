@@ -1,0 +1,229 @@
+"""The Pi listening: streaming features equal whole-clip features, the detector's rules, the audio sources
+(WAV of any rate, raw PCM on stdin, a microphone through PortAudio) and `kws-edge listen` as a user runs it."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.sources import SourceError, SourceStats, microphone, raw_stream, wav_file
+from edge.stream import DetectorConfig, Detector, FrameStream, Listener
+from kws_rpc.features import FeatureConfig, mfcc
+from kws_rpc.model import KwsModel
+
+REPO = Path(__file__).resolve().parent.parent
+HOP10 = FeatureConfig(num_mfcc=0, upper_hz=7600.0, frame_length=480, frame_step=160, fft_length=512)
+
+
+def write_wav(path: Path, audio: np.ndarray, rate: int = 16000, width: int = 2, channels: int = 1) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes() if width == 2 else bytes(len(audio)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def little() -> KwsModel:
+    return KwsModel(REPO / "models" / "little.tflite")
+
+
+@pytest.fixture(scope="module")
+def keyword_stream(test_audio) -> tuple[np.ndarray, list[tuple[float, str]]]:
+    """Six test clips the little gets right, with 1-2 s of silence before each: (audio, [(clip end, label)])."""
+    from kws_rpc.data import LABELS
+
+    audio, labels, _ = test_audio
+    rng = np.random.default_rng(3)
+    parts, truth, t = [], [], 0.0
+    for i in rng.choice(len(audio), 6, replace=False):
+        gap = np.zeros(int(16000 * rng.uniform(1.0, 2.0)), np.float32)
+        parts += [gap, audio[i]]
+        t += (len(gap) + len(audio[i])) / 16000
+        truth.append((t, LABELS[labels[i]]))
+    return np.concatenate(parts), truth
+
+
+@pytest.mark.parametrize("block", [1, 160, 1000, 1600, 4321])
+def test_stream_frames_are_the_clip_features_of_every_window(block: int) -> None:
+    x = (np.random.default_rng(0).standard_normal(16000 * 3) * 0.1).astype(np.float32)
+    fs = FrameStream(HOP10)
+    frames = np.concatenate([fs.push(x[i : i + block]) for i in range(0, len(x), block)])
+    assert fs.frames == len(frames) == 1 + (len(x) - 480) // 160
+    for start in (0, 13, 100, 200):
+        np.testing.assert_allclose(frames[start : start + 98], mfcc(x[start * 160 : start * 160 + 16000], HOP10),
+                                   atol=1e-5)
+
+
+def test_a_stream_cannot_use_per_clip_peak_normalization() -> None:
+    with pytest.raises(ValueError, match="peak-normalized"):
+        FrameStream(FeatureConfig(num_mfcc=0, peak_normalize=0.5))
+
+
+def test_detector_smooths_waits_for_patience_and_keeps_a_refractory_period() -> None:
+    labels = ["yes", "no", "_silence_", "_unknown_"]
+    d = Detector(labels, DetectorConfig(smooth=2, threshold=0.6, patience=2, refractory_s=1.0))
+    yes, unk = np.array([0.9, 0.1, 0, 0]), np.array([0, 0, 0, 1.0])
+    assert d.update(unk, 0.0) is None
+    assert d.update(yes, 0.1) is None  # smoothed 0.45: below the threshold
+    assert d.update(yes, 0.2) is None  # 0.9, first hop of patience
+    fired = d.update(yes, 0.3)
+    assert fired == ("yes", pytest.approx(0.9))
+    assert all(d.update(yes, t) is None for t in (0.4, 0.8, 1.2))  # refractory until 1.3
+    assert d.update(yes, 1.3) == ("yes", pytest.approx(0.9))
+    d2 = Detector(labels, DetectorConfig(smooth=1, threshold=0.5))
+    assert d2.update(unk, 0.0) is None  # a rejection label never fires, however sure
+
+
+def test_listener_finds_each_keyword_near_its_clip_with_its_label(little, keyword_stream) -> None:
+    audio, truth = keyword_stream
+    lis = Listener(little, DetectorConfig(threshold=0.5))
+    found = [d for i in range(0, len(audio), 1234) for d in lis.push(audio[i : i + 1234])]
+    assert lis.windows == int(lis.seconds * 10) or abs(lis.windows - lis.seconds * 10) <= 1
+    hits = 0
+    for end, label in truth:
+        near = [d for d in found if end - 1.0 <= d.t <= end + 0.5]
+        hits += any(d.label == label for d in near)
+    assert hits >= 5, (found, truth)
+    for d in found:  # the audio a detection carries is the second that ends at its time
+        end = round(d.t * 16000)
+        np.testing.assert_array_equal(d.audio[-min(end, 16000):], audio[max(0, end - 16000) : end])
+
+
+def test_wav_file_of_another_rate_is_resampled_and_a_bad_one_is_refused(tmp_path: Path) -> None:
+    t = np.arange(44100 * 2) / 44100
+    path = write_wav(tmp_path / "a.wav", 0.5 * np.sin(2 * np.pi * 440 * t), rate=44100)
+    stats = SourceStats()
+    x = np.concatenate(list(wav_file(path, 16000, stats)))
+    assert abs(len(x) - 32000) <= 2 and stats.seconds == pytest.approx(2.0, abs=1e-3)
+    spectrum = np.abs(np.fft.rfft(x[1000:17000]))
+    assert abs(np.argmax(spectrum) - 440) <= 1  # the tone stays at 440 Hz
+    with pytest.raises(SourceError, match="header says 44100 Hz but --rate says 16000"):
+        list(wav_file(path, 16000, SourceStats(), rate=16000))
+    (tmp_path / "bad.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunkjunk")
+    with pytest.raises(SourceError, match="not a PCM WAV file"):
+        list(wav_file(tmp_path / "bad.wav", 16000, SourceStats()))
+    stereo = write_wav(tmp_path / "st.wav", np.zeros(3200), channels=2)
+    with pytest.raises(SourceError, match="mono 16-bit"):
+        list(wav_file(stereo, 16000, SourceStats()))
+
+
+def test_raw_stream_keeps_odd_bytes_across_reads_and_counts_one_left_at_the_end() -> None:
+    pcm = (np.arange(1000, dtype="<i2") * 7).tobytes() + b"\x01"
+
+    class Trickle(io.RawIOBase):  # reads that end mid-sample
+        def __init__(self) -> None:
+            self.data = pcm
+
+        def read(self, n: int = -1) -> bytes:
+            chunk, self.data = self.data[:333], self.data[333:]
+            return chunk
+
+    stats = SourceStats()
+    x = np.concatenate(list(raw_stream(Trickle(), 16000, 16000, stats)))
+    np.testing.assert_array_equal(np.round(x * 32768).astype(int), np.arange(1000) * 7)
+    assert stats.odd_bytes == 1 and stats.lost
+
+
+def run_listen(*args: str, stdin: bytes | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge.listen", *args], cwd=REPO, input=stdin, capture_output=True,
+                          timeout=120, env={**os.environ, **(env or {})})
+
+
+def events(r: subprocess.CompletedProcess) -> list[dict]:
+    return [json.loads(line) for line in r.stdout.decode().splitlines()]
+
+
+def test_listen_reads_a_wav_and_stdin_alike_and_prints_json_events(tmp_path: Path, keyword_stream) -> None:
+    audio, truth = keyword_stream
+    path = write_wav(tmp_path / "stream.wav", audio)
+    by_file = run_listen("--input", str(path))
+    assert by_file.returncode == 0, by_file.stderr.decode()[-2000:]
+    found = events(by_file)
+    assert len(found) >= 4 and {e["decided_by"] for e in found} == {"little"}
+    assert all(set(e) >= {"t", "label", "score", "decided_by"} for e in found)
+    assert "no audio lost" in by_file.stderr.decode()
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    by_stdin = run_listen("--input", "-", stdin=pcm)
+    assert by_stdin.returncode == 0 and events(by_stdin) == found
+    odd = run_listen("--input", "-", stdin=pcm + b"\x00")
+    assert odd.returncode == 1 and events(odd) == found
+    assert "odd trailing byte" in odd.stderr.decode()
+
+
+def test_listen_refuses_a_bad_wav_and_a_rate_that_does_not_match(tmp_path: Path) -> None:
+    (tmp_path / "bad.wav").write_bytes(b"not a wav at all")
+    r = run_listen("--input", str(tmp_path / "bad.wav"))
+    assert r.returncode == 2 and b"not a PCM WAV file" in r.stderr and b"Traceback" not in r.stderr
+    good = write_wav(tmp_path / "g.wav", np.zeros(8000), rate=8000)
+    r = run_listen("--input", str(good), "--rate", "16000")
+    assert r.returncode == 2 and b"--rate says 16000" in r.stderr
+
+
+ASOUNDRC = """pcm.kwsmic {{
+    type file
+    slave.pcm "null"
+    file "/dev/null"
+    infile "{infile}"
+    format "raw"
+    hint {{ show on description "kws test microphone: a raw file" }}
+}}
+"""
+
+
+def alsa_file_microphone(tmp_path: Path, audio: np.ndarray) -> dict[str, str]:
+    """An ALSA capture device that plays a raw file, opened through PortAudio like a real microphone."""
+    pytest.importorskip("sounddevice", reason="sounddevice (the edge extra) is not installed")
+    infile = tmp_path / "mic.raw"
+    infile.write_bytes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    rc = tmp_path / "asoundrc"
+    rc.write_text(ASOUNDRC.format(infile=infile))
+    alsa = Path("/usr/share/alsa/alsa.conf")
+    if not alsa.is_file():
+        pytest.skip("no ALSA configuration (apt-get install libasound2)")
+    return {"ALSA_CONFIG_PATH": f"{alsa}:{rc}"}
+
+
+def test_listen_hears_a_microphone_through_portaudio(tmp_path: Path, keyword_stream) -> None:
+    # ALSA's file device delivers its audio as fast as it is read, not in real time: a buffer as long as the
+    # input keeps all of it in order; a short one overflows, and says so.
+    audio, truth = keyword_stream
+    env = alsa_file_microphone(tmp_path, audio)
+    try:
+        import sounddevice  # noqa: F401
+    except OSError:
+        pytest.skip("libportaudio2 is not installed (apt-get install libportaudio2)")
+    seconds = f"{len(audio) / 16000:.2f}"
+    r = run_listen("--input", "mic", "--device", "kwsmic", "--rate", "16000", "--duration", seconds,
+                   "--buffer", "60", env=env)
+    err = r.stderr.decode()
+    assert "listening to kwsmic at 16000 Hz" in err, err[-2000:]
+    wav = run_listen("--input", str(write_wav(tmp_path / "same.wav", audio)))
+    assert [e["label"] for e in events(r)] == [e["label"] for e in events(wav)]
+    short = run_listen("--input", "mic", "--device", "kwsmic", "--rate", "16000", "--duration", seconds,
+                       "--buffer", "0.2", env=env)
+    assert short.returncode == 1 and "microphone overflow" in short.stderr.decode()
+    assert "microphone overflows" in short.stderr.decode().splitlines()[-1]
+
+
+def test_a_microphone_that_is_not_there_is_retried_and_counted_until_stopped(tmp_path: Path) -> None:
+    try:
+        import sounddevice  # noqa: F401
+    except (ImportError, OSError):
+        pytest.skip("sounddevice with libportaudio2 is not installed")
+    stats, stop = SourceStats(), threading.Event()
+    timer = threading.Timer(1.5, stop.set)
+    timer.start()
+    assert list(microphone("no such microphone", 16000, stats, stop, retry_s=0.2)) == []
+    assert stats.reopens >= 3 and stats.lost
