@@ -38,7 +38,7 @@ SWEEP_THRESHOLDS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0
 # feature payloads: 0.10 MB; mfcc-dct: 0.05 MB.
 AUDIO_BUDGET_MB = 0.95
 # A REST body with the clip as IMA ADPCM is a quarter of the PCM body: 0.50 MB buys about twice the asks
-# 0.95 MB buys in PCM (the frontier issue's bar for the spec cascade is 0.50 MB).
+# 0.95 MB buys in PCM (0.50 MB is the project's goal for a cascade that keeps the course's REST body).
 ADPCM_BUDGET_MB = 0.50
 FEATURES_BUDGET_MB = 0.10
 # The transform-coded payload (mfcc-dct, <= 300 B a request) gets half that: as many asks as q5z's 0.10 MB.

@@ -231,8 +231,9 @@ def fit_on_val(sets: list[list[str]], probs: dict[str, np.ndarray], y: np.ndarra
             "space_chosen_by": f"{folds}-fold out-of-fold accuracy on val (seed {seed})",
             "oof_accuracy": res["oof_accuracy"], "oof_choice": best,
             "oof_by_space": {s: {k: v for k, v in d.items()} for s, d in res["weighted"].items()},
-            "note": "members trained on train only: val predictions are out-of-sample; train predictions "
-                    "are never used. True k-fold over train+val would retrain every member k times."})
+            "note": "fitted on val alone (members trained on train only: val predictions are out-of-sample; "
+                    "train predictions are never used); make kfold and make stack fit on out-of-fold votes "
+                    "over train+val instead."})
         oof[key] = {"members": members, **{k: v for k, v in res.items() if k != "members"},
                     "weights": w.weights, "oof_choice": best}
     return weights, oof

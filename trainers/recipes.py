@@ -16,8 +16,8 @@ from trainers.augment import AugmentConfig
 SHARED_FEATURES = FeatureConfig(num_mfcc=0, upper_hz=7600.0)
 # The shared config with each clip's peak levelled to 0.5 first (kws_rpc.features.normalize_peak).
 LEVELLED_FEATURES = FeatureConfig(num_mfcc=0, upper_hz=7600.0, peak_normalize=0.5)
-# BC-ResNet's framing (30 ms window, 10 ms hop, 98 frames x 40 log-mel): the little model's since session 7
-# (little_h10 beat the 49x40 little on val, 18 / 7, McNemar p = 0.043), and a server candidate's (big_h10).
+# BC-ResNet's framing (30 ms window, 10 ms hop, 98 frames x 40 log-mel): the little model's (little_h10 beat
+# the 49x40 little on val, 18 / 7, McNemar p = 0.043), and a server candidate's (big_h10).
 HOP10_FEATURES = FeatureConfig(num_mfcc=0, upper_hz=7600.0, frame_length=480, frame_step=160, fft_length=512)
 LITTLE_FEATURES = HOP10_FEATURES
 # The three server models (big and the two other ensemble members): their mean is the edge's teacher.
@@ -51,26 +51,26 @@ class Recipe:
     # (every weight, batch-norm statistics included), updated after each batch with this decay
 
 
-# The little recipe on the shared 49x40 features: the shipped little until session 7, and the base of the
-# candidates little_long, little_wide and little_mix (their cards were trained on it).
+# The little recipe on the shared 49x40 features, and the base of the candidates little_long, little_wide
+# and little_mix.
 LITTLE_H20 = Recipe(
     name="little_h20", architecture="dscnn", feature=SHARED_FEATURES, epochs=50, seed=1,
     params=dscnn.Params(filters=48, blocks=4),
     quantization="int8", zlib_budget=20_000, output="logits",
     teachers=ENSEMBLE_TEACHERS, distill_weight=0.7, distill_temperature=2.0,
-    description="Edge model until session 7: DS-CNN (48 filters, 4 depthwise-separable blocks) on 49x40 "
-                "log-mel (40 ms window, 20 ms hop), distilled from the server ensemble, int8 full-integer "
+    description="Edge model on the servers' features: DS-CNN (48 filters, 4 depthwise-separable blocks) on "
+                "49x40 log-mel (40 ms window, 20 ms hop), distilled from the server ensemble, int8 full-integer "
                 "with int8 logits out, <= 20,000 bytes after zlib.",
 )
-# The 98x40 little shipped in sessions 7-9 (then `little`), and the base of the little_mix10 candidates.
+# little_h20 on the 98x40 framing, and the base of the little_mix10 candidates.
 LITTLE_H10 = dataclasses.replace(
     LITTLE_H20, name="little_h10", feature=LITTLE_FEATURES,
-    description="Edge model of sessions 7-9: DS-CNN (48 filters, 4 depthwise-separable blocks) on 98x40 log-mel "
-                "(30 ms window, 10 ms hop), distilled from the server ensemble for 50 epochs, int8 full-integer "
+    description="Edge model: DS-CNN (48 filters, 4 depthwise-separable blocks) on 98x40 log-mel (30 ms "
+                "window, 10 ms hop), distilled from the server ensemble for 50 epochs, int8 full-integer "
                 "with int8 logits out, <= 20,000 bytes after zlib.",
 )
-# The little of sessions 10-13 (`little_mix10 --seed 3`): little_h10 trained twice as long with mixup (over
-# three seeds val 97.125 % and test 95.625 % on average, against little_h10's 95.83 and 94.42 %).
+# little_h10 trained twice as long with mixup (over three seeds val 97.125 % and test 95.625 % on average,
+# against little_h10's 95.83 and 94.42 %).
 LITTLE_MIX10 = dataclasses.replace(
     LITTLE_H10, name="little_mix10", epochs=100, augment=AugmentConfig(mixup_prob=0.5), seed=1,
     description="Edge candidate: little_mix's training (100 epochs, half the clips mixed with another and "
@@ -83,9 +83,9 @@ LITTLE_DEEP = dataclasses.replace(
                 "depthwise-separable block (18.1k parameters, +21 %; 4 more frames of receptive field "
                 "at the 10 ms hop), int8 full-integer, <= 20,000 bytes after zlib.",
 )
-# The shipped little since session 14: little_deep's seed 2 (shipped by the seed rule declared in session 13;
-# over seeds 1, 2, 3 val 97.625 ± 0.33 % and test 95.667 ± 0.40 %, against little_mix10's four runs, seeds 1-3
-# and seed 1's retrain: val 97.03 % and test 95.47 % on average).
+# The shipped little: little_deep's seed 2, chosen by a seed rule declared before seeds 1 and 2 were trained
+# (docs/models.md); over seeds 1, 2, 3 val 97.625 ± 0.33 % and test 95.667 ± 0.40 %, against little_mix10's
+# four runs (seeds 1-3 and seed 1 retrained): val 97.03 % and test 95.47 % on average.
 LITTLE = dataclasses.replace(
     LITTLE_DEEP, name="little", seed=2,
     description="Edge model: DS-CNN (48 filters, 5 depthwise-separable blocks, 18.1k parameters) on 98x40 "
@@ -97,7 +97,7 @@ LITTLE = dataclasses.replace(
 BIG = Recipe(
     name="big", architecture="resnet", feature=SHARED_FEATURES, epochs=30, seed=2,
     params=resnet.Params(stem=32, channels=(48, 96, 128), blocks_per_stage=1),
-    description="Server model: residual CNN on 49x40 log-mel, float32. Also ensemble member 1.",
+    description="Server model: residual CNN on 49x40 log-mel. Also ensemble member 1.",
 )
 
 RECIPES: dict[str, Recipe] = {
@@ -105,12 +105,13 @@ RECIPES: dict[str, Recipe] = {
     for r in [
         # Edge candidates are chosen on val accuracy: little_h10 (98x40, distilled from the ensemble) reached
         # 96.50 %, little_h20 (the same on 49x40) 95.13 %, little_pruned (distilled from big alone) 94.00 %;
-        # little (little_h10 with little_mix's training) 96.88-97.25 % over three seeds.
+        # little_mix10 (little_h10 with little_mix's training) 96.50-97.25 % over four runs, and little
+        # (little_mix10 with a fifth block) 97.38-98.00 % over three seeds.
         # All fit 20,000 bytes after zlib only with int8.
         LITTLE,
         LITTLE_H10,
         LITTLE_H20,
-        # Candidates that change one thing of little_h20's recipe (their results: README, "Candidates").
+        # Candidates that change one thing of little_h20's recipe (their results: docs/models.md, "Candidates").
         dataclasses.replace(
             LITTLE_H20, name="little_long", epochs=100,
             description="Edge candidate: little_h20's recipe trained twice as long (100 epochs): a patient "
@@ -149,7 +150,7 @@ RECIPES: dict[str, Recipe] = {
             quantization="int8", zlib_budget=20_000, prune_sparsity=0.4, prune_ramp=(4, 20),
             teachers=("big",), distill_weight=0.5,
             description="Edge candidate: wider DS-CNN, 40% magnitude-pruned 1x1/first-conv/dense kernels "
-                        "during training, int8 (per-tensor to fit the budget). Lost to little on val.",
+                        "during training, int8 (per-tensor to fit the budget).",
         ),
         BIG,
         dataclasses.replace(
@@ -204,11 +205,11 @@ RECIPES: dict[str, Recipe] = {
             name="member_dscnn", architecture="dscnn", feature=SHARED_FEATURES, epochs=30, seed=4,
             params=dscnn.Params(filters=96, blocks=5, first_kernel=(5, 5), first_stride=(2, 2)),
             augment=AugmentConfig(time_masks=3, freq_masks=3, freq_mask_max=6),
-            description="Ensemble member 3: wide DS-CNN on 49x40 log-mel, heavier masking, float32.",
+            description="Ensemble member 3: wide DS-CNN on 49x40 log-mel, heavier masking.",
         ),
     ]
 }
 
 # What `make train` (`python -m trainers.train --all`) retrains, teachers before the model distilled from
-# them; the other recipes are candidates that lost (their results are in the README).
+# them; the other recipes are candidates (their results: docs/models.md).
 SHIPPED: tuple[str, ...] = ("big", "member_cnn", "member_dscnn", "little")
