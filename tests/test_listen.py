@@ -227,3 +227,28 @@ def test_a_microphone_that_is_not_there_is_retried_and_counted_until_stopped(tmp
     timer.start()
     assert list(microphone("no such microphone", 16000, stats, stop, retry_s=0.2)) == []
     assert stats.reopens >= 3 and stats.lost
+
+
+def test_classify_names_the_word_of_each_fixture_clip_and_reports_unreadable_files(tmp_path: Path) -> None:
+    clips = sorted((REPO / "tests" / "fixtures" / "clips").glob("*.wav"))
+    stereo = write_wav(tmp_path / "stereo.wav", np.zeros(1600), channels=2)
+    r = subprocess.run([sys.executable, "-m", "edge.classify", *map(str, clips), str(stereo)], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    lines = [ln.split("\t") for ln in r.stdout.splitlines()]
+    assert [Path(p).stem for p, _, _ in lines] == [c.stem for c in clips]
+    assert sum(Path(p).stem == label for p, label, _ in lines) >= len(clips) - 1
+    assert "stereo.wav" in r.stderr and "mono 16-bit" in r.stderr and "1 of 9 files" in r.stderr
+
+
+def test_classify_scans_a_long_file_for_its_keyword(tmp_path: Path, little) -> None:
+    from edge.classify import classify_file
+    from kws_rpc.audio import read_wav
+
+    left, _ = read_wav(str(REPO / "tests" / "fixtures" / "clips" / "left.wav"))
+    audio = np.concatenate([np.zeros(16000 * 3, np.float32), left, np.zeros(8000, np.float32)])
+    v = classify_file(little, str(write_wav(tmp_path / "long.wav", audio, rate=16000)), 60)
+    assert v.label == "left" and v.seconds == pytest.approx(4.5)
+    assert 3.5 <= v.window_end_s <= 4.5
+    with pytest.raises(SourceError, match="longer than"):
+        classify_file(little, str(tmp_path / "long.wav"), 2.0)
