@@ -123,6 +123,21 @@ class Detector:
         return self.labels[top], score
 
 
+def hop_probabilities(model: Any, frames: np.ndarray, hop_frames: int, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """What a Listener computes, for a whole stream at once: (probabilities (hops, labels), the stream time
+    at the end of each hop's window), given every frame of the stream from its start (FrameStream). The
+    windows are the Listener's to the sample (the stream starts after a second of digital silence), but
+    the model runs on batches of them: for benchmarks that sweep detector settings over long streams."""
+    f: FeatureConfig = model.feature_config
+    silence = mfcc(np.zeros(f.clip_samples, np.float32), f)
+    padded = np.concatenate([silence, frames])
+    ends = np.arange(hop_frames - 1, len(frames), hop_frames)  # the last frame of each hop
+    width = f.num_frames
+    probs = np.concatenate([model.predict(np.stack([padded[e + 1 : e + 1 + width] for e in ends[i : i + batch]]))
+                            for i in range(0, len(ends), batch)]) if len(ends) else np.zeros((0, len(model.labels)))
+    return probs, (ends * f.frame_step + f.frame_length) / f.sample_rate
+
+
 class Listener:
     """A model on the last second of a stream every hop, through a Detector. ``model`` is a KwsModel."""
 

@@ -252,3 +252,22 @@ def test_classify_scans_a_long_file_for_its_keyword(tmp_path: Path, little) -> N
     assert 3.5 <= v.window_end_s <= 4.5
     with pytest.raises(SourceError, match="longer than"):
         classify_file(little, str(tmp_path / "long.wav"), 2.0)
+
+
+def test_hop_probabilities_are_the_listeners_to_the_window(little) -> None:
+    from edge.stream import hop_probabilities
+
+    x = (np.random.default_rng(5).standard_normal(16000 * 4) * 0.05).astype(np.float32)
+    seen: list[np.ndarray] = []
+    lis = Listener(little, DetectorConfig())
+    predict = little.predict
+    little.predict = lambda w: seen.append(predict(w)[0]) or predict(w)  # type: ignore[method-assign]
+    try:
+        for i in range(0, len(x), 777):
+            lis.push(x[i : i + 777])
+    finally:
+        del little.predict
+    probs, times = hop_probabilities(little, FrameStream(HOP10).push(x), lis.hop_frames)
+    assert len(probs) == len(seen) == lis.windows
+    np.testing.assert_allclose(probs, np.array(seen), atol=1e-6)
+    assert times[-1] == pytest.approx(((lis.windows * lis.hop_frames - 1) * 160 + 480) / 16000)
