@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
@@ -240,6 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--verify", choices=["none", "grpc", "rest"], default="none",
                     help="ask the server about unsure detections over gRPC (--grpc) or REST (--url) (default %(default)s)")
     add_remote_args(ap, timeout_s=1.0, device_flag="--device-id")
+    from kws_rpc.mqtt.options import add_broker_arguments, broker_settings
+
+    ap.add_argument("--mqtt", default=None, metavar="URL",
+                    help="also publish each event to this broker (mqtt://host:1883 or mqtts://...) on "
+                         "kws/<--mqtt-device>/events, QoS 1")
+    ap.add_argument("--mqtt-device", default=socket.gethostname(), help="the device in the topic (default: the host name)")
+    add_broker_arguments(ap, prefix="mqtt-")
     ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     a = ap.parse_args(argv)
     logging.basicConfig(level=a.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -251,13 +259,24 @@ def main(argv: list[str] | None = None) -> int:
         detector = load_detector(a, little, models)
     except (OSError, ValueError) as e:
         ap.exit(2, f"{ap.prog}: error: {e}\n")
+    publisher = None
+    if a.mqtt:
+        from edge.events import EventPublisher
+
+        try:
+            publisher = EventPublisher(broker_settings(a.mqtt, a), a.mqtt_device)
+        except (OSError, ValueError) as e:
+            ap.exit(2, f"{ap.prog}: error: {e}\n")
     verify = None
     if a.verify != "none":
         transport = remote("rest-spec" if a.verify == "rest" else "grpc-wav", a)
         verify = transport.ask
     log.info("listening with %s (%d labels) every %d ms; detector %s", little.name, len(little.labels),
              detector.hop_ms, dataclasses.asdict(detector))
-    return run(a, little, detector, verify)
+    status = run(a, little, detector, verify, publish=publisher)
+    if publisher is not None and publisher.close():
+        status = status or 1
+    return status
 
 
 if __name__ == "__main__":

@@ -7,9 +7,11 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
+import time
 import wave
 from pathlib import Path
 
@@ -271,3 +273,42 @@ def test_hop_probabilities_are_the_listeners_to_the_window(little) -> None:
     assert len(probs) == len(seen) == lis.windows
     np.testing.assert_allclose(probs, np.array(seen), atol=1e-6)
     assert times[-1] == pytest.approx(((lis.windows * lis.hop_frames - 1) * 160 + 480) / 16000)
+
+
+def test_listen_publishes_each_event_to_a_stock_mosquitto(tmp_path: Path, keyword_stream) -> None:
+    from kws_rpc.mqtt.broker import Mosquitto
+
+    if not Mosquitto.available():
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    import paho.mqtt.client as mqtt
+
+    audio, _ = keyword_stream
+    got: list[dict] = []
+    broker = Mosquitto().start()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    sub.on_message = lambda _c, _u, m: got.append(json.loads(m.payload))
+    sub.connect("127.0.0.1", broker.port)
+    sub.subscribe("kws/pi-kitchen/events", qos=1)
+    sub.loop_start()
+    try:
+        time.sleep(0.3)
+        r = run_listen("--input", str(write_wav(tmp_path / "s.wav", audio)), "--mqtt", broker.url,
+                       "--mqtt-device", "pi-kitchen")
+        deadline = time.monotonic() + 5
+        while len(got) < len(events(r)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        sub.loop_stop()
+        broker.stop()
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    assert events(r) and got == events(r)
+
+
+def test_a_broker_that_is_down_costs_the_events_publication_not_the_events(tmp_path: Path, keyword_stream) -> None:
+    audio, _ = keyword_stream
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = run_listen("--input", str(write_wav(tmp_path / "s.wav", audio)), "--mqtt", f"mqtt://127.0.0.1:{port}")
+    assert r.returncode == 1 and events(r)
+    assert f"{len(events(r))} of {len(events(r))} events were not acknowledged by the broker" in r.stderr.decode()
