@@ -26,20 +26,26 @@ class EventPublisher:
         self.topic = events_topic(device)
         self.client = make_client(settings, f"kws-listen-{device}", persistent=False)
         self.client.on_connect = lambda *_: log.info("publishing events to %s %s", settings.url, self.topic)
+        self._sent: list[int] = []  # message ids, and those the broker acknowledged (PUBACK)
+        self._acked: set[int] = set()
+        self.client.on_publish = lambda _c, _u, mid, *_: self._acked.add(mid)
         connect(self.client, settings, persistent=False)
-        self._sent: list[Any] = []
 
     def __call__(self, event: dict[str, Any]) -> None:
-        self._sent.append(self.client.publish(self.topic, json.dumps(event), qos=1))
+        # paho queues it while the broker is away and sends it when it is back
+        self._sent.append(self.client.publish(self.topic, json.dumps(event), qos=1).mid)
+
+    def unacknowledged(self) -> int:
+        return len(set(self._sent) - self._acked)
 
     def close(self, timeout_s: float = 5.0) -> int:
         """Waits up to timeout_s for the broker to acknowledge every event; returns how many it did not."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not all(m.is_published() for m in self._sent):
+        while time.monotonic() < deadline and self.unacknowledged():
             time.sleep(0.05)
-        lost = sum(not m.is_published() for m in self._sent)
         self.client.disconnect()
         self.client.loop_stop()
+        lost = self.unacknowledged()
         if lost:
             log.error("%d of %d events were not acknowledged by the broker", lost, len(self._sent))
         return lost
