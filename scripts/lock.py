@@ -56,6 +56,8 @@ ENVS = (
     Env("edge", ("edge",), ("build.in", "edge-test.in"),
         "the Pi (no TensorFlow, no broker), and the tools CI's edge-only tests need"),
     Env("tools", (), ("tools.in",), "uv, which make lock itself runs"),
+    Env("peers-kserve", (), ("peers-kserve.in", "build.in"), "make bench-peers: KServe 0.21"),
+    Env("peers-mlserver", (), ("peers-mlserver.in", "build.in"), "make bench-peers: MLServer 1.7"),
 )
 
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^ ;\\]+)(?:\s*;\s*([^\\]+?))?\s*\\?$", re.M)
@@ -73,20 +75,28 @@ def pins(path: Path) -> dict[str, str]:
 
 
 def compile_env(uv: str, env: Env, upgrade: list[str]) -> None:
-    cmd = [uv, "pip", "compile", "--quiet", "--universal", "--python-version", PYTHON, "--generate-hashes",
-           "--custom-compile-command", "make lock", "--constraint", "requirements/constraints.txt",
-           "--output-file", str(env.lock.relative_to(ROOT))]
-    if env.extras:
-        cmd.append("pyproject.toml")
-        for extra in env.extras:
-            cmd += ["--extra", extra]
-    cmd += [str((REQ / i).relative_to(ROOT)) for i in env.inputs]
-    if upgrade == ["all"]:
-        cmd.append("--upgrade")
-    else:
-        for pkg in upgrade:
-            cmd += ["--upgrade-package", pkg]
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    """Resolves env into its lock. uv reads the old lock as its preferences; the file is replaced only when
+    its text changes, so an unchanged lock keeps its mtime and `make venv` does not rebuild for nothing."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / env.lock.name
+        if env.lock.is_file():
+            shutil.copyfile(env.lock, out)
+        cmd = [uv, "pip", "compile", "--quiet", "--universal", "--python-version", PYTHON, "--generate-hashes",
+               "--custom-compile-command", "make lock", "--constraint", "requirements/constraints.txt",
+               "--output-file", str(out)]
+        if env.extras:
+            cmd.append("pyproject.toml")
+            for extra in env.extras:
+                cmd += ["--extra", extra]
+        cmd += [str((REQ / i).relative_to(ROOT)) for i in env.inputs]
+        if upgrade == ["all"]:
+            cmd.append("--upgrade")
+        else:
+            for pkg in upgrade:
+                cmd += ["--upgrade-package", pkg]
+        subprocess.run(cmd, cwd=ROOT, check=True)
+        if not env.lock.is_file() or out.read_text() != env.lock.read_text():
+            shutil.copyfile(out, env.lock)
 
 
 def check_pi(env: Env) -> None:
@@ -124,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
               + (f"{len(changed)} pins changed" if changed else "unchanged"))
         for k in changed:
             print(f"  {k}: {before.get(k, '-')} -> {after.get(k, '-')}")
-        tool_moved |= any(k.split(" ;")[0] == PROTO_TOOL for k in changed)
+        tool_moved |= env.name == "main" and any(k.split(" ;")[0] == PROTO_TOOL for k in changed)
         if env.name == "edge" and not args.no_pi_check:
             check_pi(env)
     if tool_moved:
