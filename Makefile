@@ -127,6 +127,17 @@ kfold: venv data  ## retrain each ensemble member on 2 of 3 folds of train+val, 
 stack: venv data  ## fit the weighted policy on make kfold's out-of-fold votes into models/ensemble.json; report it on test
 	$(PYTHON) -m trainers.stack --kfold $(KFOLD) --write-manifest $(ARGS)
 
+.PHONY: bench-peers
+PEERS := .venv-peers-kserve .venv-peers-mlserver
+.venv-peers-%/bin/activate: requirements/peers-%.txt
+	$(PY) -m venv --clear .venv-peers-$*
+	.venv-peers-$*/bin/$(PIP_LOCKED) -r $<
+	.venv-peers-$*/bin/pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+bench-peers: venv $(addsuffix /bin/activate,$(PEERS))  ## kws against KServe and MLServer on big_int8: req/s, p50/p99, CPU per request vs the floor (~15 min) -> results/bench_peers.json
+	$(PYTHON) -m bench.bench_peers $(ARGS)
+
 .PHONY: bench-coop bench-coop-commit
 bench-coop: venv data  ## 800 test clips, 3 and 5 workers, amqtt and mosquitto -> results/bench_coop.json
 	$(PYTHON) -m bench.bench_coop $(ARGS)

@@ -31,6 +31,9 @@ class Job:
     clients: int  # concurrent clients in this process
     requests: int  # this process's share
     seconds: float
+    grpc_method: str = PREDICT  # any unary method: the bodies are sent as they are
+    http: tuple[str, str, tuple[tuple[str, str], ...]] = ("PUT", "/", ())  # method, path, headers
+    check: str = "kws"  # "kws": the reply's label must be the body's word; "status": only OK / 200 counts
 
 
 def _grpc(job: Job) -> dict[str, Any]:
@@ -45,7 +48,8 @@ def _grpc(job: Job) -> dict[str, Any]:
                     for _ in range(job.clients)]
 
         async def client(channel: grpc.aio.Channel) -> None:
-            call = channel.unary_unary(PREDICT, response_deserializer=pb.PredictResponse.FromString)
+            call = channel.unary_unary(job.grpc_method, response_deserializer=pb.PredictResponse.FromString
+                                       if job.check == "kws" else None)
             while time.monotonic() < deadline and state["next"] < job.requests:
                 i = state["next"]
                 state["next"] += 1
@@ -57,7 +61,7 @@ def _grpc(job: Job) -> dict[str, Any]:
                     state["errors"] += 1
                     continue
                 latencies.append(time.perf_counter() - t0)
-                state["wrong"] += reply.prediction.label != word
+                state["wrong"] += job.check == "kws" and reply.prediction.label != word
 
         start = time.perf_counter()
         await asyncio.gather(*(client(c) for c in channels))
@@ -87,12 +91,12 @@ def _rest(job: Job) -> dict[str, Any]:
             word, body = job.bodies[i % len(job.bodies)]
             t0 = time.perf_counter()
             try:
-                conn.request("PUT", "/", body=body)
+                conn.request(job.http[0], job.http[1], body=body, headers=dict(job.http[2]))
                 r = conn.getresponse()
                 data = r.read()
                 if r.status != 200:
                     raise OSError(r.status)
-                label = json.loads(data)["label"]
+                label = json.loads(data)["label"] if job.check == "kws" else word
             except (OSError, http.client.HTTPException, ValueError):
                 with lock:
                     state["errors"] += 1

@@ -1,0 +1,275 @@
+"""`make bench-peers`: kws against the general-purpose model servers it competes with, on the same model.
+
+KServe 0.21 and MLServer 1.7 serve the same .tflite through kws's own model and feature code
+(bench/peers/), each in its own venv (requirements/peers-*.txt), tuned as a user would tune them: one
+BLAS thread, access logs off, 1 or 2 workers. kws serves it as `kws-server --processes N`. The same load
+drives all three: every client on its own connection, from two client processes (bench/load.py), for
+C = 1, 32 and 128 clients, on three payloads:
+
+- grpc-wav: one 16-bit WAV per request (kws: kws.v1 Predict with Audio.wav; peers: V2 ModelInfer, a BYTES
+  tensor in raw_input_contents);
+- grpc-features: float32 log-mel 49x40 (kws: a FLOAT32 Tensor; peers: an FP32 tensor, raw);
+- rest-wav: the WAV over HTTP/JSON (kws: the course's SenML PUT, base64; peers: V2 JSON, base64 BYTES).
+
+Per cell: requests per second, p50/p99 latency, errors, the server's CPU time per request (every process
+of it, from psutil) and its RSS; beside it the floor, what decoding, features and prediction cost per
+request in this process, measured in the same run. Servers are interleaved within each pass, and the
+summary is the mean of the passes at 32 clients, each server at its best process count.
+Writes results/bench_peers.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from bench.common import RESULTS, format_table, latency_summary, write_results
+from bench.load import Job, drive
+from edge.transports import build_request
+from kws_rpc.audio import decode_wav
+from kws_rpc.model import KwsModel
+from kws_rpc.senml import spec_body_for_wav
+from kws_rpc.threads import pin_native_threads
+from kws.v1 import kws_pb2 as pb
+from kws_rpc.mqtt.broker import free_port, wait_listening
+
+REPO = Path(__file__).resolve().parent.parent
+CLIPS = REPO / "tests" / "fixtures" / "clips"
+PAYLOADS = ("grpc-wav", "grpc-features", "rest-wav")
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@dataclasses.dataclass
+class Server:
+    kind: str  # kws | kserve | mlserver
+    processes: int
+    proc: subprocess.Popen
+    grpc_target: str
+    http_url: str
+    workdir: Path | None = None
+
+    def tree(self) -> list[psutil.Process]:
+        ps = psutil.Process(self.proc.pid)
+        return [ps, *ps.children(recursive=True)]
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for p in self.tree():
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def rss_mb(self) -> float:
+        return sum(p.memory_info().rss for p in self.tree() if p.is_running()) / 2**20
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            for p in self.tree():
+                p.kill()
+            self.proc.wait()
+
+
+def _wait_ready(url: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} never answered 200")
+
+
+def start(kind: str, processes: int, model: Path, venvs: dict[str, Path]) -> Server:
+    grpc_port, http_port = free_port(), free_port()
+    env = {**os.environ, **ONE_THREAD, "PYTHONPATH": str(REPO)}
+    workdir = None
+    if kind == "kws":
+        cmd = [sys.executable, "-m", "kws_rpc.server", "--model", str(model), "--port", str(grpc_port),
+               "--gateway-port", str(http_port), "--processes", str(processes), "--log-level", "WARNING"]
+        ready = f"http://127.0.0.1:{http_port}/readyz"
+    elif kind == "kserve":
+        cmd = [str(venvs["kserve"] / "bin" / "python"), "-m", "bench.peers.kserve_kws", "--model", str(model),
+               "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--workers", str(processes)]
+        ready = f"http://127.0.0.1:{http_port}/v2/health/ready"
+    else:
+        from bench.peers.mlserver_kws import write_settings
+
+        workdir = Path(tempfile.mkdtemp(prefix="kws-mlserver-"))
+        write_settings(workdir, model, http_port, grpc_port, processes)
+        cmd = [str(venvs["mlserver"] / "bin" / "mlserver"), "start", str(workdir)]
+        ready = f"http://127.0.0.1:{http_port}/v2/health/ready"
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = Server(kind, processes, proc, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", workdir)
+    try:
+        wait_listening("127.0.0.1", grpc_port, 120)
+        _wait_ready(ready)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def kws_bodies(model: KwsModel) -> dict[str, list[tuple[str, bytes]]]:
+    out: dict[str, list[tuple[str, bytes]]] = {p: [] for p in PAYLOADS}
+    for i, path in enumerate(sorted(CLIPS.glob("*.wav"))):
+        wav = path.read_bytes()
+        audio, _ = decode_wav(wav)
+        out["grpc-wav"].append((path.stem, pb.PredictRequest(request_id=str(i), audio=pb.Audio(wav=wav))
+                                .SerializeToString()))
+        out["grpc-features"].append((path.stem, build_request(audio, "mfcc-f32", str(i), model.feature_config)
+                                     .SerializeToString()))
+        out["rest-wav"].append((path.stem, json.dumps(spec_body_for_wav(wav, "bench")).encode()))
+    return out
+
+
+def peer_bodies(model: KwsModel, venv: Path) -> dict[str, list[tuple[str, bytes]]]:
+    clips = sorted(CLIPS.glob("*.wav"))
+    with tempfile.TemporaryDirectory() as tmp:
+        feats = Path(tmp) / "features.npy"
+        np.save(feats, np.stack([model.features(decode_wav(p.read_bytes())[0]) for p in clips]))
+        r = subprocess.run([str(venv / "bin" / "python"), "-m", "bench.peers.v2_requests", model.name, str(feats),
+                            *map(str, clips)], cwd=REPO, capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONPATH": str(REPO)})
+    raw = json.loads(r.stdout)
+    return {p: [(w, base64.b64decode(b) if p.startswith("grpc") else b.encode()) for w, b in raw[p]] for p in PAYLOADS}
+
+
+def floor_ms(model: KwsModel, bodies: dict[str, list[tuple[str, bytes]]], repeats: int = 40) -> dict[str, float]:
+    """CPU per request of what any server must do: decode (+ base64 for JSON), features, predict."""
+    wavs = [p.read_bytes() for p in sorted(CLIPS.glob("*.wav"))]
+    feats = [model.features(decode_wav(w)[0]).astype(np.float32).tobytes() for w in wavs]
+    shape = model.card.feature.shape
+    b64 = [base64.b64encode(w).decode() for w in wavs]
+    steps = {"grpc-wav": lambda i: model.predict(model.features(*decode_wav(wavs[i]))),
+             "grpc-features": lambda i: model.predict(np.frombuffer(feats[i], np.float32).reshape(1, *shape)),
+             "rest-wav": lambda i: model.predict(model.features(*decode_wav(base64.b64decode(b64[i]))))}
+    out = {}
+    for payload, step in steps.items():
+        for i in range(len(wavs)):  # warm
+            step(i)
+        t0 = time.process_time()
+        for _ in range(repeats):
+            for i in range(len(wavs)):
+                step(i)
+        out[payload] = 1000 * (time.process_time() - t0) / (repeats * len(wavs))
+    return out
+
+
+def cell(server: Server, payload: str, bodies: list[tuple[str, bytes]], clients: int, seconds: float) -> dict[str, Any]:
+    grpc = payload.startswith("grpc")
+    if server.kind == "kws":
+        job = Job("grpc" if grpc else "rest", server.grpc_target if grpc else server.http_url, bodies, clients,
+                  10**9, seconds)
+    else:
+        http = ("POST", "/v2/models/big_int8/infer", (("Content-Type", "application/json"),))
+        job = Job("grpc" if grpc else "rest", server.grpc_target if grpc else server.http_url, bodies, clients,
+                  10**9, seconds, grpc_method=MODEL_INFER, http=http, check="status")
+    cpu0 = server.cpu_seconds()
+    out = drive(job, processes=2)
+    cpu = server.cpu_seconds() - cpu0
+    n = len(out["latencies"])
+    return {"server": server.kind, "processes": server.processes, "payload": payload, "clients": clients,
+            "req_per_s": n / out["elapsed"], **latency_summary(out["latencies"]), "errors": out["errors"],
+            "wrong": out["wrong"], "cpu_ms_per_req": 1000 * cpu / max(n, 1), "rss_mb": server.rss_mb()}
+
+
+def summarize(rows: list[dict[str, Any]], clients: int = 32) -> list[dict[str, Any]]:
+    """Per payload: each server at its best process count (mean of passes), and kws / best peer."""
+    out = []
+    for payload in PAYLOADS:
+        best: dict[str, dict[str, Any]] = {}
+        for kind in ("kws", "kserve", "mlserver"):
+            by_procs: dict[int, list[dict]] = {}
+            for r in rows:
+                if r["server"] == kind and r["payload"] == payload and r["clients"] == clients:
+                    by_procs.setdefault(r["processes"], []).append(r)
+            if not by_procs:
+                continue
+            means = {p: {k: float(np.mean([r[k] for r in rs])) for k in ("req_per_s", "p99_ms", "cpu_ms_per_req")}
+                     for p, rs in by_procs.items()}
+            p = max(means, key=lambda q: means[q]["req_per_s"])
+            best[kind] = {"processes": p, **means[p]}
+        peers = [best[k] for k in ("kserve", "mlserver") if k in best]
+        row = {"payload": payload, **{f"{k} req/s ({v['processes']}p)": v["req_per_s"] for k, v in best.items()}}
+        if "kws" in best and peers:
+            top = max(peers, key=lambda v: v["req_per_s"])
+            row["kws / best peer"] = best["kws"]["req_per_s"] / top["req_per_s"]
+        out.append(row)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=REPO / "models" / "big_int8.tflite")
+    ap.add_argument("--servers", default="kws,kserve,mlserver")
+    ap.add_argument("--processes", default="1,2", help="process (worker) counts per server")
+    ap.add_argument("--clients", default="1,32,128")
+    ap.add_argument("--payloads", default=",".join(PAYLOADS))
+    ap.add_argument("--seconds", type=float, default=10.0, help="per cell")
+    ap.add_argument("--passes", type=int, default=2)
+    ap.add_argument("--venv-kserve", type=Path, default=REPO / ".venv-peers-kserve")
+    ap.add_argument("--venv-mlserver", type=Path, default=REPO / ".venv-peers-mlserver")
+    ap.add_argument("--out", type=Path, default=RESULTS / "bench_peers.json")
+    a = ap.parse_args(argv)
+    pin_native_threads()  # the floor is one thread's work, as in every server process
+    venvs = {"kserve": a.venv_kserve, "mlserver": a.venv_mlserver}
+    servers = a.servers.split(",")
+    payloads = a.payloads.split(",")
+    model = KwsModel(a.model)
+    bodies = {"kws": kws_bodies(model)}
+    if any(s != "kws" for s in servers):
+        bodies["peer"] = peer_bodies(model, venvs["kserve"])
+    rows, floors = [], []
+    for n in range(a.passes):
+        floors.append(floor_ms(model, bodies["kws"]))
+        for kind in servers:
+            for procs in map(int, a.processes.split(",")):
+                server = start(kind, procs, a.model, venvs)
+                try:
+                    for payload in payloads:
+                        b = bodies["kws" if kind == "kws" else "peer"][payload]
+                        cell(server, payload, b, 4, 2.0)  # warm-up
+                        for c in map(int, a.clients.split(",")):
+                            row = {"pass": n, **cell(server, payload, b, c, a.seconds), "floor_ms": floors[-1][payload]}
+                            rows.append(row)
+                            print(format_table([row], ["pass", "server", "processes", "payload", "clients", "req_per_s",
+                                                       "p50_ms", "p99_ms", "cpu_ms_per_req", "floor_ms", "errors"]),
+                                  flush=True)
+                finally:
+                    server.stop()
+    summary = summarize(rows)
+    print(format_table(summary, list(dict.fromkeys(k for r in summary for k in r))))
+    write_results(a.out, {"model": str(a.model), "seconds": a.seconds, "passes": a.passes, "floors_ms": floors,
+                          "tuning": {"all": "one BLAS thread (OPENBLAS/OMP/MKL_NUM_THREADS=1)",
+                                     "kserve": "ModelServer(workers=N, access_log_format=None, enable_latency_logging=False)",
+                                     "mlserver": "parallel_workers=N, metrics off, logging WARNING"},
+                          "rows": rows, "summary_32_clients": summary})
+    print(f"wrote {a.out}")
+    return 0 if not any(r["errors"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""The serving benchmark's summary: each server at its best process count, the mean of the passes."""
+
+from bench.bench_peers import summarize
+
+
+def row(server, processes, req_per_s, passes=0, payload="grpc-wav", clients=32):
+    return {"pass": passes, "server": server, "processes": processes, "payload": payload, "clients": clients,
+            "req_per_s": req_per_s, "p99_ms": 10.0, "cpu_ms_per_req": 1.0}
+
+
+def test_summary_takes_each_servers_best_process_count_and_the_mean_of_passes() -> None:
+    rows = [row("kws", 1, 500), row("kws", 2, 900), row("kws", 2, 1100, passes=1),
+            row("kserve", 1, 800), row("kserve", 2, 600), row("mlserver", 1, 700),
+            row("kws", 2, 5000, clients=1)]  # another concurrency: not in the 32-client summary
+    (wav, *_) = summarize(rows)
+    assert wav["kws req/s (2p)"] == 1000 and wav["kserve req/s (1p)"] == 800
+    assert wav["kws / best peer"] == 1000 / 800
