@@ -1,7 +1,7 @@
 """`make bench-codec`: what each feature payload costs in bytes and in big's accuracy (val and test).
 
 Every clip's features are sent the way the edge sends them (``edge.transports.features_request``) and
-decoded the way the server decodes them (``kws_rpc.codec.tensor_from_proto``), then fed to the model.
+decoded the way the server decodes them (``kws_rpc.wire.codec.tensor_from_proto``), then fed to the model.
 The DCT_RC codec (``mfcc-dct``) is also swept over its step index g, uncapped, which draws its
 rate-accuracy curve; the shipped ``mfcc-dct`` payload is g = 38 with each request capped at 300 B.
 Bytes are ``ByteSize()`` of the whole PredictRequest. Writes results/bench_codec.{json,png} (``--out``).
@@ -20,11 +20,11 @@ from tqdm import tqdm
 
 from bench.common import RESULTS, format_table, write_results
 from edge.transports import features_request, request_id
-from kws_rpc import featcodec
-from kws_rpc.codec import tensor_from_proto
-from kws_rpc.data import find_dataset, load_split
-from kws_rpc.model import KwsModel
-from kws_rpc.stats import mcnemar
+from kws_rpc.lab.data import find_dataset, load_split
+from kws_rpc.lab.stats import mcnemar
+from kws_rpc.model.kws_model import KwsModel
+from kws_rpc.wire import featcodec
+from kws_rpc.wire.codec import tensor_from_proto
 
 PAYLOADS = ("mfcc-i8z", "mfcc-q5z", "mfcc-q4z", "mfcc-dct")
 STEPS = (12, 16, 20, 26, 32, 38, 48, 64)

@@ -27,7 +27,7 @@ import psutil
 from bench.common import RESULTS, format_table, write_results
 from edge.cascade import repo_relative
 from edge.coop import CoopClient, CoopConfig, default_members, report
-from kws_rpc.data import find_dataset, load_split
+from kws_rpc.lab.data import find_dataset, load_split
 from kws_rpc.mqtt.broker import EmbeddedBroker, Mosquitto
 from kws_rpc.mqtt.connection import BrokerSettings
 

@@ -20,11 +20,11 @@ from tqdm import tqdm
 from bench.common import RESULTS, format_table, write_results
 from edge.cascade import BIG, CASCADE_FILE, LITTLE, load_threshold, repo_relative, should_ask
 from edge.transports import request_for, request_id
-from kws_rpc import handlers
-from kws_rpc.audio import read_wav
-from kws_rpc.core import InferenceCore
-from kws_rpc.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
-from kws_rpc.model import KwsModel, softmax_margin
+from kws_rpc.audio.wav import read_wav
+from kws_rpc.lab.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
+from kws_rpc.model.core import InferenceCore
+from kws_rpc.model.kws_model import KwsModel, softmax_margin
+from kws_rpc.wire import handlers
 
 WAYS = ("rest-spec", "rest-adpcm", "grpc-mfcc-q5z", "grpc-mfcc-dct")
 WEIGHTS = (0.0, 0.25, 0.5, 1.0)

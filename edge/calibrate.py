@@ -28,8 +28,8 @@ from edge.cascade import (BIG, CASCADE_FILE, LITTLE, RESULTS, ROOT, add_remote_a
                           load_threshold, local_answer, remote, repo_relative)
 from edge.report import MB, plot_sweep
 from edge.transports import (WAYS, Transport, request_for, request_id, wire_bytes)
-from kws_rpc.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
-from kws_rpc.model import KwsModel
+from kws_rpc.lab.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
+from kws_rpc.model.kws_model import KwsModel
 
 SWEEP_THRESHOLDS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5,
                     0.6, 0.7, 0.8, 0.9, 1.0)

@@ -17,13 +17,14 @@ from typing import Any
 import numpy as np
 
 from edge.transports import REST_WAYS, GrpcTransport, RestSpecTransport, RetryPolicy, Transport
-from kws.v1 import kws_pb2 as pb
-from kws_rpc import handlers, tls
-from kws_rpc.audio import read_wav
-from kws_rpc.auth import client_token
-from kws_rpc.core import InferenceCore
-from kws_rpc.features import resample
-from kws_rpc.model import KwsModel, softmax_margin
+from kws_rpc.audio.features import resample
+from kws_rpc.audio.wav import read_wav
+from kws_rpc.model.core import InferenceCore
+from kws_rpc.model.kws_model import KwsModel, softmax_margin
+from kws_rpc.proto.kws.v1 import kws_pb2 as pb
+from kws_rpc.security import tls
+from kws_rpc.security.auth import client_token
+from kws_rpc.wire import handlers
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent

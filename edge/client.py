@@ -23,10 +23,10 @@ from edge.cascade import (CASCADE_FILE, DEFAULT_THRESHOLD, LITTLE, RESULTS, add_
 from edge.report import MB, ClipRecord, headline, summarize, write_report
 from edge.transports import (OVER_BUDGET, PAYLOADS, REST_WAYS, GrpcTransport, RestSpecTransport, RetryPolicy,
                              Transport, request_id)
-from kws_rpc.audio import WAV_CODECS
-from kws_rpc.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
-from kws_rpc.model import KwsModel
-from kws_rpc.tls import ClientTls
+from kws_rpc.audio.wav import WAV_CODECS
+from kws_rpc.lab.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
+from kws_rpc.model.kws_model import KwsModel
+from kws_rpc.security.tls import ClientTls
 
 log = logging.getLogger("edge.client")  # not __name__: run with -m, that is __main__
 

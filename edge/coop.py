@@ -1,7 +1,7 @@
 """Cooperative inference client: every live worker votes on every clip; an ensemble policy decides.
 
     python -m edge.coop --broker mqtt://host:1883 --workers 3   # workers already running (kws-worker)
-    python -m kws_rpc.mqtt.local                                # all-in-one demo: embedded broker + members
+    python -m kws_rpc.lab.coop_demo                                # all-in-one demo: embedded broker + members
 
 The client learns the live workers and their feature config from their retained status messages,
 preprocesses each clip once (features as FLOAT16 when all workers share a config, else audio) and
@@ -17,7 +17,7 @@ When the manifest's weights were fitted on out-of-fold votes over train+val (``p
 7,200 clips, every member retrained per fold) and name exactly the live workers' models, ``--policy
 auto`` takes the policy chosen there, with those weights if it is ``weighted``. Otherwise it runs the
 val split first: the unfitted policies are scored by their val accuracy and ``weighted`` (one weight per
-member model, kws_rpc.ensemble) by its 5-fold out-of-fold accuracy on the same val votes, so no policy
+member model, kws_rpc.model.ensemble) by its 5-fold out-of-fold accuracy on the same val votes, so no policy
 is scored on clips its own weights were fitted on; ties go to the simpler policy. When ``weighted`` wins
 (or is asked for), the weights are the manifest's (``--weights``, models/ensemble.json) if they name
 every live worker's model; otherwise they are fitted on this run's val votes.
@@ -40,19 +40,19 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from kws.v1 import kws_pb2 as pb
-from kws_rpc import ensemble
-from kws_rpc.codec import parse
-from kws_rpc.data import LABELS, find_dataset, load_split
+from kws_rpc.audio.features import FeatureConfig, mfcc
 from kws_rpc.errors import KwsError
-from kws_rpc.features import FeatureConfig, mfcc
+from kws_rpc.lab.data import LABELS, find_dataset, load_split
+from kws_rpc.model import ensemble
+from kws_rpc.model.threads import pin_native_threads, responsive_network_thread
 from kws_rpc.mqtt.ballot import Ballot
 from kws_rpc.mqtt.connection import BrokerLimits, BrokerSettings, ack_now, connect, make_client, negotiate
 from kws_rpc.mqtt.options import add_broker_arguments, broker_settings
 from kws_rpc.mqtt.payloads import audio_request, features_request, shared_config
 from kws_rpc.mqtt.report import Run, clip_members, clip_votes, report
 from kws_rpc.mqtt.topics import Topics
-from kws_rpc.threads import pin_native_threads, responsive_network_thread
+from kws_rpc.proto.kws.v1 import kws_pb2 as pb
+from kws_rpc.wire.codec import parse
 
 __all__ = ["CoopClient", "CoopConfig", "Run", "report", "main"]
 log = logging.getLogger("edge.coop")  # not __name__: run with -m, that is __main__
@@ -217,7 +217,7 @@ class CoopClient:
         return list(self.config.labels)
 
     def label_indices(self, y: Sequence[int]) -> list[int]:
-        """Dataset label indices (kws_rpc.data.LABELS) as indices into labels()."""
+        """Dataset label indices (kws_rpc.lab.data.LABELS) as indices into labels()."""
         return [self.config.labels.index(LABELS[int(i)]) for i in y]
 
     def _pump(self, done: Callable[[], bool], payloads: dict[str, bytes],
@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Cooperative keyword spotting over MQTT (ensemble of workers).")
     p.add_argument("--broker", required=True,
                    help="mqtt://host:port (mqtts:// for TLS) of the broker the workers use; for an all-in-one "
-                        "demo with an embedded broker and in-process workers: python -m kws_rpc.mqtt.local")
+                        "demo with an embedded broker and in-process workers: python -m kws_rpc.lab.coop_demo")
     p.add_argument("--deployment", default="default")
     p.add_argument("--client-id", default="coop", help="fixed MQTT client id (persistent session)")
     p.add_argument("--split", default="test", choices=("test", "val"))
@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None, embedded: bool = False) -> None:
         policy = args.policy
         weights = ensemble.load_weights(args.weights)
         if policy == "weighted" and weights is None:
-            p.error(f"--policy weighted: {args.weights} holds no fitted weights (python -m kws_rpc.compare "
+            p.error(f"--policy weighted: {args.weights} holds no fitted weights (python -m kws_rpc.lab.compare "
                     "... --write-manifest), or use --policy auto")
         live_models = {s.model.name for s in client.statuses.values()}
         oof = oof_choice(weights, live_models)

@@ -7,7 +7,7 @@ Sizes are what goes on the wire per request: ``len(json.dumps(body))`` for REST,
 PredictRequest for gRPC (HTTP/2 and TCP framing excluded for both).
 
 Lossy payloads (float16, int8) may change big's answer. With a server the answers are the server's;
-with ``--local-big`` each request is decoded by the same ``kws_rpc.codec`` functions the server uses and
+with ``--local-big`` each request is decoded by the same ``kws_rpc.wire.codec`` functions the server uses and
 fed to the same ``models/big_int8.tflite``, so the figures equal the server's without running one.
 """
 
@@ -24,8 +24,8 @@ from edge.cascade import (BIG, CASCADE_FILE, LITTLE, RESULTS, add_remote_args, l
                           local_answer, remote, repo_relative, should_ask)
 from edge.report import MB
 from edge.transports import (WAYS, Transport, request_for, request_id, wire_bytes)
-from kws_rpc.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
-from kws_rpc.model import KwsModel
+from kws_rpc.lab.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
+from kws_rpc.model.kws_model import KwsModel
 
 
 def measure(way: str, clips: list[tuple[int, np.ndarray]], big: KwsModel | None, remote: Transport | None,

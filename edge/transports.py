@@ -7,7 +7,7 @@ a dead server costs a run seconds, not ``clips x timeout``. A server that says w
 (HTTP 429 ``Retry-After``, the gRPC ``retry-after`` trailer) is waited for up to ``max_retry_after_s``;
 a longer wait keeps the little answer and sends nothing until then.
 
-Both transports take TLS settings (``kws_rpc.tls.ClientTls``: the CA to trust, a client certificate for
+Both transports take TLS settings (``kws_rpc.security.tls.ClientTls``: the CA to trust, a client certificate for
 mutual TLS) and a bearer token, sent as ``authorization: Bearer <token>`` on every request.
 """
 
@@ -22,13 +22,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from kws.v1 import kws_pb2 as pb
-from kws_rpc.audio import WAV_CODECS, encode_wav, pad_or_trim
-from kws_rpc.codec import audio_to_proto, config_from_proto, config_to_proto, tensor_to_proto
+from kws_rpc.audio.features import FeatureConfig, mfcc
+from kws_rpc.audio.wav import WAV_CODECS, encode_wav, pad_or_trim
 from kws_rpc.errors import KwsError
-from kws_rpc.features import FeatureConfig, mfcc
-from kws_rpc.senml import label_from_reply, spec_body_for_wav, spec_bytes
-from kws_rpc.tls import ClientTls
+from kws_rpc.proto.kws.v1 import kws_pb2 as pb
+from kws_rpc.security.tls import ClientTls
+from kws_rpc.wire.codec import audio_to_proto, config_from_proto, config_to_proto, tensor_to_proto
+from kws_rpc.wire.senml import label_from_reply, spec_body_for_wav, spec_bytes
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ _TENSOR_PAYLOADS = {
     "mfcc-i8z": (pb.INT8, 256, pb.TENSOR_ENCODING_DIFF2_ZLIB),
     "mfcc-q5z": (pb.INT8, 32, pb.TENSOR_ENCODING_DIFF2_ZLIB),
     "mfcc-q4z": (pb.INT8, 16, pb.TENSOR_ENCODING_DIFF2_ZLIB),
-    # transform-coded (2-D DCT, range coder; kws_rpc.featcodec): about 300 B per request
+    # transform-coded (2-D DCT, range coder; kws_rpc.wire.featcodec): about 300 B per request
     "mfcc-dct": (pb.FLOAT32, 256, pb.TENSOR_ENCODING_DCT_RC),
 }
 PAYLOADS = ("wav", "pcm", *_TENSOR_PAYLOADS)
@@ -277,19 +277,19 @@ _RETRY_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
 
 class GrpcTransport:
     """Unary Predict over one channel; for MFCC payloads the features are computed here, as the
-    server's GetModelMetadata says, with the same ``kws_rpc.features.mfcc`` the server uses."""
+    server's GetModelMetadata says, with the same ``kws_rpc.audio.features.mfcc`` the server uses."""
 
     def __init__(self, target: str, payload: str = "wav", policy: RetryPolicy = RetryPolicy(),
                  tls: ClientTls | None = None, token: str | None = None) -> None:
         import grpc
 
-        from kws.v1 import kws_pb2_grpc
+        from kws_rpc.proto.kws.v1 import kws_pb2_grpc
 
         if payload not in PAYLOADS:
             raise ValueError(f"unknown payload {payload!r}; choose from {PAYLOADS}")
         self._grpc = grpc
         self.target, self.payload = target, payload
-        from kws_rpc.channels import open_channel
+        from kws_rpc.wire.channels import open_channel
 
         # one server, an ip:port list or dns:///name:port: balanced with round_robin, health-checked
         self._channel = open_channel(target, tls.grpc_credentials() if tls is not None else None)

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {k}: {before.get(k, '-')} -> {after.get(k, '-')}")
         tool_moved |= any(k.split(" ;")[0] == PROTO_TOOL for k in changed)
     if tool_moved:
-        print(f"{PROTO_TOOL} moved: the generated code in kws/v1 must be regenerated (make protos)")
+        print(f"{PROTO_TOOL} moved: the generated code in kws_rpc/proto/kws/v1 must be regenerated (make protos)")
         return 3
     return 0
 

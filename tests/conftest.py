@@ -25,7 +25,7 @@ MODELS = REPO / "models"
 
 @pytest.fixture(scope="session")
 def dataset_root() -> Path:
-    from kws_rpc.data import find_dataset
+    from kws_rpc.lab.data import find_dataset
 
     return find_dataset()
 
@@ -33,7 +33,7 @@ def dataset_root() -> Path:
 @pytest.fixture(scope="session")
 def test_audio(dataset_root: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The 800 test clips (audio, labels, names), read once per session."""
-    from kws_rpc.data import load_split
+    from kws_rpc.lab.data import load_split
 
     return load_split("test", dataset_root)
 
@@ -64,14 +64,14 @@ def clip_wavs() -> dict[str, bytes]:
 def runtime_problem() -> str | None:
     """Why this process would not run models the way users do, or None."""
     if "tensorflow" in sys.modules:
-        return "tensorflow is imported in the test process, so kws_rpc.runtime loads models with tf.lite"
+        return "tensorflow is imported in the test process, so kws_rpc.model.interpreter loads models with tf.lite"
     if importlib.util.find_spec("ai_edge_litert") is not None:
         from ai_edge_litert.interpreter import Interpreter
 
-        from kws_rpc.runtime import interpreter_class
+        from kws_rpc.model.interpreter import interpreter_class
 
         if interpreter_class() is not Interpreter:
-            return f"kws_rpc.runtime.interpreter_class() is {interpreter_class()}, not ai_edge_litert's Interpreter"
+            return f"kws_rpc.model.interpreter.interpreter_class() is {interpreter_class()}, not ai_edge_litert's Interpreter"
     return None
 
 

@@ -1,5 +1,5 @@
 """The shape of the code, checked: no import circle in the package tree, the Pi's package free of the
-server side, and the proto-to-core dispatch written once (kws_rpc/handlers.py)."""
+server side, and the proto-to-core dispatch written once (kws_rpc/wire/handlers.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("kws_rpc", "edge", "trainers", "bench")
-SERVER_ONLY = ("kws_rpc.mqtt.broker", "kws_rpc.mqtt.worker", "kws_rpc.mqtt.local", "kws_rpc.servicer",
-               "kws_rpc.server", "kws_rpc.gateway", "kws_rpc.grpc_backend", "amqtt", "fastapi", "uvicorn",
+SERVER_ONLY = ("kws_rpc.mqtt.broker", "kws_rpc.mqtt.worker", "kws_rpc.lab.coop_demo", "kws_rpc.serving.servicer",
+               "kws_rpc.serving.server", "kws_rpc.serving.gateway", "kws_rpc.serving.grpc_backend", "amqtt", "fastapi", "uvicorn",
                "tensorflow", "trainers")
 
 
@@ -92,10 +92,10 @@ def test_edge_imports_nothing_of_the_server_side() -> None:
 
 
 def test_the_proto_dispatch_exists_once() -> None:
-    """Only kws_rpc/handlers.py turns a PredictRequest into core calls; the servicer, the MQTT worker and
+    """Only kws_rpc/wire/handlers.py turns a PredictRequest into core calls; the servicer, the MQTT worker and
     the edge's local answers call it."""
     sources = {p: p.read_text() for pkg in ("kws_rpc", "edge") for p in (REPO / pkg).rglob("*.py")}
     dispatching = sorted(str(p.relative_to(REPO)) for p, text in sources.items() if 'WhichOneof("input")' in text)
-    assert dispatching == ["kws_rpc/handlers.py"]
-    for user in ("kws_rpc/servicer.py", "kws_rpc/local_backend.py", "kws_rpc/mqtt/worker.py", "edge/cascade.py"):
+    assert dispatching == ["kws_rpc/wire/handlers.py"]
+    for user in ("kws_rpc/serving/servicer.py", "kws_rpc/serving/local_backend.py", "kws_rpc/mqtt/worker.py", "edge/cascade.py"):
         assert "handlers" in sources[REPO / user], user

@@ -1,4 +1,4 @@
-"""kws_rpc.compare: the overlap table on hand-made answers, and one real run (two shipped models, val)."""
+"""kws_rpc.lab.compare: the overlap table on hand-made answers, and one real run (two shipped models, val)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kws_rpc import compare
+from kws_rpc.lab import compare
 
 REPO = Path(__file__).resolve().parent.parent
 

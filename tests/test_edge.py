@@ -24,8 +24,8 @@ from edge.client import ClientConfig, config_from_args, load_threshold, parse_ar
 from edge.report import headline, summarize
 from edge.transports import (DCT_MAX_REQUEST_BYTES, OVER_BUDGET, PAYLOADS, REST_WAYS, WAYS, GrpcTransport, RestSpecTransport, RetryPolicy, build_request, spec_body,
                              spec_bytes)
-from kws_rpc.audio import decode_wav, read_wav
-from kws_rpc.model import softmax_margin
+from kws_rpc.audio.wav import decode_wav, read_wav
+from kws_rpc.model.kws_model import softmax_margin
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "clips"
 REPO = Path(__file__).resolve().parent.parent
@@ -287,7 +287,7 @@ def test_payloads_decode_to_the_same_answer(served_model_path: Path) -> None:
     """What payload.py feeds big locally: lossless payloads give big's own answer exactly, and each
     payload's size on the served model's features (49x40) keeps its place."""
     from edge.cascade import local_answer
-    from kws_rpc.model import KwsModel
+    from kws_rpc.model.kws_model import KwsModel
 
     big = KwsModel(served_model_path)
     for word in ("yes", "no", "go"):
@@ -327,7 +327,7 @@ def served_model(little_path: Path) -> Path:
 @pytest.fixture(scope="module")
 def real_server(little_path: Path) -> Iterator[tuple[object, Path]]:
     """The real gRPC server + REST gateway on loopback."""
-    server = pytest.importorskip("kws_rpc.server")
+    server = pytest.importorskip("kws_rpc.serving.server")
     model = served_model(little_path)
     handle = server.serve(server.ServerConfig(models=(model,), port=0, gateway_port=0, log_level="WARNING"))
     try:
@@ -341,7 +341,7 @@ def real_server(little_path: Path) -> Iterator[tuple[object, Path]]:
                                                ("grpc", "mfcc-q5z")])
 def test_cascade_end_to_end(real_server, transport: str, payload: str, little: Path, tmp_path: Path,
                             dataset_root: Path) -> None:
-    from kws_rpc.model import KwsModel
+    from kws_rpc.model.kws_model import KwsModel
 
     handle, model = real_server
     policy = RetryPolicy(timeout_s=10.0, retries=1, backoff_s=0.05)
@@ -382,7 +382,7 @@ def test_rest_transport_never_sends_past_max_bytes(http_server) -> None:
 
 def test_client_stops_asking_at_max_cost(real_server, little: Path, tmp_path: Path) -> None:
     handle, _ = real_server
-    from kws_rpc.model import KwsModel
+    from kws_rpc.model.kws_model import KwsModel
 
     request = build_request(fixture_clip(), "mfcc-q5z", "x", KwsModel(real_server[1]).feature_config)
     cap_mb = 2.5 * request.ByteSize() / (1 << 20)  # room for about two of the asks, not six

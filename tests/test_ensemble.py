@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from kws_rpc import ensemble
+from kws_rpc.model import ensemble
 
 
 def v(*rows: list[float]) -> np.ndarray:
@@ -196,7 +196,7 @@ def test_shipped_manifest_weights_name_its_members() -> None:
     # train), or on out-of-fold votes over train+val (trainers.stack), then for these very member files.
     assert w.fitted["split"] == "val" or w.fitted["split"].startswith("train+val out of fold")
     if w.fitted["split"] != "val":
-        from kws_rpc.compare import file_sha256
+        from kws_rpc.lab.compare import file_sha256
 
         models = manifest.parent
         assert w.fitted["members_sha256"] == {m: file_sha256(models / f"{m}.tflite") for m in members}

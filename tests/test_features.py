@@ -6,7 +6,7 @@ tf.signal runs in the tf_child process (tests/tf_child.py); the comparison runs 
 import numpy as np
 import pytest
 
-from kws_rpc.features import FeatureConfig, mfcc, resample
+from kws_rpc.audio.features import FeatureConfig, mfcc, resample
 from tf_child import TfChild
 
 CONFIGS = [
@@ -52,7 +52,7 @@ def test_single_clip_equals_batch_row() -> None:
 
 def test_a_batch_larger_than_a_chunk_equals_its_rows() -> None:
     """mfcc() splits big batches into CHUNK_CLIPS pieces; the rows must not depend on the split."""
-    from kws_rpc.features import CHUNK_CLIPS
+    from kws_rpc.audio.features import CHUNK_CLIPS
 
     cfg = FeatureConfig(num_mfcc=0, upper_hz=7600.0, peak_normalize=0.5)
     x = np.random.default_rng(2).uniform(-0.3, 0.3, (CHUNK_CLIPS * 2 + 3, cfg.clip_samples)).astype(np.float32)
@@ -86,7 +86,7 @@ def test_resample_keeps_a_tone() -> None:
 
 
 def test_peak_normalize_levels_every_clip_and_caps_the_gain() -> None:
-    from kws_rpc.features import MAX_GAIN, normalize_peak
+    from kws_rpc.audio.features import MAX_GAIN, normalize_peak
 
     rng = np.random.default_rng(2)
     x = rng.uniform(-1, 1, (3, 16000)).astype(np.float32) * np.array([[0.9], [0.01], [1e-6]], np.float32)
@@ -105,7 +105,7 @@ def test_peak_normalized_features_do_not_depend_on_the_recording_level() -> None
 
 
 def test_peak_normalize_travels_in_the_proto_config() -> None:
-    from kws_rpc.codec import config_from_proto, config_to_proto
+    from kws_rpc.wire.codec import config_from_proto, config_to_proto
 
     cfg = FeatureConfig(num_mfcc=0, peak_normalize=0.5)
     assert config_from_proto(config_to_proto(cfg)) == cfg

@@ -26,12 +26,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from kws.v1 import kws_pb2 as pb
-from kws.v1 import kws_pb2_grpc as pb_grpc
-from kws_rpc.codec import config_to_proto, tensor_to_proto
-from kws_rpc.model import KwsModel
-from kws_rpc.server import ServerConfig, ServerHandle, serve
-from kws_rpc.servicer import SERVICE
+from kws_rpc.model.kws_model import KwsModel
+from kws_rpc.proto.kws.v1 import kws_pb2 as pb
+from kws_rpc.proto.kws.v1 import kws_pb2_grpc as pb_grpc
+from kws_rpc.serving.server import ServerConfig, ServerHandle, serve
+from kws_rpc.serving.servicer import SERVICE
+from kws_rpc.wire.codec import config_to_proto, tensor_to_proto
 
 CASE_TIMEOUT_S = 10.0
 OK_CODES = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
@@ -104,7 +104,7 @@ def baseline_rss(channel: grpc.Channel, valid: dict[str, bytes]) -> float:
 @pytest.fixture(scope="module")
 def valid(clip_wavs: dict[str, bytes], model: KwsModel) -> dict[str, bytes]:
     """Serialized valid PredictRequests of every input kind: the seeds for bit flips."""
-    from kws_rpc.audio import decode_wav
+    from kws_rpc.audio.wav import decode_wav
 
     wav = clip_wavs["go"]
     audio, rate = decode_wav(wav)

@@ -21,16 +21,16 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge.coop import PREPROCESS_CHUNK, CoopClient, CoopConfig, default_members, report
-from kws.v1 import kws_pb2 as pb
-from kws_rpc import ensemble
-from kws_rpc.codec import metadata_to_proto
-from kws_rpc.features import mfcc
-from kws_rpc.model import KwsModel
+from kws_rpc.audio.features import mfcc
+from kws_rpc.model import ensemble
+from kws_rpc.model.kws_model import KwsModel
 from kws_rpc.mqtt.ballot import Ballot
 from kws_rpc.mqtt.broker import EmbeddedBroker, Mosquitto
 from kws_rpc.mqtt.connection import BrokerSettings
 from kws_rpc.mqtt.topics import Topics
 from kws_rpc.mqtt.worker import Worker, WorkerConfig
+from kws_rpc.proto.kws.v1 import kws_pb2 as pb
+from kws_rpc.wire.codec import metadata_to_proto
 
 REPO = Path(__file__).resolve().parent.parent
 CLIPS = 48
@@ -120,7 +120,7 @@ def offline_votes(paths: list[str], audio: np.ndarray) -> list[np.ndarray]:
     """The same models on the same clips, without MQTT, fed what the wire carries: features computed in
     the client's chunks and rounded to float16 when the members share a feature config, else 16-bit PCM
     from which each model computes its own features."""
-    from kws_rpc.audio import float_to_pcm16, pcm16_to_float
+    from kws_rpc.audio.wav import float_to_pcm16, pcm16_to_float
 
     models = [KwsModel(p) for p in paths]
     if len({m.feature_config for m in models}) == 1:
@@ -326,9 +326,9 @@ def test_malformed_and_foreign_payloads_are_skipped(any_broker: str, members: li
 
 
 def test_shared_config_decides_the_payload(members: list[str]) -> None:
-    from kws_rpc.codec import metadata_to_proto
-    from kws_rpc.features import FeatureConfig
+    from kws_rpc.audio.features import FeatureConfig
     from kws_rpc.mqtt.payloads import shared_config
+    from kws_rpc.wire.codec import metadata_to_proto
 
     card = KwsModel(members[0]).card
     same = [pb.WorkerStatus(worker_id=f"w{i}", state=1, model=metadata_to_proto(card)) for i in range(2)]
@@ -364,13 +364,13 @@ def test_audio_payload_and_mixed_feature_configs(any_broker: str, members: list[
 
 def test_cli_one_command_demo(members: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
                               caplog: pytest.LogCaptureFixture) -> None:
-    """`make coop` (python -m kws_rpc.mqtt.local): embedded broker, in-process workers, exact output line;
+    """`make coop` (python -m kws_rpc.lab.coop_demo): embedded broker, in-process workers, exact output line;
     everyone speaks the embedded broker's MQTT 3.1.1 from the start, so the broker logs no refused MQTT 5
     probe ('Invalid connection') in a healthy run."""
     import json
     import re
 
-    from kws_rpc.mqtt.local import main
+    from kws_rpc.lab.coop_demo import main
 
     out = tmp_path / "coop.json"
     with caplog.at_level(logging.INFO):
@@ -392,8 +392,8 @@ def test_cli_weighted_policy_weighs_each_vote_by_its_model(members: list[str], t
     is that member's own answer, whatever the worker-id order."""
     import json
 
-    from kws_rpc.data import LABELS
-    from kws_rpc.mqtt.local import main
+    from kws_rpc.lab.coop_demo import main
+    from kws_rpc.lab.data import LABELS
 
     names = [KwsModel(m).name for m in members]
     chosen = names[-1]
@@ -421,7 +421,7 @@ def test_cli_auto_policy_takes_the_out_of_fold_choice_for_its_members(members: l
     import json
 
     from edge.coop import oof_choice
-    from kws_rpc.mqtt.local import main
+    from kws_rpc.lab.coop_demo import main
 
     names = [KwsModel(m).name for m in members]
     chosen = names[-1]

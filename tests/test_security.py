@@ -1,5 +1,5 @@
 """TLS, mutual TLS, bearer tokens and the rate limit on real servers (gRPC, the co-hosted and a standalone
-gateway, /metrics) with the dev PKI of ``kws_rpc.certs``, refusals included; and the edge client over
+gateway, /metrics) with the dev PKI of ``kws_rpc.security.certs``, refusals included; and the edge client over
 TLS + token end to end on the fixture clips."""
 
 from __future__ import annotations
@@ -23,17 +23,17 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from edge import client
 from edge.transports import GrpcTransport, RestSpecTransport, RetryPolicy
-from kws.v1 import kws_pb2 as pb
-from kws.v1 import kws_pb2_grpc as pb_grpc
-from kws_rpc import gateway
-from kws_rpc.audio import decode_wav
-from kws_rpc.auth import UNAUTHENTICATED, AuthConfig, Guard, RateLimiter, TokenStore, bearer, client_token
-from kws_rpc.certs import make_dev_pki
+from kws_rpc.audio.wav import decode_wav
 from kws_rpc.errors import RateLimited, Unauthenticated
-from kws_rpc.gateway import GatewayConfig, GatewayServer
-from kws_rpc.server import ServerConfig, ServerHandle, parse_args, serve
-from kws_rpc.servicer import SERVICE
-from kws_rpc.tls import ClientTls, ServerTls
+from kws_rpc.proto.kws.v1 import kws_pb2 as pb
+from kws_rpc.proto.kws.v1 import kws_pb2_grpc as pb_grpc
+from kws_rpc.security.auth import UNAUTHENTICATED, AuthConfig, Guard, RateLimiter, TokenStore, bearer, client_token
+from kws_rpc.security.certs import make_dev_pki
+from kws_rpc.security.tls import ClientTls, ServerTls
+from kws_rpc.serving import gateway
+from kws_rpc.serving.gateway import GatewayConfig, GatewayServer
+from kws_rpc.serving.server import ServerConfig, ServerHandle, parse_args, serve
+from kws_rpc.serving.servicer import SERVICE
 
 EDGE_TOKEN = "edge-token-0123456789abcdef"
 COOP_TOKEN = "coop-token-0123456789abcdef"

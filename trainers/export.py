@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from kws_rpc.card import ModelCard, file_facts
-from kws_rpc.data import LABELS, load_split
-from kws_rpc.features import mfcc
-from kws_rpc.model import KwsModel
+from kws_rpc.audio.features import mfcc
+from kws_rpc.lab.data import LABELS, load_split
+from kws_rpc.model.card import ModelCard, file_facts
+from kws_rpc.model.kws_model import KwsModel
 from trainers.recipes import Recipe
 
 log = logging.getLogger("trainers.export")

@@ -31,10 +31,10 @@ import trainers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads
 
 import numpy as np
 
-from kws_rpc.card import ModelCard, file_facts
-from kws_rpc.data import LABELS, find_dataset, load_split
-from kws_rpc.features import mfcc
-from kws_rpc.model import KwsModel
+from kws_rpc.audio.features import mfcc
+from kws_rpc.lab.data import LABELS, find_dataset, load_split
+from kws_rpc.model.card import ModelCard, file_facts
+from kws_rpc.model.kws_model import KwsModel
 
 log = logging.getLogger("trainers.kfold")
 MEMBERS = ("big", "member_cnn", "member_dscnn")  # the shipped ensemble's float recipes

@@ -24,11 +24,11 @@ import trainers  # noqa: F401  (TF environment)
 import numpy as np
 import tensorflow as tf
 
-from kws_rpc.card import file_facts
-from kws_rpc.data import find_dataset, load_split
-from kws_rpc.features import mfcc
-from kws_rpc.model import KwsModel, softmax
-from kws_rpc.stats import mcnemar
+from kws_rpc.audio.features import mfcc
+from kws_rpc.lab.data import find_dataset, load_split
+from kws_rpc.lab.stats import mcnemar
+from kws_rpc.model.card import file_facts
+from kws_rpc.model.kws_model import KwsModel, softmax
 from trainers.export import strip_names
 from trainers.from_tflite import rebuild
 
@@ -38,8 +38,8 @@ CALIBRATION_CLIPS = 500
 
 _TIMER = """
 import sys, time, numpy as np
-from kws_rpc.model import KwsModel
-from kws_rpc.runtime import interpreter_class
+from kws_rpc.model.interpreter import interpreter_class
+from kws_rpc.model.kws_model import KwsModel
 m = KwsModel(sys.argv[1])
 x = np.random.default_rng(0).normal(size=(64, *m.feature_config.shape)).astype(np.float32)
 for i in range(20):

@@ -7,9 +7,9 @@ those votes it
 
 1. reports each member's OOF accuracy and the pairwise error overlap (7,200 clips: about nine times
    the errors val's 800 show, so the overlap is measured, not guessed);
-2. scores every policy by 5-fold cross-fitting on the OOF votes (``kws_rpc.ensemble.cross_fit``: the
+2. scores every policy by 5-fold cross-fitting on the OOF votes (``kws_rpc.model.ensemble.cross_fit``: the
    ``weighted`` combiner is fitted on four fifths and decides the rest) and picks the pooling space;
-3. fits the weights on all 7,200 votes (``kws_rpc.ensemble.fit_weights``);
+3. fits the weights on all 7,200 votes (``kws_rpc.model.ensemble.fit_weights``);
 4. applies them to the shipped members' votes on test (and val, for reference: val clips are in the
    OOF pool, the shipped members never trained on them) with exact McNemar tests against big alone
    and against the weights fitted on val's 800 clips that the manifest holds.
@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from kws_rpc import ensemble
-from kws_rpc.compare import Predictions, file_sha256, fmt_p, overlap, pair_test, pct
-from kws_rpc.data import find_dataset
+from kws_rpc.lab.compare import Predictions, file_sha256, fmt_p, overlap, pair_test, pct
+from kws_rpc.lab.data import find_dataset
+from kws_rpc.model import ensemble
 
 log = logging.getLogger("trainers.stack")
 
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         "oof_accuracy": cf["oof_accuracy"], "oof_choice": choice, "fold_seed": meta["seed"],
         "members_sha256": shas, "command": "python -m trainers.stack " + " ".join(sys.argv[1:] if argv is None else argv)})
     fitted = {"weighted_oof": oof_w}
-    # The weights fitted on val's 800 clips (kws_rpc.compare --write-manifest), for comparison: the
+    # The weights fitted on val's 800 clips (kws_rpc.lab.compare --write-manifest), for comparison: the
     # manifest's "weighted" entry until the OOF weights replace it, then its "weighted_val" entry.
     old = body.get("weighted_val") or body.get("weighted")
     if old and old.get("fitted", {}).get("split") == "val":

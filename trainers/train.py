@@ -21,9 +21,9 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from kws_rpc.data import LABELS, find_dataset, load_noise, load_split
-from kws_rpc.features import FeatureConfig, mfcc, normalize_peak
-from kws_rpc.model import KwsModel
+from kws_rpc.audio.features import FeatureConfig, mfcc, normalize_peak
+from kws_rpc.lab.data import LABELS, find_dataset, load_noise, load_split
+from kws_rpc.model.kws_model import KwsModel
 from trainers.architectures import REGISTRY
 from trainers.augment import augment_audio, mixup, spec_augment
 from trainers.export import export
@@ -116,7 +116,7 @@ def codec_round_trip(feats: np.ndarray, cfg: FeatureConfig, which: np.ndarray | 
     mfcc-dct request for them (edge.transports.features_request, 300 B at most), so the model learns
     the codec's loss as one more augmentation."""
     from edge.transports import features_request
-    from kws_rpc.codec import tensor_from_proto
+    from kws_rpc.wire.codec import tensor_from_proto
 
     feats = feats.copy()
     for i in which:

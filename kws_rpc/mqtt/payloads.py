@@ -14,9 +14,9 @@ import json
 
 import numpy as np
 
-from kws.v1 import kws_pb2 as pb
-from kws_rpc.codec import audio_to_proto, config_from_proto, config_to_proto, tensor_to_proto
-from kws_rpc.features import FeatureConfig
+from kws_rpc.audio.features import FeatureConfig
+from kws_rpc.proto.kws.v1 import kws_pb2 as pb
+from kws_rpc.wire.codec import audio_to_proto, config_from_proto, config_to_proto, tensor_to_proto
 
 
 def shared_config(statuses: list[pb.WorkerStatus]) -> FeatureConfig | None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from kws_rpc import ensemble
+from kws_rpc.model import ensemble
 from kws_rpc.mqtt.ballot import Ballot, Clip
 from kws_rpc.mqtt.payloads import senml_prediction_reference, senml_reference
 

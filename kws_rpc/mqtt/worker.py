@@ -28,16 +28,16 @@ import time
 
 import paho.mqtt.client as mqtt
 
-from kws.v1 import kws_pb2 as pb
-from kws_rpc import handlers
-from kws_rpc.codec import metadata_to_proto, parse
-from kws_rpc.core import InferenceCore
 from kws_rpc.errors import KwsError, clip, quote
-from kws_rpc.model import KwsModel
+from kws_rpc.model.core import InferenceCore
+from kws_rpc.model.kws_model import KwsModel
+from kws_rpc.model.threads import pin_native_threads, responsive_network_thread
 from kws_rpc.mqtt.connection import BrokerSettings, connect, make_client, negotiate
 from kws_rpc.mqtt.options import add_broker_arguments, broker_settings
 from kws_rpc.mqtt.topics import Topics, check_segment
-from kws_rpc.threads import pin_native_threads, responsive_network_thread
+from kws_rpc.proto.kws.v1 import kws_pb2 as pb
+from kws_rpc.wire import handlers
+from kws_rpc.wire.codec import metadata_to_proto, parse
 
 log = logging.getLogger("kws_rpc.mqtt.worker")  # not __name__: run with -m, that is __main__
 VOTE_CACHE = 8192  # answered request ids remembered for repeats (~100 B each)

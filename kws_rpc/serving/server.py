@@ -1,0 +1,315 @@
+"""`kws-server`: the gRPC server (plus, optionally, the REST gateway and /metrics) around one core.
+
+``serve(config)`` wires everything and returns a handle (tests start it in-process on port 0);
+``main()`` builds the config from the command line and stops gracefully on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import FrameType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from kws_rpc.model.batching import MicroBatcher
+from kws_rpc.model.core import InferenceCore
+from kws_rpc.model.kws_model import KwsModel
+from kws_rpc.model.threads import pin_native_threads
+from kws_rpc.security import auth, tls
+from kws_rpc.security.auth import AuthConfig, Guard
+from kws_rpc.security.tls import ServerTls
+from kws_rpc.serving.gateway import GatewayConfig, GatewayServer
+from kws_rpc.serving.grpc_auth import GuardInterceptor
+from kws_rpc.serving.grpc_limits import StreamLimiter
+from kws_rpc.serving.http_auth import wsgi_guard
+from kws_rpc.serving.limits import Limits, add_limit_args, limits_from_args
+from kws_rpc.serving.local_backend import LocalBackend
+from kws_rpc.serving.metrics import Metrics
+from kws_rpc.serving.servicer import SERVICE, KwsServicer, add_to_server
+from kws_rpc.wire.senml import COURSE_LABELS, check_label_order, parse_label_order, validate_label_order
+
+log = logging.getLogger("kws_rpc.serving.server")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    models: tuple[Path, ...]  # .tflite files, each with its card beside it; the first is the default
+    host: str = "127.0.0.1"
+    port: int = 0  # 0 = the OS picks a free port (logged)
+    # Rows per model invocation; 1 = batching off (direct calls). Off by default: on this CPU the model
+    # costs the same per row at every batch size (bench/results/server.json); keep it for accelerators.
+    max_batch_size: int = 1
+    max_delay_ms: float = 2.0  # longest a request waits for companions
+    workers: int = 1  # micro-batcher threads
+    max_queue: int = 1024  # waiting requests beyond this are RESOURCE_EXHAUSTED
+    grpc_threads: int = 64  # concurrent RPCs in progress
+    max_message_bytes: int = 4 << 20
+    metrics_port: int | None = None  # None = no /metrics endpoint; 0 = a free port
+    gateway_port: int | None = None  # None = no REST gateway; 0 = a free port
+    grace_s: float = 5.0  # how long in-flight calls may finish at shutdown
+    log_level: str = "INFO"
+    spec_labels: tuple[str, ...] = COURSE_LABELS  # the gateway's label_idx order; must cover every model
+    tls: ServerTls | None = None  # gRPC, the gateway and /metrics; None = plaintext (loopback, or --insecure)
+    auth: AuthConfig = AuthConfig()  # bearer tokens (default none) and the per-client rate limit
+    insecure: bool = False  # allow plaintext on a non-loopback host
+    limits: Limits = Limits()  # streams, calls in flight, idle and read timeouts (see kws_rpc.serving.limits)
+    reuse_port: bool = False  # SO_REUSEPORT on the gRPC and gateway ports: several processes share them
+    processes: int = 1  # main() runs this many server processes on the same ports (one GIL each)
+
+    def __post_init__(self) -> None:
+        validate_label_order(self.spec_labels)
+        self.limits.check_threads(self.grpc_threads)
+
+    @property
+    def batching(self) -> bool:
+        return self.max_batch_size > 1
+
+
+class ServerHandle:
+    """A running server; ``stop`` is idempotent."""
+
+    def __init__(self, config: ServerConfig, server: grpc.Server, port: int, core: InferenceCore,
+                 health_servicer: health.HealthServicer, metrics: Metrics, metrics_port: int | None,
+                 gateway: GatewayServer | None, serving: threading.Event) -> None:
+        self.config, self.server, self.port, self.core = config, server, port, core
+        self.health, self.metrics, self.metrics_port, self.gateway = health_servicer, metrics, metrics_port, gateway
+        self.target = f"{_loopback(config.host)}:{port}"
+        self.serving = serving  # what /readyz and gRPC health report
+        self._stopped = threading.Event()
+
+    def stop(self, grace: float | None = None) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        grace = self.config.grace_s if grace is None else grace
+        log.info("shutting down: refusing new calls, %.1f s for calls in flight", grace)
+        self.health.enter_graceful_shutdown()
+        self.serving.clear()
+        self.metrics.ready.set(0)
+        try:
+            if self.gateway is not None:
+                self.gateway.stop(timeout=grace + 1)
+        finally:
+            self.server.stop(grace).wait()
+            self.core.close()
+            self.metrics.stop()
+            log.info("stopped")
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def _loopback(host: str) -> str:
+    return {"0.0.0.0": "127.0.0.1", "::": "[::1]", "[::]": "[::1]"}.get(host, host)
+
+
+def load_core(config: ServerConfig, metrics: Metrics) -> InferenceCore:
+    models: dict[str, KwsModel] = {}
+    for path in config.models:
+        m = KwsModel(path)
+        if m.name in models:
+            raise ValueError(f"two models are named {m.name!r} ({models[m.name].path}, {path})")
+        models[m.name] = m
+        log.info("loaded model %s v%s (%s, %d labels, input %s) from %s", m.name, m.card.version,
+                 m.card.architecture, len(m.labels), m.card.feature.shape, path)
+        if config.gateway_port is not None:  # refuse now, not at the first request to /
+            check_label_order(config.spec_labels, m.labels, m.name)
+    batcher = None
+    if config.batching:
+        batcher = MicroBatcher(config.max_batch_size, config.max_delay_ms, config.workers, config.max_queue,
+                               on_batch=metrics.observe_batch, wait_for="incoming")
+    return InferenceCore(models, default=next(iter(models)), batcher=batcher, timeout_s=config.limits.call_timeout_s)
+
+
+def stream_limiter(config: ServerConfig, metrics: Metrics) -> StreamLimiter:
+    return StreamLimiter(config.limits.max_streams, config.limits.stream_idle_s, metrics)
+
+
+def serve(config: ServerConfig) -> ServerHandle:
+    """Loads the models, starts gRPC (+ gateway, + metrics) and reports SERVING."""
+    if not config.models:
+        raise ValueError("no model given: pass --model models/big.tflite")
+    if config.tls is not None:
+        config.tls.check()
+    tls.check_exposure(config.host, config.tls, config.insecure)
+    metrics = Metrics()
+    core = load_core(config, metrics)
+    guard = Guard(config.auth)
+    opts = [("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes), ("grpc.so_reuseport", int(config.reuse_port))]
+    server = grpc.server(ThreadPoolExecutor(config.grpc_threads, thread_name_prefix="kws-grpc"), options=opts,
+                         interceptors=[GuardInterceptor(guard, metrics), stream_limiter(config, metrics)],
+                         maximum_concurrent_rpcs=config.limits.max_inflight)
+    add_to_server(KwsServicer(core, metrics), server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    address = f"{config.host}:{config.port}"
+    port = (server.add_secure_port(address, config.tls.grpc_credentials()) if config.tls is not None
+            else server.add_insecure_port(address))
+    serving = threading.Event()
+    server.start()
+    gateway = metrics_port = None
+    try:
+        if config.metrics_port is not None:
+            protect = config.auth.tokens is not None and config.auth.protect_introspection
+            metrics_port = metrics.serve(config.host, config.metrics_port,
+                                         config.tls.ssl_context() if config.tls is not None else None,
+                                         (lambda app: wsgi_guard(app, guard)) if protect else None)
+        if config.gateway_port is not None:
+            # One data plane: the co-hosted gateway calls the handlers in this process, no gRPC hop.
+            local = LocalBackend(core, metrics, ready=serving.is_set)
+            gateway = GatewayServer(GatewayConfig("in-process", config.host, config.gateway_port,
+                                                  log_level=config.log_level.lower(), spec_labels=config.spec_labels,
+                                                  tls=config.tls, auth=config.auth, limits=config.limits,
+                                                  reuse_port=config.reuse_port),
+                                    grace_s=config.grace_s, guard=guard, backend=local)
+    except BaseException:
+        server.stop(0)
+        core.close()
+        metrics.stop()
+        raise
+    for name in ("", SERVICE):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    metrics.ready.set(1)
+    serving.set()
+    log.info("serving %s on grpc %s:%d (batching %s), gateway %s, metrics %s; %s", sorted(core.models),
+             config.host, port,
+             f"max {config.max_batch_size} rows / {config.max_delay_ms} ms" if config.batching else "off",
+             gateway.url if gateway else "off",
+             f"{'https' if config.tls else 'http'}://{config.host}:{metrics_port}/metrics"
+             if metrics_port is not None else "off", tls.describe(config.tls, config.auth))
+    return ServerHandle(config, server, port, core, health_servicer, metrics, metrics_port, gateway, serving)
+
+
+def parse_args(argv: list[str] | None = None) -> ServerConfig:
+    d = ServerConfig(models=())
+    ap = argparse.ArgumentParser(description="kws gRPC server (optionally with the REST gateway)")
+    ap.add_argument("--model", action="append", required=True, type=Path,
+                    help="a .tflite with its card; repeat for more (the first is the default)")
+    ap.add_argument("--host", default=d.host, help="address to bind (default %(default)s: loopback only; 0.0.0.0 for a LAN)")
+    ap.add_argument("--port", type=int, default=d.port, help="gRPC port (default %(default)s); 0 = a free one, logged")
+    ap.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="most requests run as one inference call (default %(default)s); 1 turns batching off")
+    ap.add_argument("--max-delay-ms", type=float, default=d.max_delay_ms,
+                    help="longest a request waits for others to share its batch (default %(default)s ms)")
+    ap.add_argument("--workers", type=int, default=d.workers, help="inference threads, each with its own interpreters (default %(default)s)")
+    ap.add_argument("--max-queue", type=int, default=d.max_queue,
+                    help="queued requests before new ones get RESOURCE_EXHAUSTED (default %(default)s)")
+    ap.add_argument("--grpc-threads", type=int, default=d.grpc_threads,
+                    help="threads handling gRPC calls concurrently (default %(default)s)")
+    ap.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes,
+                    help="largest gRPC message accepted (default %(default)s bytes)")
+    ap.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here")
+    ap.add_argument("--gateway-port", type=int, default=None, help="also run the REST gateway here")
+    ap.add_argument("--spec-labels", default=",".join(d.spec_labels),
+                    help="label order that label_idx in the gateway's reply to / indexes; must name every label "
+                         "of every model (default, the course's: %(default)s)")
+    ap.add_argument("--grace", type=float, default=d.grace_s, help="seconds for in-flight calls at shutdown")
+    ap.add_argument("--processes", type=int, default=None,
+                    help="server processes sharing the ports through SO_REUSEPORT, each with one BLAS thread "
+                         "and its own GIL (default: the number of cores; 1 with --port 0). Process i serves "
+                         "/metrics on --metrics-port + i")
+    ap.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for --processes' children
+    ap.add_argument("--log-level", default=d.log_level, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    ap.add_argument("--insecure", action="store_true",
+                    help="allow plaintext on a non-loopback --host (refused otherwise: give --tls-cert/--tls-key)")
+    tls.add_server_args(ap)
+    auth.add_server_args(ap)
+    add_limit_args(ap)
+    a = ap.parse_args(argv)
+    try:
+        spec_labels = parse_label_order(a.spec_labels)
+        limits = limits_from_args(a)
+        limits.check_threads(a.grpc_threads)
+        security = {"tls": tls.server_tls_from_args(a), "auth": auth.auth_config_from_args(a), "insecure": a.insecure}
+    except ValueError as e:
+        ap.error(str(e))
+    processes = a.processes if a.processes is not None else (os.cpu_count() or 1) if a.port else 1
+    if processes < 1:
+        ap.error("--processes must be at least 1")
+    if processes > 1 and (a.port == 0 or a.gateway_port == 0 or a.metrics_port == 0):
+        ap.error("--processes above 1 needs fixed ports (--port, --gateway-port, --metrics-port): with port 0 "
+                 "each process would listen somewhere else")
+    return ServerConfig(tuple(a.model), a.host, a.port, a.max_batch_size, a.max_delay_ms, a.workers, a.max_queue,
+                        a.grpc_threads, a.max_message_bytes, a.metrics_port, a.gateway_port, a.grace, a.log_level,
+                        spec_labels, limits=limits, reuse_port=a.reuse_port, processes=processes, **security)
+
+
+def supervise(config: ServerConfig, argv: list[str]) -> int:
+    """Runs config.processes copies of this server on the same ports (SO_REUSEPORT: the kernel spreads
+    connections over them), each pinned to one BLAS thread before numpy loads; SIGTERM/SIGINT are passed
+    on. If one process dies, the others are stopped and its exit status returned (systemd restarts)."""
+    base = [a for i, a in enumerate(argv) if not (a.startswith("--processes") or
+                                                   (i > 0 and argv[i - 1] == "--processes"))]
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    procs = []
+    for i in range(config.processes):
+        extra = ["--processes", "1", "--reuse-port"]
+        if config.metrics_port is not None:
+            extra += ["--metrics-port", str(config.metrics_port + i)]
+        procs.append(subprocess.Popen([sys.executable, "-m", "kws_rpc.serving.server", *base, *extra], env=env))
+    log.info("started %d server processes on gRPC :%d%s", len(procs), config.port,
+             f", gateway :{config.gateway_port}" if config.gateway_port is not None else "")
+
+    stopping: list[int] = []
+
+    def forward(signum: int, _: FrameType | None) -> None:
+        if stopping:  # once: a second signal could reach a child in interpreter shutdown and kill it
+            return
+        stopping.append(signum)
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    while not any(p.poll() is not None for p in procs):
+        time.sleep(0.2)
+    if not stopping:
+        log.error("a server process exited on its own (status %s): stopping the others", [p.poll() for p in procs])
+    forward(signal.SIGTERM, None)
+    codes = [p.wait() for p in procs]
+    return next((c for c in codes if c), 0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    config = parse_args(argv)
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if config.processes > 1:
+        raise SystemExit(supervise(config, argv))
+    pin_native_threads()
+    stop = threading.Event()
+
+    def on_signal(signum: int, _: FrameType | None) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        handle = serve(config)
+    except ValueError as e:  # a configuration the models refuse (e.g. --spec-labels): a message, not a traceback
+        raise SystemExit(f"kws-server: error: {e}") from None
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        handle.stop()
+
+
+if __name__ == "__main__":
+    main()
