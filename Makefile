@@ -90,19 +90,19 @@ bench-server-commit: venv  ## make bench-server, refreshing the committed bench/
 	$(PYTHON) -m bench.bench_server $(ARGS) --out bench/results/server.json
 
 client: venv data  ## Big/Little cascade on test as the Pi runs it (REST spec; ARGS="--transport grpc --payload mfcc-q5z")
-	$(PYTHON) -m edge.client $(ARGS)
+	$(PYTHON) -m edge.lab.evaluate $(ARGS)
 
 calibrate: venv data  ## pick the cascade thresholds on VAL (big run locally) -> results/cascade.json
-	$(PYTHON) -m edge.calibrate --local-big $(ARGS)
+	$(PYTHON) -m edge.lab.calibrate --local-big $(ARGS)
 
 calibrate-commit: venv data  ## make calibrate, installing the thresholds in models/cascade.json (what runs read)
-	$(PYTHON) -m edge.calibrate --local-big $(ARGS) --out models/cascade.json
+	$(PYTHON) -m edge.lab.calibrate --local-big $(ARGS) --out models/cascade.json
 
 sweep: venv data  ## accuracy vs cost over thresholds on test -> results/sweep_test.{json,png}
-	$(PYTHON) -m edge.calibrate --sweep --local-big $(ARGS)
+	$(PYTHON) -m edge.lab.calibrate --sweep --local-big $(ARGS)
 
 payload: venv data  ## bytes per request per transport/payload and test accuracy -> results/payload.json
-	$(PYTHON) -m edge.payload --local-big $(ARGS)
+	$(PYTHON) -m edge.lab.payload --local-big $(ARGS)
 
 coop: venv data  ## cooperative inference over MQTT: embedded broker + the 3 members in-process, policy chosen out of fold on train+val (models/ensemble.json)
 	$(PYTHON) -m kws_rpc.lab.coop_demo --split test $(ARGS)

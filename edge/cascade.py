@@ -1,6 +1,6 @@
 """The cascade as every edge command runs it: where models and thresholds live, the little model on a
 clip read from disk, the ask rule, the calibrated thresholds and budgets, big answering locally, and the
-transports' flags. ``edge.client`` (the Pi's run), ``edge.calibrate`` and ``edge.payload`` import this
+transports' flags. ``edge.lab.evaluate`` (the Pi's run), ``edge.lab.calibrate`` and ``edge.lab.payload`` import this
 module and not one another.
 """
 

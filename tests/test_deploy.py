@@ -71,7 +71,7 @@ def check_command(argv: list[str], env: dict[str, str], monkeypatch: pytest.Monk
         s = broker_settings(a.broker, a)
         assert s.tls and s.tls_ca and Path(s.tls_ca).is_file() and s.password and s.username == a.worker_id
     elif cmd == "kws-edge":
-        from edge import client
+        from edge.lab import evaluate as client
 
         config = client.config_from_args(client.parse_args(args))
         assert config is not None

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge import calibrate
-from edge.client import ClientConfig, config_from_args, load_threshold, parse_args, run, should_ask
-from edge.report import headline, summarize
+from edge.lab import calibrate
+from edge.lab.cascade_report import headline, summarize
+from edge.lab.evaluate import ClientConfig, config_from_args, load_threshold, parse_args, run, should_ask
 from edge.transports import (DCT_MAX_REQUEST_BYTES, OVER_BUDGET, PAYLOADS, REST_WAYS, WAYS, GrpcTransport, RestSpecTransport, RetryPolicy, build_request, spec_body,
                              spec_bytes)
 from kws_rpc.audio.wav import decode_wav, read_wav
@@ -210,7 +210,7 @@ def test_calibration_uses_val_only(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         calibrate.main(["--local-big", "--split", "test", "--out", str(out)])
     assert splits == ["val"]
     out.unlink()
-    from edge import client
+    from edge.lab import evaluate as client
 
     assert client.main(["--calibrate", "--local-big", "--budget-mb", "5", "--out", str(out)]) == 0  # the client's mode
     assert splits == ["val", "val"] and json.loads(out.read_text())["target"] == {"budget_mb": 5.0, "confidence": 0.95}
@@ -237,7 +237,7 @@ def test_client_keeps_little_answers_when_server_is_down(transport: str, little:
 def test_client_exits_1_when_asks_failed(little: Path, tmp_path: Path, dataset_root: Path,
                                          caplog: pytest.LogCaptureFixture) -> None:
     """The run goes to the end on little's answers, and its exit code says that asks were lost."""
-    from edge import client
+    from edge.lab import evaluate as client
 
     url = f"http://127.0.0.1:{closed_port()}/"
     report = tmp_path / "r.json"
@@ -246,21 +246,21 @@ def test_client_exits_1_when_asks_failed(little: Path, tmp_path: Path, dataset_r
         return ["--url", url, "--little", str(little), "--threshold", threshold, "--limit", "3", "--no-progress",
                 "--report", str(report)]
 
-    with caplog.at_level(logging.ERROR, logger="edge.client"):
+    with caplog.at_level(logging.ERROR, logger="edge.lab.evaluate"):
         assert client.main(argv("1.0")) == 1
     assert "3 of 3 asks to " + url + " failed" in caplog.text and report.exists()
     assert client.main(argv("0.0")) == 0  # threshold 0: nothing asked, nothing lost
 
 
 def test_client_as_users_run_it_logs_under_its_module_name(little: Path, tmp_path: Path, dataset_root: Path) -> None:
-    """`python -m edge.client` with no server: exit 1, and the log line names edge.client (under -m the
+    """`python -m edge.lab.evaluate` with no server: exit 1, and the log line names edge.lab.evaluate (under -m the
     module is __main__, and a logger named after __name__ printed that instead)."""
     url = f"http://127.0.0.1:{closed_port()}/"
-    run_ = subprocess.run([sys.executable, "-m", "edge.client", "--url", url, "--little", str(little), "--threshold",
+    run_ = subprocess.run([sys.executable, "-m", "edge.lab.evaluate", "--url", url, "--little", str(little), "--threshold",
                            "1.0", "--limit", "1", "--no-progress", "--report", str(tmp_path / "r.json"),
                            "--data-dir", str(dataset_root)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run_.returncode == 1, run_.stderr
-    assert "ERROR edge.client: 1 of 1 asks to " + url + " failed" in run_.stderr
+    assert "ERROR edge.lab.evaluate: 1 of 1 asks to " + url + " failed" in run_.stderr
 
 
 @pytest.mark.parametrize("http_server", [{"hold": True}], indirect=True)
@@ -275,7 +275,7 @@ def test_client_survives_a_slow_server(http_server, little: Path, tmp_path: Path
 
 
 def test_headline_format() -> None:
-    from edge.report import ClipRecord
+    from edge.lab.cascade_report import ClipRecord
 
     recs = [ClipRecord("yes/a.wav", "yes", "no", 0.1, True, "yes", "yes", 2_972_712, 1.0, 2.0)] + \
         [ClipRecord("yes/b.wav", "yes", "yes", 0.9, False, None, "yes", 0, 1.0, 0.0)] * 7

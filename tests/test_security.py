@@ -21,7 +21,7 @@ from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from edge import client
+from edge.lab import evaluate as client
 from edge.transports import GrpcTransport, RestSpecTransport, RetryPolicy
 from kws_rpc.audio.wav import decode_wav
 from kws_rpc.errors import RateLimited, Unauthenticated
@@ -329,10 +329,10 @@ def test_edge_client_over_mtls_and_token(secure_server: ServerHandle, pki: dict[
 @pytest.mark.parametrize("way", ["rest-adpcm", "grpc-mfcc-q5z"])
 def test_calibrate_and_payload_reach_a_secure_server(secure_server: ServerHandle, pki: dict[str, Path],
                                                     clip_wavs: dict[str, bytes], way: str) -> None:
-    """edge.calibrate and edge.payload ask big through edge.cascade.remote: the same --tls-* and --token
+    """edge.lab.calibrate and edge.lab.payload ask big through edge.cascade.remote: the same --tls-* and --token
     flags as the client (add_remote_args), so their remote modes work against the Pi setup too."""
-    from edge import calibrate
     from edge.cascade import remote
+    from edge.lab import calibrate
 
     assert secure_server.gateway is not None
     flags = ["--url", secure_server.gateway.url + "/", "--grpc", secure_server.target, "--tls-ca", str(pki["ca.pem"]),

@@ -1,6 +1,6 @@
 """Cooperative inference client: every live worker votes on every clip; an ensemble policy decides.
 
-    python -m edge.coop --broker mqtt://host:1883 --workers 3   # workers already running (kws-worker)
+    python -m kws_rpc.mqtt.coop --broker mqtt://host:1883 --workers 3   # workers already running (kws-worker)
     python -m kws_rpc.lab.coop_demo                                # all-in-one demo: embedded broker + members
 
 The client learns the live workers and their feature config from their retained status messages,
@@ -42,6 +42,7 @@ import paho.mqtt.client as mqtt
 
 from kws_rpc.audio.features import FeatureConfig, mfcc
 from kws_rpc.errors import KwsError
+from kws_rpc.lab.coop_report import Run, clip_members, clip_votes, report
 from kws_rpc.lab.data import LABELS, find_dataset, load_split
 from kws_rpc.model import ensemble
 from kws_rpc.model.threads import pin_native_threads, responsive_network_thread
@@ -49,18 +50,17 @@ from kws_rpc.mqtt.ballot import Ballot
 from kws_rpc.mqtt.connection import BrokerLimits, BrokerSettings, ack_now, connect, make_client, negotiate
 from kws_rpc.mqtt.options import add_broker_arguments, broker_settings
 from kws_rpc.mqtt.payloads import audio_request, features_request, shared_config
-from kws_rpc.mqtt.report import Run, clip_members, clip_votes, report
 from kws_rpc.mqtt.topics import Topics
 from kws_rpc.proto.kws.v1 import kws_pb2 as pb
 from kws_rpc.wire.codec import parse
 
 __all__ = ["CoopClient", "CoopConfig", "Run", "report", "main"]
-log = logging.getLogger("edge.coop")  # not __name__: run with -m, that is __main__
+log = logging.getLogger("kws_rpc.mqtt.coop")  # not __name__: run with -m, that is __main__
 SAMPLE_RATE = 16000
 PAYLOADS = ("auto", "features", "audio")
 PREPROCESS_CHUNK = 32
 WINDOW_PER_INFLIGHT = 2  # undecided clips per QoS 2 message the broker takes in flight
-MODELS = Path(__file__).resolve().parent.parent / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 MEMBERS = ("big", "member_cnn", "member_dscnn")  # used when models/ensemble.json is absent
 
 

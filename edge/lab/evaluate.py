@@ -20,7 +20,7 @@ from typing import Any
 
 from edge.cascade import (CASCADE_FILE, DEFAULT_THRESHOLD, LITTLE, RESULTS, add_remote_args, calibrated_budget,
                           little_on_file, load_threshold, repo_relative, server_credentials, should_ask)
-from edge.report import MB, ClipRecord, headline, summarize, write_report
+from edge.lab.cascade_report import MB, ClipRecord, headline, summarize, write_report
 from edge.transports import (OVER_BUDGET, PAYLOADS, REST_WAYS, GrpcTransport, RestSpecTransport, RetryPolicy,
                              Transport, request_id)
 from kws_rpc.audio.wav import WAV_CODECS
@@ -28,7 +28,7 @@ from kws_rpc.lab.data import DATASET_DIR, LABELS, find_dataset, label_of, split_
 from kws_rpc.model.kws_model import KwsModel
 from kws_rpc.security.tls import ClientTls
 
-log = logging.getLogger("edge.client")  # not __name__: run with -m, that is __main__
+log = logging.getLogger("edge.lab.evaluate")  # not __name__: run with -m, that is __main__
 
 
 def warn_if_stale(cfg: ClientConfig, little: KwsModel) -> None:
@@ -132,7 +132,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--report", default=None, help="JSON report (default results/edge_<transport>.json)")
     ap.add_argument("--retries", type=int, default=2, help="extra attempts after a retryable failure")
     ap.add_argument("--no-progress", action="store_true")
-    modes = ap.add_argument_group("other modes (the same as python -m edge.calibrate; its flags pass through)")
+    modes = ap.add_argument_group("other modes (the same as python -m edge.lab.calibrate; its flags pass through)")
     modes.add_argument("--calibrate", action="store_true",
                        help="choose the threshold on the VAL split (--budget-mb or --target-accuracy; "
                             "--local-big runs big here) and write it to --out (default results/cascade.json; "
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--calibrate" in argv or "--sweep" in argv:
-        from edge import calibrate
+        from edge.lab import calibrate
 
         return calibrate.main([a for a in argv if a != "--calibrate"])
     cfg = config_from_args(parse_args(argv))

@@ -26,7 +26,7 @@ import numpy as np
 
 from edge.cascade import (BIG, CASCADE_FILE, LITTLE, RESULTS, ROOT, add_remote_args, little_on_file,
                           load_threshold, local_answer, remote, repo_relative)
-from edge.report import MB, plot_sweep
+from edge.lab.cascade_report import MB, plot_sweep
 from edge.transports import (WAYS, Transport, request_for, request_id, wire_bytes)
 from kws_rpc.lab.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
 from kws_rpc.model.kws_model import KwsModel
@@ -276,7 +276,7 @@ def write_calibration(a: argparse.Namespace, preds: dict[str, SplitPredictions],
     shown = repo_relative(out) if out.resolve().is_relative_to(ROOT) else str(out)
     print(f"-> {shown}")
     if out.resolve() != CASCADE_FILE.resolve():
-        print(f"runs still read {repo_relative(CASCADE_FILE)}: try these with `python -m edge.client --cascade "
+        print(f"runs still read {repo_relative(CASCADE_FILE)}: try these with `python -m edge.lab.evaluate --cascade "
               f"{shown}`; install them with `cp {shown} {repo_relative(CASCADE_FILE)}` or `make calibrate-commit`")
     return 0
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from edge.cascade import (BIG, CASCADE_FILE, LITTLE, RESULTS, add_remote_args, little_on_file, load_threshold,
                           local_answer, remote, repo_relative, should_ask)
-from edge.report import MB
+from edge.lab.cascade_report import MB
 from edge.transports import (WAYS, Transport, request_for, request_id, wire_bytes)
 from kws_rpc.lab.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
 from kws_rpc.model.kws_model import KwsModel
