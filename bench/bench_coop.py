@@ -26,10 +26,12 @@ import psutil
 
 from bench.common import RESULTS, format_table, write_results
 from edge.cascade import repo_relative
+from kws_rpc.lab.coop import default_members
+from kws_rpc.lab.coop_report import report
 from kws_rpc.lab.data import find_dataset, load_split
 from kws_rpc.mqtt.broker import EmbeddedBroker, Mosquitto
 from kws_rpc.mqtt.connection import BrokerSettings
-from kws_rpc.mqtt.coop import CoopClient, CoopConfig, default_members, report
+from kws_rpc.mqtt.coop import CoopClient, CoopConfig
 
 REPO = Path(__file__).resolve().parent.parent
 COLUMNS = ("broker", "workers", "clips", "e2e_s", "publish_to_decided_s", "clips/s", "msgs/s", "B/clip", "B/vote", "SenML B/clip",

@@ -19,8 +19,8 @@ from unittest import mock
 import pytest
 
 from edge.lab import calibrate, evaluate as client, payload
+from kws_rpc.lab import coop
 from kws_rpc.lab import evaluate
-from kws_rpc.mqtt import coop
 
 REPO = Path(__file__).resolve().parent.parent
 with mock.patch.object(sys, "path", [str(REPO), *sys.path]):  # bench/ runs as `python -m bench.X` from the repo
@@ -90,7 +90,7 @@ WRITES: dict[str, Callable[[Sequence[str]], list[str]]] = {
     "edge.lab.calibrate": _calibrate,
     "edge.lab.payload": lambda argv: [payload.build_parser().parse_args(argv).out],
     "edge.lab.evaluate": lambda argv: [client.config_from_args(client.parse_args(list(argv))).report],
-    "kws_rpc.mqtt.coop": lambda argv: [coop.build_parser().parse_args(["--broker", "mqtt://127.0.0.1:1", *argv]).report],
+    "kws_rpc.lab.coop": lambda argv: [coop.build_parser().parse_args(["--broker", "mqtt://127.0.0.1:1", *argv]).report],
     "kws_rpc.lab.coop_demo": lambda argv: [coop.build_parser().parse_args(  # it hands the coop client its flags
         ["--broker", "mqtt://127.0.0.1:1", *[a for a in argv if a not in ("--models", "--deployment")]]).report],
     "bench.bench_server": lambda argv: [bench_server.parse_args(list(argv)).out],
@@ -105,7 +105,7 @@ def under_results(path: str | Path) -> bool:
 
 @pytest.mark.parametrize("module,argv", [
     ("kws_rpc.lab.evaluate", []), ("edge.lab.calibrate", []), ("edge.lab.calibrate", ["--sweep"]), ("edge.lab.payload", []),
-    ("edge.lab.evaluate", []), ("edge.lab.evaluate", ["--transport", "grpc", "--payload", "mfcc-q5z"]), ("kws_rpc.mqtt.coop", []),
+    ("edge.lab.evaluate", []), ("edge.lab.evaluate", ["--transport", "grpc", "--payload", "mfcc-q5z"]), ("kws_rpc.lab.coop", []),
     ("bench.bench_server", []), ("bench.bench_coop", []),
 ])
 def test_cli_defaults_write_under_results(module: str, argv: list[str]) -> None:

@@ -21,12 +21,14 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from kws_rpc.audio.features import mfcc
+from kws_rpc.lab.coop import default_members
+from kws_rpc.lab.coop_report import report
 from kws_rpc.model import ensemble
 from kws_rpc.model.kws_model import KwsModel
 from kws_rpc.mqtt.ballot import Ballot
 from kws_rpc.mqtt.broker import EmbeddedBroker, Mosquitto
 from kws_rpc.mqtt.connection import BrokerSettings
-from kws_rpc.mqtt.coop import PREPROCESS_CHUNK, CoopClient, CoopConfig, default_members, report
+from kws_rpc.mqtt.coop import PREPROCESS_CHUNK, CoopClient, CoopConfig
 from kws_rpc.mqtt.topics import Topics
 from kws_rpc.mqtt.worker import Worker, WorkerConfig
 from kws_rpc.proto.kws.v1 import kws_pb2 as pb
@@ -420,8 +422,8 @@ def test_cli_auto_policy_takes_the_out_of_fold_choice_for_its_members(members: l
     naming other models is not used that way."""
     import json
 
+    from kws_rpc.lab.coop import oof_choice
     from kws_rpc.lab.coop_demo import main
-    from kws_rpc.mqtt.coop import oof_choice
 
     names = [KwsModel(m).name for m in members]
     chosen = names[-1]
@@ -648,7 +650,7 @@ def test_readme_mqtt_recipe_on_stock_mosquitto(test_audio, tmp_path: Path) -> No
     from kws_rpc.mqtt.broker import free_port
 
     recipe = _readme_mqtt_recipe()
-    assert "mosquitto -p 1883 &" in recipe and "python -m kws_rpc.mqtt.coop" in recipe
+    assert "mosquitto -p 1883 &" in recipe and "kws-coop" in recipe
     port = free_port()
     script = recipe.replace("1883", str(port))
     script += f"\nstatus=$?\ncp results/coop_report.json {tmp_path}/report.json\nkill $(jobs -p)\nwait\nexit $status\n"

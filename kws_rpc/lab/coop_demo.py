@@ -1,10 +1,10 @@
 """`make coop`: cooperative inference in one command, on one machine. An embedded amqtt broker on
 loopback, one in-process worker per ensemble member (models/ensemble.json), and the edge's own coop
-client (``kws_rpc.mqtt.coop``) against them; every flag not listed here goes to the client.
+client (``kws_rpc.lab.coop``, the ``kws-coop`` command) against them; every flag not listed here goes to the client.
 
     python -m kws_rpc.lab.coop_demo --split test --policy auto
 
-The demo lives on the server side: the Pi's client (``python -m kws_rpc.mqtt.coop --broker ...``) never imports
+The demo lives on the server side: the Pi's client (``kws-coop --broker ...``) never imports
 a broker or a worker, so the edge install needs neither amqtt nor the server extras.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kws_rpc.mqtt import coop
+from kws_rpc.lab import coop
 from kws_rpc.mqtt.broker import EmbeddedBroker
 from kws_rpc.mqtt.connection import BrokerSettings
 from kws_rpc.mqtt.worker import Worker, WorkerConfig

@@ -9,25 +9,9 @@ from typing import Any
 import numpy as np
 
 from kws_rpc.model import ensemble
-from kws_rpc.mqtt.ballot import Ballot, Clip
+from kws_rpc.mqtt.ballot import Clip
+from kws_rpc.mqtt.coop import Run
 from kws_rpc.mqtt.payloads import senml_prediction_reference, senml_reference
-
-
-@dataclasses.dataclass
-class Run:
-    """What one pass over a set of clips produced: the ballot plus what it cost. The ballot is the
-    client's own, so read it (``report``) before the next run() resets it."""
-
-    ballot: Ballot
-    request_ids: list[str]
-    payload_kind: str
-    clip_bytes: list[int]
-    preprocess_s: float
-    publish_s: float  # preprocessing + publishing (interleaved)
-    end_to_end_s: float  # preprocessing + publishing + collecting until the last clip is decided
-    vote_bytes: list[int] = dataclasses.field(default_factory=list)
-    feature_shape: tuple[int, ...] = ()  # of the float32 tensor a clip stands for (features or samples)
-    published_to_decided_s: float = 0.0  # from the first clip's publication to the last clip's decision
 
 
 def clip_votes(clips: Sequence[Clip]) -> list[np.ndarray]:

@@ -24,10 +24,10 @@ import numpy as np
 
 from kws_rpc.audio.wav import pad_or_trim, read_wav
 from kws_rpc.errors import DatasetError
+from kws_rpc.model.card import LABELS  # noqa: F401  (the data set's words, in its label order)
 
 log = logging.getLogger("kws_rpc.lab.data")  # not __name__: run with -m, that is __main__
 
-LABELS: tuple[str, ...] = ("down", "go", "left", "no", "right", "stop", "up", "yes")
 SPLITS = ("train", "val", "test")
 OFFICIAL_URL = "https://storage.googleapis.com/download.tensorflow.org/data/mini_speech_commands.zip"
 # sha256 over the sorted lines "<word>/<file>.wav <md5>\n" of all 8000 clips (see content_digest).

@@ -12,6 +12,10 @@ from typing import Any
 from kws_rpc.audio.features import FeatureConfig
 from kws_rpc.errors import ModelIntegrityError
 
+# The eight words of Mini Speech Commands in the data set's label order (index i is label i of a split).
+# A card lists its own model's labels; this order is what runs over the data set and the coop client use.
+LABELS: tuple[str, ...] = ("down", "go", "left", "no", "right", "stop", "up", "yes")
+
 
 @dataclasses.dataclass
 class ModelCard:

@@ -10,8 +10,8 @@ restart). The worker answers each request id once: a repeat gets the cached vote
 second inference (the last ``VOTE_CACHE`` answers are kept).
 
 ``kws-worker --model models/member_cnn.tflite --broker mqtt://127.0.0.1:1883``. There is deliberately no
-built-in broker: a worker must not own the broker's lifetime. Use a real broker, ``python -m
-kws_rpc.mqtt.broker``, or ``python -m kws_rpc.mqtt.coop`` without ``--broker`` for the all-in-one demo.
+built-in broker: a worker must not own the broker's lifetime. Use a real broker, ``kws-broker``
+(the embedded one), or ``make coop`` for the all-in-one demo.
 """
 
 from __future__ import annotations
