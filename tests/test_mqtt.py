@@ -21,6 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from kws_rpc.audio.features import mfcc
+from kws_rpc.lab import ensemble_fit
 from kws_rpc.lab.coop import default_members
 from kws_rpc.lab.coop_report import report
 from kws_rpc.model import ensemble
@@ -130,9 +131,9 @@ def offline_votes(paths: list[str], audio: np.ndarray) -> list[np.ndarray]:
         feats = np.concatenate([mfcc(audio[i : i + PREPROCESS_CHUNK], cfg)
                                 for i in range(0, len(audio), PREPROCESS_CHUNK)])
         feats = feats.astype(np.float16).astype(np.float32)
-        return ensemble.stack_models([m.predict(feats) for m in models])
+        return ensemble_fit.stack_models([m.predict(feats) for m in models])
     pcm = [pcm16_to_float(float_to_pcm16(clip)) for clip in audio]
-    return ensemble.stack_models([np.concatenate([m.predict(m.features(c)) for c in pcm]) for m in models])
+    return ensemble_fit.stack_models([np.concatenate([m.predict(m.features(c)) for c in pcm]) for m in models])
 
 
 def shared(paths: list[str]) -> bool:
@@ -199,7 +200,7 @@ def test_end_to_end_matches_offline_ensemble(broker_url: str, members: list[str]
         assert rep["payload"] == "audio-pcm16"
     offline = offline_votes(members, audio)
     for policy in ensemble.POLICIES:
-        assert rep["per_policy_accuracy"][policy] == ensemble.accuracy(policy, offline, y), policy
+        assert rep["per_policy_accuracy"][policy] == ensemble_fit.accuracy(policy, offline, y), policy
     decided = [c["decided"] for c in rep["per_clip"]]
     assert decided == [client.labels()[d] for d in ensemble.decide_all("mean", offline)]
 
@@ -413,7 +414,7 @@ def test_cli_weighted_policy_weighs_each_vote_by_its_model(members: list[str], t
     offline = offline_votes(members, test_audio[0][:24])
     w = ensemble.Weights.from_dict(json.loads(manifest.read_text())["weighted"])
     y = [LABELS.index(c["label"]) for c in rep["per_clip"]]  # the client's label order
-    assert rep["accuracy"] == ensemble.accuracy("weighted", offline, y, [names] * 24, w)
+    assert rep["accuracy"] == ensemble_fit.accuracy("weighted", offline, y, [names] * 24, w)
 
 
 def test_cli_auto_policy_takes_the_out_of_fold_choice_for_its_members(members: list[str], tmp_path: Path) -> None:
@@ -593,7 +594,7 @@ def test_unknown_invalid_and_repeated_votes_are_refused_and_counted(any_broker: 
     assert rep["lost"] == 0 and rep["missing_predictions"] == 0
     assert all(set(c["votes"]) == {"w0", "w1"} for c in rep["per_clip"])
     offline = offline_votes(members[:2], audio[:12])
-    assert rep["per_policy_accuracy"]["mean"] == ensemble.accuracy("mean", offline, client.label_indices(labels[:12]))
+    assert rep["per_policy_accuracy"]["mean"] == ensemble_fit.accuracy("mean", offline, client.label_indices(labels[:12]))
     refused = rep["refused_votes"]
     assert [refused.get(k) for k in ("unknown worker", "not finite", "wrong length")] == [12, 12, 12], refused
 
@@ -666,7 +667,7 @@ def test_readme_mqtt_recipe_on_stock_mosquitto(test_audio, tmp_path: Path) -> No
     offline = offline_votes([str(REPO / m) for m in models], audio)
     voters = [[KwsModel(REPO / m).name for m in models]] * len(labels)  # the fitted policy weighs by model
     weights = ensemble.Weights.from_dict(rep["weights"]) if "weights" in rep else None
-    expected = ensemble.accuracy(rep["policy"], offline, labels, voters, weights)
+    expected = ensemble_fit.accuracy(rep["policy"], offline, labels, voters, weights)
     assert re.search(rf"^Accuracy: {100 * expected:.3f}%$", proc.stdout, re.M), (expected, proc.stdout[-500:])
 
 
@@ -698,7 +699,7 @@ def test_stock_mosquitto_killed_mid_run_loses_nothing(stock_mosquitto: Mosquitto
     for w in workers:
         assert len(w.answered) == len(set(w.answered)), f"{w.worker_id} ran a clip twice"
     offline = offline_votes(members, audio)
-    assert rep["per_policy_accuracy"]["mean"] == ensemble.accuracy("mean", offline, client.label_indices(labels))
+    assert rep["per_policy_accuracy"]["mean"] == ensemble_fit.accuracy("mean", offline, client.label_indices(labels))
 
 
 def test_replicas_share_a_members_clips_one_vote_per_clip(stock_mosquitto: Mosquitto, members: list[str],
@@ -733,4 +734,4 @@ def test_replicas_share_a_members_clips_one_vote_per_clip(stock_mosquitto: Mosqu
     assert all(set(c["votes"]) == {"w0", "w1"} for c in rep["per_clip"]), (rep["decided_by"], rep["dropped_workers"])
     assert 0 < len(set(a.answered)) < CLIPS, "replica a answered every clip: b never shared the load"
     offline = offline_votes(members[:2], audio)
-    assert rep["per_policy_accuracy"]["mean"] == ensemble.accuracy("mean", offline, client.label_indices(labels))
+    assert rep["per_policy_accuracy"]["mean"] == ensemble_fit.accuracy("mean", offline, client.label_indices(labels))

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from kws_rpc.lab import ensemble_fit
 from kws_rpc.lab import stats
 from kws_rpc.lab.data import LABELS, find_dataset, load_split
 from kws_rpc.model import ensemble
@@ -205,7 +206,7 @@ def score_ensembles(sets: list[list[str]], probs: dict[str, np.ndarray], y: np.n
     for members in sets:
         key = "+".join(members)
         row: dict[str, Any] = {"members": members, "policies": {}}
-        correct_of = ensemble.correct_by_policy(members, probs, y, {"weighted": weights[key]} if key in weights else {})
+        correct_of = ensemble_fit.correct_by_policy(members, probs, y, {"weighted": weights[key]} if key in weights else {})
         for policy, correct in correct_of.items():
             entry: dict[str, Any] = {"accuracy": float(correct.mean()), "errors": int((~correct).sum())}
             if ref is not None:
@@ -222,11 +223,11 @@ def fit_on_val(sets: list[list[str]], probs: dict[str, np.ndarray], y: np.ndarra
     weights, oof = {}, {}
     for members in sets:
         key = "+".join(members)
-        clips = ensemble.stack_models([probs[m] for m in members])
-        res = ensemble.cross_fit(clips, y, [members] * len(y), folds=folds, seed=seed)
-        p, mask, names = ensemble.dense(clips, [members] * len(y), members)
-        w = ensemble.fit_weights(p, y, names, res["space"], mask)
-        best = ensemble.best_policy(res["oof_accuracy"])
+        clips = ensemble_fit.stack_models([probs[m] for m in members])
+        res = ensemble_fit.cross_fit(clips, y, [members] * len(y), folds=folds, seed=seed)
+        p, mask, names = ensemble_fit.dense(clips, [members] * len(y), members)
+        w = ensemble_fit.fit_weights(p, y, names, res["space"], mask)
+        best = ensemble_fit.best_policy(res["oof_accuracy"])
         weights[key] = ensemble.Weights(w.weights, w.space, {
             "split": "val", "clips": len(y), "objective": w.fitted["objective"], "nll": w.fitted["nll"],
             "space_chosen_by": f"{folds}-fold out-of-fold accuracy on val (seed {seed})",

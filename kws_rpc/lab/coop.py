@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kws_rpc.lab import ensemble_fit
 from kws_rpc.lab.coop_report import clip_members, clip_votes, report
 from kws_rpc.lab.data import find_dataset, load_split
 from kws_rpc.model import ensemble
@@ -144,14 +145,14 @@ def main(argv: list[str] | None = None, embedded: bool = False) -> None:
             val = report(val_run, val_y, val_names, client.labels(), "mean")
             val_clips = [val_run.ballot.clips[r] for r in val_run.request_ids]
             votes, members = clip_votes(val_clips), clip_members(val_clips)
-            policy, scores = ensemble.choose_policy(votes, val_y, members=members)
+            policy, scores = ensemble_fit.choose_policy(votes, val_y, members=members)
             result["policy_choice"] = {"split": "val", "scores": scores, "chosen": policy,
                                        "weighted_scored_by": "5-fold out-of-fold accuracy on val",
                                        "end_to_end_s": val["end_to_end_s"]}
             live = {m for ms in members for m in ms}
             if policy == "weighted" and (weights is None or not live <= set(weights.weights)):
-                probs, mask, names_ = ensemble.dense(votes, members)
-                weights = ensemble.fit_weights(probs, val_y, names_, ensemble.cross_fit(
+                probs, mask, names_ = ensemble_fit.dense(votes, members)
+                weights = ensemble_fit.fit_weights(probs, val_y, names_, ensemble_fit.cross_fit(
                     votes, val_y, members)["space"], mask)
                 log.warning("coop: the stored weights do not name every live model %s: fitted on this val run",
                             sorted(live))

@@ -18,7 +18,8 @@ import numpy as np
 from tqdm import tqdm
 
 from kws_rpc.lab.data import find_dataset, load_split
-from kws_rpc.model.ensemble import decide_all, stack_models
+from kws_rpc.lab.ensemble_fit import stack_models
+from kws_rpc.model.ensemble import decide_all
 from kws_rpc.model.kws_model import KwsModel
 
 log = logging.getLogger("kws.eval")
