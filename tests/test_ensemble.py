@@ -197,7 +197,7 @@ def test_shipped_manifest_weights_name_its_members() -> None:
     # train), or on out-of-fold votes over train+val (trainers.stack), then for these very member files.
     assert w.fitted["split"] == "val" or w.fitted["split"].startswith("train+val out of fold")
     if w.fitted["split"] != "val":
-        from kws_rpc.lab.compare import file_sha256
+        from kws_rpc.lab.predictions import file_sha256
 
         models = manifest.parent
         assert w.fitted["members_sha256"] == {m: file_sha256(models / f"{m}.tflite") for m in members}

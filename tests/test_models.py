@@ -49,8 +49,8 @@ def test_big_beats_the_reference(evaluated, test_audio) -> None:
 
 
 def test_ensemble_members_and_vote(evaluated, test_audio) -> None:
-    from kws_rpc.model.ensemble import decide_all
     from kws_rpc.lab.ensemble_fit import stack_models
+    from kws_rpc.model.ensemble import decide_all
 
     members = json.loads((MODELS / "ensemble.json").read_text())["members"]
     assert len(members) >= 3

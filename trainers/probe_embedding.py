@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from kws_rpc.lab import stats
-from kws_rpc.lab.compare import overlap
 from kws_rpc.lab.data import cache_dir, find_dataset, load_noise, load_split
+from kws_rpc.lab.stats import overlap
 from kws_rpc.model import ensemble
 from kws_rpc.model.kws_model import KwsModel, softmax
 

@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 
 from kws_rpc.lab import ensemble_fit
-from kws_rpc.lab.compare import Predictions, file_sha256, fmt_p, overlap, pair_test, pct
 from kws_rpc.lab.data import find_dataset
+from kws_rpc.lab.predictions import Predictions, file_sha256
+from kws_rpc.lab.stats import fmt_p, overlap, pair_test, pct
 from kws_rpc.model import ensemble
 
 log = logging.getLogger("trainers.stack")

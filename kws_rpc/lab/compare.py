@@ -1,6 +1,6 @@
 """`make compare`: an honest comparison of models on the same clips, and the ensembles they make.
 
-    python -m kws_rpc.lab.compare models/big_int8.tflite models/member_cnn_int8.tflite \\
+    kws-compare models/big_int8.tflite models/member_cnn_int8.tflite \\
         models/member_dscnn_int8.tflite models/little.tflite --against models/big_int8.tflite --split val test
 
 With 800 clips one clip is 0.125 points, so accuracies alone do not say whether a change helped. For
@@ -27,12 +27,15 @@ Each model computes its own features from the audio (models may have different f
 probabilities are cached under --cache-dir keyed by the model file's sha256, the split and the feature
 code, so repeated runs only redo the statistics. --seeds NAME=a.tflite,b.tflite,c.tflite reports the
 spread (mean, std, min, max) of one recipe's accuracy over training seeds.
+
+The probability cache is ``kws_rpc.lab.predictions`` and the paired statistics ``kws_rpc.lab.stats``; this
+module is the report itself (its figures, their text and the manifest entry it writes), longer than most
+because it reads as one document.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -44,94 +47,12 @@ import numpy as np
 
 from kws_rpc.lab import ensemble_fit
 from kws_rpc.lab import stats
-from kws_rpc.lab.data import LABELS, find_dataset, load_split
+from kws_rpc.lab.data import LABELS, find_dataset
+from kws_rpc.lab.predictions import Predictions, file_sha256
+from kws_rpc.lab.stats import fmt_p, overlap, pair_test, pct
 from kws_rpc.model import ensemble
-from kws_rpc.model.kws_model import KwsModel
 
 log = logging.getLogger("kws.compare")
-FEATURE_CODE = Path(__file__).resolve().parent.parent / "audio" / "features.py"
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def dbfs(peak: float) -> float:
-    return round(float(20 * np.log10(max(float(peak), 1e-9))), 1)
-
-
-class Predictions:
-    """Per-model probabilities on the splits, cached on disk by model sha256 + split + feature code."""
-
-    def __init__(self, cache_dir: Path, data_root: Path) -> None:
-        self.cache_dir = cache_dir
-        self.root = data_root
-        self._audio: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {}
-        self._peak: dict[str, np.ndarray] = {}
-        self._code = hashlib.sha256(FEATURE_CODE.read_bytes()).hexdigest()[:12]
-
-    def labels(self, split: str) -> np.ndarray:
-        return self._load(split)[1]
-
-    def _load(self, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        if split not in self._audio:
-            self._audio[split] = load_split(split, self.root)
-        return self._audio[split]
-
-    def _peaks(self, split: str) -> np.ndarray:
-        """Every clip's peak |sample| (full scale 1), computed once per split."""
-        if split not in self._peak:
-            self._peak[split] = np.abs(self._load(split)[0]).max(axis=-1)
-        return self._peak[split]
-
-    def clips(self, split: str, which: np.ndarray) -> list[tuple[str, float]]:
-        """(name, peak level in dBFS) of the clips ``which`` of a split."""
-        names = self._load(split)[2]
-        return [(names[i], dbfs(pk)) for i, pk in zip(which, self._peaks(split)[which])]
-
-    def median_peak_dbfs(self, split: str) -> float:
-        return dbfs(np.median(self._peaks(split)))
-
-    def peaks_dbfs(self, split: str) -> np.ndarray:
-        """Every clip's peak level in dBFS (digital silence counts as -180)."""
-        return 20 * np.log10(np.maximum(self._peaks(split), 1e-9))
-
-    def probabilities(self, path: Path, split: str) -> np.ndarray:
-        sha = file_sha256(path)
-        cache = self.cache_dir / f"{sha[:24]}-{split}-{self._code}.npz"
-        if cache.is_file():
-            with np.load(cache) as z:
-                return z["probabilities"]
-        model = KwsModel(path)  # checks the file against its card
-        audio, y, _ = self._load(split)
-        probs = np.concatenate([model.predict(model.features(audio[i : i + 200]))
-                                for i in range(0, len(audio), 200)])
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, probabilities=probs, labels=y, model=str(path), sha256=sha)
-        tmp.replace(cache)
-        log.info("%s on %s: %d clips, cached in %s", path.name, split, len(probs), cache)
-        return probs
-
-
-def pair_test(correct: np.ndarray, ref: np.ndarray, resamples: int, seed: int) -> dict[str, Any]:
-    m = stats.mcnemar(correct, ref)
-    ci = stats.paired_bootstrap(correct, ref, resamples=resamples, seed=seed)
-    return {"b": m.b, "c": m.c, "p": m.p, "diff": ci.diff, "ci95": [ci.low, ci.high]}
-
-
-def overlap(correct: dict[str, np.ndarray]) -> dict[str, dict[str, dict[str, Any]]]:
-    """For each ordered pair (A, B): clips both get wrong, and the share of A's errors B gets right."""
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for a, ca in correct.items():
-        out[a] = {}
-        for b, cb in correct.items():
-            wrong_a = ~ca
-            n = int(wrong_a.sum())
-            out[a][b] = {"both_wrong": int((wrong_a & ~cb).sum()), "a_errors": n,
-                         "b_right_on_a_errors": int((wrong_a & cb).sum()),
-                         "share_b_right": float((wrong_a & cb).sum() / n) if n else float("nan")}
-    return out
 
 
 LEVEL_EDGES_DBFS = (-40.0, -30.0, -20.0)  # bands of a clip's peak level: most errors are in the quiet ones
@@ -238,14 +159,6 @@ def fit_on_val(sets: list[list[str]], probs: dict[str, np.ndarray], y: np.ndarra
         oof[key] = {"members": members, **{k: v for k, v in res.items() if k != "members"},
                     "weights": w.weights, "oof_choice": best}
     return weights, oof
-
-
-def pct(x: float) -> str:
-    return f"{100 * x:7.3f}%"
-
-
-def fmt_p(p: float) -> str:
-    return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
 
 
 def render_split(res: dict[str, Any]) -> str:

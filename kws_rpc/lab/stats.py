@@ -10,6 +10,8 @@ be a handful of clips: report it with a paired test against the model it replace
 - ``paired_bootstrap``: a seeded percentile CI of accuracy(A) - accuracy(B), resampling clips (both
   models' answers on a clip stay together).
 - ``spread``: mean, sample std, min and max of a figure over seeds.
+- ``pair_test`` (both of the above for one pair) and ``overlap`` (where two models' errors coincide), as
+  the comparison and the stacking report them; ``pct`` and ``fmt_p`` print them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -94,3 +97,32 @@ def spread(values: Sequence[float] | np.ndarray) -> dict[str, float]:
         raise ValueError("need a non-empty list of values")
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
             "min": float(v.min()), "max": float(v.max()), "n": len(v)}
+
+
+def pair_test(correct: np.ndarray, ref: np.ndarray, resamples: int, seed: int) -> dict[str, Any]:
+    m = mcnemar(correct, ref)
+    ci = paired_bootstrap(correct, ref, resamples=resamples, seed=seed)
+    return {"b": m.b, "c": m.c, "p": m.p, "diff": ci.diff, "ci95": [ci.low, ci.high]}
+
+
+def overlap(correct: dict[str, np.ndarray]) -> dict[str, dict[str, dict[str, Any]]]:
+    """For each ordered pair (A, B): clips both get wrong, and the share of A's errors B gets right."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for a, ca in correct.items():
+        out[a] = {}
+        for b, cb in correct.items():
+            wrong_a = ~ca
+            n = int(wrong_a.sum())
+            out[a][b] = {"both_wrong": int((wrong_a & ~cb).sum()), "a_errors": n,
+                         "b_right_on_a_errors": int((wrong_a & cb).sum()),
+                         "share_b_right": float((wrong_a & cb).sum() / n) if n else float("nan")}
+    return out
+
+
+# How figures are printed in the lab's reports.
+def pct(x: float) -> str:
+    return f"{100 * x:7.3f}%"
+
+
+def fmt_p(p: float) -> str:
+    return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"

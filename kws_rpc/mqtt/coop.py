@@ -13,17 +13,12 @@ until its ``timeout_s``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import logging
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
