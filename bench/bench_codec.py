@@ -1,6 +1,6 @@
 """`make bench-codec`: what each feature payload costs in bytes and in big's accuracy (val and test).
 
-Every clip's features are sent the way the edge sends them (``edge.transports.features_request``) and
+Every clip's features are sent the way the edge sends them (``kws_rpc.wire.encodings.features_request``) and
 decoded the way the server decodes them (``kws_rpc.wire.codec.tensor_from_proto``), then fed to the model.
 The DCT_RC codec (``mfcc-dct``) is also swept over its step index g, uncapped, which draws its
 rate-accuracy curve; the shipped ``mfcc-dct`` payload is g = 38 with each request capped at 300 B.
@@ -19,12 +19,12 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.common import RESULTS, format_table, write_results
-from edge.transports import features_request, request_id
 from kws_rpc.lab.data import find_dataset, load_split
 from kws_rpc.lab.stats import mcnemar
 from kws_rpc.model.kws_model import KwsModel
 from kws_rpc.wire import featcodec
 from kws_rpc.wire.codec import tensor_from_proto
+from kws_rpc.wire.encodings import features_request, request_id
 
 PAYLOADS = ("mfcc-i8z", "mfcc-q5z", "mfcc-q4z", "mfcc-dct")
 STEPS = (12, 16, 20, 26, 32, 38, 48, 64)

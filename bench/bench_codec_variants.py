@@ -28,10 +28,10 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.common import RESULTS, format_table, write_results
-from edge.transports import DCT_MAX_REQUEST_BYTES, features_request, request_id
 from kws_rpc.lab.data import find_dataset, load_split
 from kws_rpc.model.kws_model import KwsModel
 from kws_rpc.wire import featcodec as fc
+from kws_rpc.wire.encodings import DCT_MAX_REQUEST_BYTES, features_request, request_id
 
 VARIANTS = (  # (step index, round, offset, cap)
     (38, 0.5, 0.0, "coarser"), (38, 0.5, 0.1, "coarser"), (38, 0.5, 0.2, "coarser"), (38, 0.5, 0.3, "coarser"),

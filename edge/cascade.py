@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.transports import REST_WAYS, GrpcTransport, RestSpecTransport, RetryPolicy, Transport
+from edge.transports import GrpcTransport, RestSpecTransport, RetryPolicy, Transport
+
 from kws_rpc.audio.features import resample
 from kws_rpc.audio.wav import read_wav
 from kws_rpc.model.core import InferenceCore
@@ -25,6 +26,7 @@ from kws_rpc.proto.kws.v1 import kws_pb2 as pb
 from kws_rpc.security import tls
 from kws_rpc.security.auth import client_token
 from kws_rpc.wire import handlers
+from kws_rpc.wire.encodings import REST_ROUTES
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,23 +51,23 @@ def should_ask(margin: float | np.ndarray, threshold: float) -> bool | np.ndarra
     return margin <= threshold
 
 
-def load_threshold(path: Path = CASCADE_FILE, way: str = "rest-spec") -> tuple[float, str]:
-    """The threshold calibrated for this way of asking big (smaller requests buy more asks within the
+def load_threshold(path: Path = CASCADE_FILE, route: str = "rest-spec") -> tuple[float, str]:
+    """The threshold calibrated for this route to big (smaller requests buy more asks within the
     same budget), else the file's reference-format threshold, else DEFAULT_THRESHOLD; and its source."""
     if not path.is_file():
         return DEFAULT_THRESHOLD, "default"
     doc = json.loads(path.read_text())
-    if way in doc.get("ways", {}):
-        return float(doc["ways"][way]["threshold"]), f"{repo_relative(path)}, calibrated on val for {way}"
+    if route in doc.get("ways", {}):
+        return float(doc["ways"][route]["threshold"]), f"{repo_relative(path)}, calibrated on val for {route}"
     return float(doc["threshold"]), f"{repo_relative(path)}, calibrated on val for rest-spec"
 
 
-def calibrated_budget(doc: dict[str, Any], way: str, clips: int) -> float | None:
+def calibrated_budget(doc: dict[str, Any], route: str, clips: int) -> float | None:
     """The budget a cascade.json document's threshold for ``way`` was calibrated to spend, scaled from the
     calibration's clip count to a run of ``clips`` clips; None if it was calibrated for accuracy."""
     budget = doc.get("target", {}).get("budget_mb")
     if isinstance(budget, dict):
-        budget = budget.get(way)
+        budget = budget.get(route)
     if budget is None or not doc.get("val_clips"):
         return None
     return float(budget) * clips / int(doc["val_clips"])
@@ -119,11 +121,11 @@ def server_credentials(a: argparse.Namespace, prog: str) -> tuple[tls.ClientTls 
     return client_tls, token
 
 
-def remote(way: str, a: argparse.Namespace, policy: RetryPolicy | None = None) -> Transport:
-    """The transport for one way of asking big ("rest-spec", "rest-adpcm" or "grpc-<payload>", see
-    transports.WAYS), with the server flags' TLS settings and token."""
+def remote(route: str, a: argparse.Namespace, policy: RetryPolicy | None = None) -> Transport:
+    """The transport for one route to big ("rest-spec", "rest-adpcm" or "grpc-<encoding>", see
+    kws_rpc.wire.encodings.ROUTES), with the server flags' TLS settings and token."""
     policy = policy or RetryPolicy(timeout_s=a.timeout)
     client_tls, token = server_credentials(a, "kws-edge")
-    if way in REST_WAYS:
-        return RestSpecTransport(a.url, a.device, policy, client_tls, token, wav_codec=REST_WAYS[way])
-    return GrpcTransport(a.grpc, way.split("-", 1)[1], policy, client_tls, token)
+    if route in REST_ROUTES:
+        return RestSpecTransport(a.url, a.device, policy, client_tls, token, wav_codec=REST_ROUTES[route])
+    return GrpcTransport(a.grpc, route.split("-", 1)[1], policy, client_tls, token)

@@ -22,10 +22,11 @@ import pytest
 from edge.lab import calibrate
 from edge.lab.cascade_report import headline, summarize
 from edge.lab.evaluate import ClientConfig, config_from_args, load_threshold, parse_args, run, should_ask
-from edge.transports import (DCT_MAX_REQUEST_BYTES, OVER_BUDGET, PAYLOADS, REST_WAYS, WAYS, GrpcTransport, RestSpecTransport, RetryPolicy, build_request, spec_body,
-                             spec_bytes)
+from edge.transports import OVER_BUDGET, GrpcTransport, RestSpecTransport, RetryPolicy
 from kws_rpc.audio.wav import decode_wav, read_wav
 from kws_rpc.model.kws_model import softmax_margin
+from kws_rpc.wire.encodings import DCT_MAX_REQUEST_BYTES, PAYLOADS, REST_ROUTES, ROUTES, build_request, spec_body
+from kws_rpc.wire.senml import spec_bytes
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "clips"
 REPO = Path(__file__).resolve().parent.parent
@@ -190,9 +191,9 @@ def test_client_caps_at_the_calibrated_budget(tmp_path: Path) -> None:
 def test_calibration_uses_val_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     splits: list[str] = []
 
-    def fake_predict_split(split: str, *args: object, ways: list[str], **kw: object) -> dict[str, object]:
+    def fake_predict_split(split: str, *args: object, routes: list[str], **kw: object) -> dict[str, object]:
         splits.append(split)
-        return {w: toy_predictions(split) for w in ways}
+        return {w: toy_predictions(split) for w in routes}
 
     class FakeModel:
         card = type("Card", (), {"sha256": "abc"})()
@@ -204,7 +205,7 @@ def test_calibration_uses_val_only(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     doc = json.loads(out.read_text())
     assert splits == ["val"] and doc["split"] == "val" and doc["val_accuracy"] == 6 / 7
     assert doc["target"] == {"target_accuracy": 0.8} and 0.1 <= doc["threshold"] < 0.3
-    assert set(doc["ways"]) == set(WAYS) and doc["ways"]["rest-spec"]["threshold"] == doc["threshold"]
+    assert set(doc["ways"]) == set(ROUTES) and doc["ways"]["rest-spec"]["threshold"] == doc["threshold"]
     assert load_threshold(out, "grpc-mfcc-i8")[0] == doc["ways"]["grpc-mfcc-i8"]["threshold"]
     with pytest.raises(SystemExit):
         calibrate.main(["--local-big", "--split", "test", "--out", str(out)])
@@ -348,7 +349,7 @@ def test_cascade_end_to_end(real_server, transport: str, payload: str, little: P
     url = handle.gateway.url + "/" if transport == "rest" else handle.target
     cfg = dataclasses.replace(client_config(little, tmp_path, transport, url, limit=6), payload=payload,
                               policy=policy)
-    codec = REST_WAYS.get(f"rest-{payload}", "pcm16")
+    codec = REST_ROUTES.get(f"rest-{payload}", "pcm16")
     remote = (RestSpecTransport(url, cfg.device, policy, wav_codec=codec) if transport == "rest"
               else GrpcTransport(url, payload, policy))
     try:

@@ -651,7 +651,7 @@ def test_readme_mqtt_recipe_on_stock_mosquitto(test_audio, tmp_path: Path) -> No
     from kws_rpc.mqtt.broker import free_port
 
     recipe = _readme_mqtt_recipe()
-    assert "mosquitto -p 1883 &" in recipe and "kws-coop" in recipe
+    assert "mosquitto -p 1883 &" in recipe and ("kws-coop" in recipe or "python -m edge.coop" in recipe)
     port = free_port()
     script = recipe.replace("1883", str(port))
     script += f"\nstatus=$?\ncp results/coop_report.json {tmp_path}/report.json\nkill $(jobs -p)\nwait\nexit $status\n"

@@ -326,9 +326,9 @@ def test_edge_client_over_mtls_and_token(secure_server: ServerHandle, pki: dict[
     assert ("HTTP 401" if transport == "rest" else "UNAUTHENTICATED") in answer.error
 
 
-@pytest.mark.parametrize("way", ["rest-adpcm", "grpc-mfcc-q5z"])
+@pytest.mark.parametrize("route", ["rest-adpcm", "grpc-mfcc-q5z"])
 def test_calibrate_and_payload_reach_a_secure_server(secure_server: ServerHandle, pki: dict[str, Path],
-                                                    clip_wavs: dict[str, bytes], way: str) -> None:
+                                                    clip_wavs: dict[str, bytes], route: str) -> None:
     """edge.lab.calibrate and edge.lab.payload ask big through edge.cascade.remote: the same --tls-* and --token
     flags as the client (add_remote_args), so their remote modes work against the Pi setup too."""
     from edge.cascade import remote
@@ -338,7 +338,7 @@ def test_calibrate_and_payload_reach_a_secure_server(secure_server: ServerHandle
     flags = ["--url", secure_server.gateway.url + "/", "--grpc", secure_server.target, "--tls-ca", str(pki["ca.pem"]),
              "--tls-cert", str(pki["edge.pem"]), "--tls-key", str(pki["edge.key"]), "--timeout", "10"]
     for token, ok in ((EDGE_TOKEN, True), ("not-the-token-0123456789", False)):
-        t = remote(way, calibrate.parse_args([*flags, "--token", token]))
+        t = remote(route, calibrate.parse_args([*flags, "--token", token]))
         try:
             word, wav = next(iter(clip_wavs.items()))
             answer = t.ask(decode_wav(wav)[0], word)
@@ -346,7 +346,7 @@ def test_calibrate_and_payload_reach_a_secure_server(secure_server: ServerHandle
             t.close()
         assert (answer.label == word) is ok, answer
         if not ok:
-            assert ("HTTP 401" if way.startswith("rest") else "UNAUTHENTICATED") in answer.error
+            assert ("HTTP 401" if route.startswith("rest") else "UNAUTHENTICATED") in answer.error
 
 
 # --- configuration ---------------------------------------------------------------------------------------

@@ -211,9 +211,9 @@ def codec_round_trip_of(audio: np.ndarray, which: list[int]) -> tuple[np.ndarray
 
 def test_codec_augmentation_is_what_the_server_decodes(tf_child: TfChild) -> None:
     """Training's codec augmentation = the edge's 300 B mfcc-dct request, decoded as the server does."""
-    from edge.transports import build_request
     from kws_rpc.audio.features import FeatureConfig
     from kws_rpc.wire.codec import tensor_from_proto
+    from kws_rpc.wire.encodings import build_request
 
     audio = np.random.default_rng(4).normal(scale=0.05, size=(3, 16000)).astype(np.float32)
     exact, all_coded = tf_child.run(codec_round_trip_of, audio, [0, 1, 2])

@@ -113,10 +113,10 @@ def _fit(model: tf.keras.Model, r: Recipe, epochs: int, data: dict, rng: np.rand
 
 def codec_round_trip(feats: np.ndarray, cfg: FeatureConfig, which: np.ndarray | range) -> np.ndarray:
     """A copy of feats with the clips ``which`` replaced by what the server decodes from the edge's
-    mfcc-dct request for them (edge.transports.features_request, 300 B at most), so the model learns
+    mfcc-dct request for them (kws_rpc.wire.encodings.features_request, 300 B at most), so the model learns
     the codec's loss as one more augmentation."""
-    from edge.transports import features_request
     from kws_rpc.wire.codec import tensor_from_proto
+    from kws_rpc.wire.encodings import features_request
 
     feats = feats.copy()
     for i in which:

@@ -27,13 +27,14 @@ import numpy as np
 from edge.cascade import (BIG, CASCADE_FILE, LITTLE, RESULTS, ROOT, add_remote_args, little_on_file,
                           load_threshold, local_answer, remote, repo_relative)
 from edge.lab.cascade_report import MB, plot_sweep
-from edge.transports import (WAYS, Transport, request_for, request_id, wire_bytes)
+from edge.transports import Transport
 from kws_rpc.lab.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
 from kws_rpc.model.kws_model import KwsModel
+from kws_rpc.wire.encodings import ROUTES, request_for, request_id, payload_bytes
 
 SWEEP_THRESHOLDS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5,
                     0.6, 0.7, 0.8, 0.9, 1.0)
-# Default goal, per way of asking: the project's budgets for one 800-clip run. Full-audio ways: 0.95 MB,
+# Default goal, per route: the project's budgets for one 800-clip run. Full-audio routes: 0.95 MB,
 # a third of the reference's best cascade (2.835 MB); the spec body with an IMA ADPCM WAV: 0.50 MB;
 # feature payloads: 0.10 MB; mfcc-dct: 0.05 MB.
 AUDIO_BUDGET_MB = 0.95
@@ -47,12 +48,12 @@ DCT_BUDGET_MB = 0.05
 DEFAULT_CONFIDENCE = 0.95
 
 
-def default_budget(way: str) -> float:
-    if way == "grpc-mfcc-dct":
+def default_budget(route: str) -> float:
+    if route == "grpc-mfcc-dct":
         return DCT_BUDGET_MB
-    if way == "rest-adpcm":
+    if route == "rest-adpcm":
         return ADPCM_BUDGET_MB
-    return FEATURES_BUDGET_MB if "mfcc" in way else AUDIO_BUDGET_MB
+    return FEATURES_BUDGET_MB if "mfcc" in route else AUDIO_BUDGET_MB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +66,7 @@ class SplitPredictions:
     little: np.ndarray
     margin: np.ndarray
     big: np.ndarray  # -1 where the remote big call failed
-    request_bytes: np.ndarray  # bytes of this clip's request, for one way of asking big
+    request_bytes: np.ndarray  # bytes of this clip's request, for one route to big
 
     def at(self, threshold: float) -> dict[str, Any]:
         asked = self.margin <= threshold
@@ -76,9 +77,9 @@ class SplitPredictions:
 
 def predict_split(split: str, little_path: Path, big_local: Path | None, transport: Transport | None,
                   data_dir: str | None = None, limit: int | None = None, device: str = hex(uuid.getnode()),
-                  progress: bool = True, ways: Sequence[str] = ("rest-spec",)) -> dict[str, SplitPredictions]:
-    """Little on every clip read from disk as the Pi does, then, for each way of asking big (see
-    transports.WAYS), big's label and the bytes that way would send. Local big is fed each way's payload
+                  progress: bool = True, routes: Sequence[str] = ("rest-spec",)) -> dict[str, SplitPredictions]:
+    """Little on every clip read from disk as the Pi does, then, for each route to big (see
+    kws_rpc.wire.encodings.ROUTES), big's label and the bytes that route would send. Local big is fed each route's encoding
     as the server would decode it; a remote big answers once per clip, over the given transport."""
     from tqdm import tqdm
 
@@ -88,23 +89,23 @@ def predict_split(split: str, little_path: Path, big_local: Path | None, transpo
     names = split_names(split)[:limit]
     n = len(names)
     little_idx, margin = np.zeros(n, int), np.zeros(n, float)
-    big_idx = {w: np.zeros(n, int) for w in ways}
-    size = {w: np.zeros(n, int) for w in ways}
+    big_idx = {w: np.zeros(n, int) for w in routes}
+    size = {w: np.zeros(n, int) for w in routes}
     for i, name in enumerate(tqdm(names, desc=f"predict {split}", unit="clip", disable=not progress)):
         audio, idx, margin[i], _ = little_on_file(little, root / name)
         little_idx[i] = LABELS.index(little.labels[idx])
         label = transport.ask(audio, request_id(i)).label if transport is not None else None
         config = big.feature_config if big is not None else getattr(transport, "config", None)
-        for w in ways:
+        for w in routes:
             if w.startswith("grpc-mfcc") and config is None:
                 raise SystemExit(f"the cost of {w} needs big's feature config: use --local-big or "
                                  "--transport grpc --payload mfcc-f32 with a reachable server")
             request = request_for(w, audio, request_id(i), device, config)
-            size[w][i] = wire_bytes(request)
+            size[w][i] = payload_bytes(request)
             answer = local_answer(big, request) if big is not None else label
             big_idx[w][i] = LABELS.index(answer) if answer in LABELS else -1
     true = np.array([label_of(nm) for nm in names])
-    return {w: SplitPredictions(split, names, true, little_idx, margin, big_idx[w], size[w]) for w in ways}
+    return {w: SplitPredictions(split, names, true, little_idx, margin, big_idx[w], size[w]) for w in routes}
 
 
 def candidate_thresholds(margin: np.ndarray) -> np.ndarray:
@@ -181,10 +182,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--transport", choices=("rest", "grpc"), default="grpc")
     add_remote_args(ap, timeout_s=5.0)
     ap.add_argument("--payload", default="wav", help="gRPC payload big is asked with (remote calibration)")
-    ap.add_argument("--cost-of", choices=WAYS, default="rest-spec",
+    ap.add_argument("--cost-of", choices=ROUTES, default="rest-spec",
                     help="sweep: whose bytes the cost counts (default: the reference's REST spec body)")
-    ap.add_argument("--ways", nargs="+", choices=WAYS, default=None,
-                    help="calibration: ways to pick a threshold for (default all; rest-spec always)")
+    ap.add_argument("--routes", "--ways", dest="routes", nargs="+", choices=ROUTES, default=None,
+                    help="calibration: routes to pick a threshold for (default all; rest-spec always)")
     ap.add_argument("--out", default=str(RESULTS / CASCADE_FILE.name),
                     help="where the calibrated thresholds go (default: results/; runs read models/cascade.json, "
                          "so install them there, e.g. with `make calibrate-commit`)")
@@ -203,14 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     split = (a.split or "test") if a.sweep else "val"
     if not a.sweep and a.split not in (None, "val"):
         raise SystemExit("calibration picks the threshold on val only; use --sweep to look at other splits")
-    ways = [a.cost_of] if a.sweep else list(dict.fromkeys(["rest-spec", *(a.ways or WAYS)]))
-    if not a.local_big and not a.sweep and a.ways is None and not (a.transport == "grpc" and
+    routes = [a.cost_of] if a.sweep else list(dict.fromkeys(["rest-spec", *(a.routes or ROUTES)]))
+    if not a.local_big and not a.sweep and a.routes is None and not (a.transport == "grpc" and
                                                                    a.payload.startswith("mfcc")):
-        ways = ["rest-spec", "rest-adpcm", "grpc-wav", "grpc-pcm"]  # MFCC sizes need the metadata an MFCC transport learns
+        routes = ["rest-spec", "rest-adpcm", "grpc-wav", "grpc-pcm"]  # MFCC sizes need the metadata an MFCC transport learns
     transport = make_transport(a)
     try:
         preds = predict_split(split, Path(a.little), Path(a.big) if a.local_big else None, transport,
-                              a.data_dir, a.limit, a.device, ways=ways)
+                              a.data_dir, a.limit, a.device, routes=routes)
     finally:
         if transport is not None:
             transport.close()
@@ -243,27 +244,27 @@ def run_sweep(a: argparse.Namespace, preds: SplitPredictions, big_source: str) -
 
 
 def write_calibration(a: argparse.Namespace, preds: dict[str, SplitPredictions], big_source: str) -> int:
-    """Picks a threshold per way of asking on val (the same budget buys more clips with smaller requests)
+    """Picks a threshold per route on val (the same budget buys more clips with smaller requests)
     and records them, with how they were chosen, in --out; the top-level threshold is the reference wire
     format's (rest-spec). Runs read models/cascade.json: writing there is an explicit --out."""
     target = ({"target_accuracy": a.target_accuracy} if a.target_accuracy is not None
               else {"budget_mb": a.budget_mb} if a.budget_mb is not None
-              else {"budget_mb": {way: default_budget(way) for way in preds}})
+              else {"budget_mb": {route: default_budget(route) for route in preds}})
     if a.target_accuracy is None:
         target["confidence"] = a.confidence
     chosen: dict[str, dict[str, Any]] = {}
-    for way, p in preds.items():
+    for route, p in preds.items():
         if p.split != "val":
             raise ValueError(f"thresholds are chosen on val, not {p.split}")
-        budget = a.budget_mb if a.budget_mb is not None else default_budget(way)
+        budget = a.budget_mb if a.budget_mb is not None else default_budget(route)
         c = pick_threshold(p, a.target_accuracy, budget, a.confidence)
-        chosen[way] = {"threshold": c["threshold"], "val_accuracy": c["accuracy"], "val_cost_mb": c["cost_mb"],
+        chosen[route] = {"threshold": c["threshold"], "val_accuracy": c["accuracy"], "val_cost_mb": c["cost_mb"],
                        "val_calls": c["calls"]}
         bound = ""
         if "cost_bound_mb" in c:
-            chosen[way]["cost_bound_mb"] = c["cost_bound_mb"]
+            chosen[route]["cost_bound_mb"] = c["cost_bound_mb"]
             bound = f", at most {c['cost_bound_mb']:.3f} MB on another split ({100 * a.confidence:g}% sure)"
-        print(f"{way:<14} threshold {c['threshold']:.4f}: val accuracy {100 * c['accuracy']:.3f}% at "
+        print(f"{route:<14} threshold {c['threshold']:.4f}: val accuracy {100 * c['accuracy']:.3f}% at "
               f"{c['cost_mb']:.3f} MB ({c['calls']} calls){bound}")
     spec = preds["rest-spec"]
     doc = {**chosen["rest-spec"], "split": "val", "target": target, "val_clips": len(spec.names),

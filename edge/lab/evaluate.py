@@ -21,12 +21,12 @@ from typing import Any
 from edge.cascade import (CASCADE_FILE, DEFAULT_THRESHOLD, LITTLE, RESULTS, add_remote_args, calibrated_budget,
                           little_on_file, load_threshold, repo_relative, server_credentials, should_ask)
 from edge.lab.cascade_report import MB, ClipRecord, headline, summarize, write_report
-from edge.transports import (OVER_BUDGET, PAYLOADS, REST_WAYS, GrpcTransport, RestSpecTransport, RetryPolicy,
-                             Transport, request_id)
+from edge.transports import OVER_BUDGET, GrpcTransport, RestSpecTransport, RetryPolicy, Transport
 from kws_rpc.audio.wav import WAV_CODECS
 from kws_rpc.lab.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
 from kws_rpc.model.kws_model import KwsModel
 from kws_rpc.security.tls import ClientTls
+from kws_rpc.wire.encodings import PAYLOADS, REST_ROUTES, request_id
 
 log = logging.getLogger("edge.lab.evaluate")  # not __name__: run with -m, that is __main__
 
@@ -44,7 +44,7 @@ class ClientConfig:
     transport: str  # "rest" | "grpc"
     url: str
     grpc_target: str
-    payload: str  # gRPC: a transports.PAYLOADS entry; REST: "spec" (16-bit PCM WAV) or "adpcm" (IMA ADPCM WAV)
+    payload: str  # gRPC: a kws_rpc.wire.encodings.PAYLOADS entry; REST: "spec" (16-bit PCM WAV) or "adpcm" (IMA ADPCM WAV)
     threshold: float
     threshold_source: str
     split: str
@@ -63,7 +63,7 @@ class ClientConfig:
 def make_transport(cfg: ClientConfig) -> Transport:
     if cfg.transport == "rest":
         return RestSpecTransport(cfg.url, cfg.device, cfg.policy, cfg.tls, cfg.token,
-                                 wav_codec=REST_WAYS[f"rest-{cfg.payload}"])
+                                 wav_codec=REST_ROUTES[f"rest-{cfg.payload}"])
     return GrpcTransport(cfg.grpc_target, cfg.payload, cfg.policy, cfg.tls, cfg.token)
 
 
@@ -142,10 +142,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def way_of(a: argparse.Namespace) -> str:
-    """The way of asking big the flags choose (a key of edge.transports.WAYS)."""
+def route_of(a: argparse.Namespace) -> str:
+    """The route to big the flags choose (a key of kws_rpc.wire.encodings.ROUTES)."""
     if a.transport == "rest":
-        return next(w for w, codec in REST_WAYS.items() if codec == a.wav)
+        return next(w for w, codec in REST_ROUTES.items() if codec == a.wav)
     return f"grpc-{a.payload}"
 
 
@@ -154,24 +154,24 @@ def config_from_args(a: argparse.Namespace) -> ClientConfig:
     max_cost_mb = a.max_cost_mb
     if max_cost_mb is not None and max_cost_mb < 0:
         raise SystemExit(f"--max-cost-mb is a budget in MB (0 = no cap); got {max_cost_mb}")
-    way = way_of(a)
+    route = route_of(a)
     if a.threshold is None:
-        threshold, source = load_threshold(Path(a.cascade), way)
+        threshold, source = load_threshold(Path(a.cascade), route)
         if source != "default":
             doc = json.loads(Path(a.cascade).read_text())
             calibrated_for = doc.get("little")
             if max_cost_mb is None:
-                max_cost_mb = calibrated_budget(doc, way, len(split_names(a.split)[: a.limit]))
+                max_cost_mb = calibrated_budget(doc, route, len(split_names(a.split)[: a.limit]))
     else:
         threshold, source = a.threshold, "--threshold"
     max_cost_mb = max_cost_mb or None  # 0 = no cap
     client_tls, token = server_credentials(a, "kws-edge")
     if a.transport == "rest" and client_tls is not None and not a.url.lower().startswith("https://"):
         raise SystemExit(f"kws-edge: error: --tls-* flags were given, but --url {a.url} is not https://")
-    suffix = {"rest-spec": "rest", "grpc-wav": "grpc"}.get(way, way.replace("-", "_", 1))  # edge_grpc_mfcc-q5z
+    suffix = {"rest-spec": "rest", "grpc-wav": "grpc"}.get(route, route.replace("-", "_", 1))  # edge_grpc_mfcc-q5z
     report = Path(a.report) if a.report else RESULTS / f"edge_{suffix}.json"
     return ClientConfig(little=Path(a.little), transport=a.transport, url=a.url, grpc_target=a.grpc,
-                        payload=way.split("-", 1)[1], threshold=threshold,
+                        payload=route.split("-", 1)[1], threshold=threshold,
                         threshold_source=source, split=a.split, limit=a.limit, data_dir=a.data_dir,
                         report=report, device=a.device,
                         policy=RetryPolicy(timeout_s=a.timeout, retries=a.retries), progress=not a.no_progress,

@@ -1,7 +1,7 @@
 """`make payload`: bytes per big request for every transport and payload, and what each does to accuracy.
 
 Runs the cascade on the test split at the calibrated threshold and sends every asked clip through each
-way of reaching big: the reference REST spec body, and gRPC Predict with a WAV file, raw PCM, or the big
+route to big: the reference REST spec body, and gRPC Predict with a WAV file, raw PCM, or the big
 model's own features as float32, float16 or int8 (computed on the edge from the server's metadata).
 Sizes are what goes on the wire per request: ``len(json.dumps(body))`` for REST, ``ByteSize()`` of the
 PredictRequest for gRPC (HTTP/2 and TCP framing excluded for both).
@@ -23,12 +23,13 @@ import numpy as np
 from edge.cascade import (BIG, CASCADE_FILE, LITTLE, RESULTS, add_remote_args, little_on_file, load_threshold,
                           local_answer, remote, repo_relative, should_ask)
 from edge.lab.cascade_report import MB
-from edge.transports import (WAYS, Transport, request_for, request_id, wire_bytes)
+from edge.transports import Transport
 from kws_rpc.lab.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
 from kws_rpc.model.kws_model import KwsModel
+from kws_rpc.wire.encodings import ROUTES, request_for, request_id, payload_bytes
 
 
-def measure(way: str, clips: list[tuple[int, np.ndarray]], big: KwsModel | None, remote: Transport | None,
+def measure(route: str, clips: list[tuple[int, np.ndarray]], big: KwsModel | None, remote: Transport | None,
             device: str) -> dict[str, Any]:
     """Sends every (position in the split, audio) clip one way; returns sizes and big's labels (None where
     a remote call failed)."""
@@ -38,11 +39,11 @@ def measure(way: str, clips: list[tuple[int, np.ndarray]], big: KwsModel | None,
         rid = request_id(position)
         label = remote.ask(audio, rid).label if remote is not None else None
         config = big.feature_config if big is not None else getattr(remote, "config", None)
-        if way.startswith("grpc-mfcc") and config is None:  # the server never sent its metadata
+        if route.startswith("grpc-mfcc") and config is None:  # the server never sent its metadata
             labels.append(label)
             continue
-        request = request_for(way, audio, rid, device, config)
-        sizes.append(wire_bytes(request))
+        request = request_for(route, audio, rid, device, config)
+        sizes.append(payload_bytes(request))
         labels.append(local_answer(big, request) if big is not None else label)
     return {"sizes": sizes, "labels": labels}
 
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     common, source = ((a.threshold, "--threshold") if a.threshold is not None
                       else load_threshold(Path(a.cascade), "rest-spec"))
-    own = {w: common if a.threshold is not None else load_threshold(Path(a.cascade), w)[0] for w in WAYS}
+    own = {w: common if a.threshold is not None else load_threshold(Path(a.cascade), w)[0] for w in ROUTES}
     little = KwsModel(a.little)
     big = KwsModel(a.big) if a.local_big else None
     root = find_dataset(a.data_dir) / DATASET_DIR
@@ -95,29 +96,29 @@ def main(argv: list[str] | None = None) -> int:
         if should_ask(margins[i], widest) or i < 20:  # the first clips size requests even if none is asked
             audios[i] = audio
     rows = []
-    for way in tqdm(WAYS, desc="payloads", unit="way"):
+    for route in tqdm(ROUTES, desc="payloads", unit="way"):
         remote_big: Transport | None = None
         if big is None:
-            remote_big = remote(way, a)
+            remote_big = remote(route, a)
         try:
-            m = measure(way, list(audios.items()), big, remote_big, a.device)
+            m = measure(route, list(audios.items()), big, remote_big, a.device)
         finally:
             if remote_big is not None:
                 remote_big.close()
         answers = dict(zip(audios, zip(m["labels"], m["sizes"])))
         sizes = np.array(m["sizes"] or [0])
         at_common = outcome(common, margins, little_labels, true, answers)
-        at_own = outcome(own[way], margins, little_labels, true, answers)
-        rows.append({"way": way, "bytes_mean": float(sizes.mean()), "bytes_min": int(sizes.min()),
+        at_own = outcome(own[route], margins, little_labels, true, answers)
+        rows.append({"way": route, "bytes_mean": float(sizes.mean()), "bytes_min": int(sizes.min()),
                      "bytes_max": int(sizes.max()), "at_spec_threshold": at_common, "at_own_threshold": at_own})
     print(f"{a.split} split, {len(names)} clips, big {'local ' + a.big if big is not None else 'remote'}; "
           f"spec threshold {common:g} ({source}); own = calibrated on val for that way")
-    print(f"{'way':<14} {'bytes/req':>9} {'x spec':>6} | {'calls':>5} {'cost MB':>8} {'acc %':>7} | "
+    print(f"{'route':<14} {'bytes/req':>9} {'x spec':>6} | {'calls':>5} {'cost MB':>8} {'acc %':>7} | "
           f"{'own thr':>7} {'calls':>5} {'cost MB':>8} {'acc %':>7} {'fail':>4}")
     spec = rows[0]["bytes_mean"] or 1.0
     for r in rows:
         c, o = r["at_spec_threshold"], r["at_own_threshold"]
-        print(f"{r['way']:<14} {r['bytes_mean']:9.0f} {r['bytes_mean'] / spec:6.3f} | {c['calls']:5d} "
+        print(f"{r['route']:<14} {r['bytes_mean']:9.0f} {r['bytes_mean'] / spec:6.3f} | {c['calls']:5d} "
               f"{c['cost_mb']:8.3f} {100 * c['accuracy']:7.3f} | {o['threshold']:7.4f} {o['calls']:5d} "
               f"{o['cost_mb']:8.3f} {100 * o['accuracy']:7.3f} {c['failures'] + o['failures']:4d}")
     out = Path(a.out)

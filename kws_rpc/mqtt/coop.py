@@ -28,7 +28,7 @@ from kws_rpc.errors import KwsError
 from kws_rpc.model.card import LABELS
 from kws_rpc.mqtt.ballot import Ballot
 from kws_rpc.mqtt.connection import BrokerLimits, BrokerSettings, ack_now, connect, make_client, negotiate
-from kws_rpc.mqtt.payloads import audio_request, features_request, shared_config
+from kws_rpc.mqtt.payloads import audio_message, features_message, shared_config
 from kws_rpc.mqtt.topics import Topics
 from kws_rpc.proto.kws.v1 import kws_pb2 as pb
 from kws_rpc.wire.codec import parse
@@ -264,9 +264,9 @@ class CoopClient:
                         tp = time.perf_counter()
                         feats[cfg] = mfcc(chunk, cfg)
                         preprocess_s += time.perf_counter() - tp
-                    data, shape, kind = features_request(rid, feats[cfg][j], cfg), feats[cfg].shape[1:], "features-f16"
+                    data, shape, kind = features_message(rid, feats[cfg][j], cfg), feats[cfg].shape[1:], "features-f16"
                 else:
-                    data, kind = audio_request(rid, chunk[j], SAMPLE_RATE), "audio-pcm16"
+                    data, kind = audio_message(rid, chunk[j], SAMPLE_RATE), "audio-pcm16"
                 payloads[rid] = data
                 self.client.publish(self.topics.clips, data, qos=2)
                 first_publish = first_publish or time.perf_counter()

@@ -32,13 +32,15 @@ def _config_wire(config: FeatureConfig) -> pb.FeatureConfig:
     return config_to_proto(config)  # one per config, not one per clip (dataclasses.asdict is slow)
 
 
-def features_request(request_id: str, feats: np.ndarray, config: FeatureConfig,
+def features_message(request_id: str, feats: np.ndarray, config: FeatureConfig,
                      dtype: int = pb.FLOAT16) -> bytes:
+    """A clip's message on the clips topic: a serialized PredictRequest carrying its features."""
     return pb.PredictRequest(request_id=request_id, features=pb.Features(
         tensor=tensor_to_proto(feats, dtype), config=_config_wire(config))).SerializeToString()
 
 
-def audio_request(request_id: str, audio: np.ndarray, sample_rate: int) -> bytes:
+def audio_message(request_id: str, audio: np.ndarray, sample_rate: int) -> bytes:
+    """A clip's message on the clips topic: a serialized PredictRequest carrying its PCM samples."""
     return pb.PredictRequest(request_id=request_id, audio=audio_to_proto(audio, sample_rate)).SerializeToString()
 
 
