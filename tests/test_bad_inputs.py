@@ -34,7 +34,7 @@ from kws_rpc.mqtt.topics import Topics
 from kws_rpc.mqtt.worker import Worker, WorkerConfig
 from kws_rpc.proto.kws.v1 import kws_pb2 as pb
 from kws_rpc.proto.kws.v1 import kws_pb2_grpc as pb_grpc
-from kws_rpc.serving.servicer import SERVICE
+from kws_rpc.wire.service import SERVICE
 from tests.support.server_process import ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent

@@ -30,8 +30,8 @@ from kws_rpc.model.kws_model import KwsModel
 from kws_rpc.proto.kws.v1 import kws_pb2 as pb
 from kws_rpc.proto.kws.v1 import kws_pb2_grpc as pb_grpc
 from kws_rpc.serving.server import ServerConfig, ServerHandle, serve
-from kws_rpc.serving.servicer import SERVICE
 from kws_rpc.wire.codec import config_to_proto, tensor_to_proto
+from kws_rpc.wire.service import SERVICE
 
 CASE_TIMEOUT_S = 10.0
 OK_CODES = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}

@@ -33,7 +33,7 @@ from kws_rpc.security.tls import ClientTls, ServerTls
 from kws_rpc.serving import gateway
 from kws_rpc.serving.gateway import GatewayConfig, GatewayServer
 from kws_rpc.serving.server import ServerConfig, ServerHandle, parse_args, serve
-from kws_rpc.serving.servicer import SERVICE
+from kws_rpc.wire.service import SERVICE
 
 EDGE_TOKEN = "edge-token-0123456789abcdef"
 COOP_TOKEN = "coop-token-0123456789abcdef"

@@ -1,4 +1,8 @@
-"""REST/JSON gateway: a thin HTTP shim that forwards every call to the gRPC server over a channel.
+"""REST/JSON gateway: HTTP in, the same data plane as gRPC behind it, HTTP out.
+
+Behind it is a backend with one interface: co-hosted in ``kws-server --gateway-port``, the servicer's own
+handlers in this process (``kws_rpc.serving.local_backend``, no gRPC hop); run on its own (``kws-gateway``),
+a gRPC channel to a remote server (``kws_rpc.serving.grpc_backend``).
 
 Endpoints (OpenAPI at /docs):
 - ``PUT|POST /``: the reference client's SenML body, sent without a content type:
@@ -11,7 +15,7 @@ Endpoints (OpenAPI at /docs):
   it: ``label``, ``score``, ``margin``, ``probabilities`` ({label: p}), ``model``, ``model_version``,
   ``request_id``.
 - ``POST /v1/predict`` and ``GET /v1/models/{name}``: the proto messages in proto3 JSON mapping.
-- ``/healthz`` (this process is alive) and ``/readyz`` (the gRPC backend reports SERVING): always open.
+- ``/healthz`` (this process is alive) and ``/readyz`` (the backend reports SERVING): always open.
 With a token file, every other path needs ``Authorization: Bearer <token>`` (401 otherwise; /docs and
 /openapi.json only with --auth-introspection), and each client has a rate limit (429 with Retry-After).
 Every failure answers ``{"error": {"code": http_status, "status": grpc_status_name, "message": ...}}``,

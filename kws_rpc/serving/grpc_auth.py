@@ -18,7 +18,7 @@ import grpc
 from kws_rpc.errors import KwsError, RateLimited
 from kws_rpc.security.auth import Guard
 from kws_rpc.serving.metrics import Metrics
-from kws_rpc.serving.servicer import ERROR_KEY
+from kws_rpc.wire.service import ERROR_KEY
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from kws_rpc import errors
 from kws_rpc.errors import KwsError
 from kws_rpc.proto.kws.v1 import kws_pb2 as pb
 from kws_rpc.proto.kws.v1 import kws_pb2_grpc as pb_grpc
-from kws_rpc.serving.servicer import ERROR_KEY, SERVICE
 from kws_rpc.wire.channels import open_channel
+from kws_rpc.wire.service import ERROR_KEY, SERVICE
 
 # gRPC status -> domain error, for failures that carry no kws-error trailer (e.g. the backend is down).
 _ERROR_OF_STATUS: dict[grpc.StatusCode, type[KwsError]] = {

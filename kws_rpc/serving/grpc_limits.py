@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 
 from kws_rpc.serving.metrics import Metrics
-from kws_rpc.serving.servicer import ERROR_KEY
+from kws_rpc.wire.service import ERROR_KEY
 
 log = logging.getLogger(__name__)
 

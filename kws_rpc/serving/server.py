@@ -11,10 +11,8 @@ import dataclasses
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
@@ -37,8 +35,9 @@ from kws_rpc.serving.http_auth import wsgi_guard
 from kws_rpc.serving.limits import Limits, add_limit_args, limits_from_args
 from kws_rpc.serving.local_backend import LocalBackend
 from kws_rpc.serving.metrics import Metrics
-from kws_rpc.serving.servicer import SERVICE, KwsServicer, add_to_server
+from kws_rpc.serving.servicer import KwsServicer, add_to_server
 from kws_rpc.wire.senml import COURSE_LABELS, check_label_order, parse_label_order, validate_label_order
+from kws_rpc.wire.service import SERVICE
 
 log = logging.getLogger("kws_rpc.serving.server")
 
@@ -248,48 +247,13 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
                         spec_labels, limits=limits, reuse_port=a.reuse_port, processes=processes, **security)
 
 
-def supervise(config: ServerConfig, argv: list[str]) -> int:
-    """Runs config.processes copies of this server on the same ports (SO_REUSEPORT: the kernel spreads
-    connections over them), each pinned to one BLAS thread before numpy loads; SIGTERM/SIGINT are passed
-    on. If one process dies, the others are stopped and its exit status returned (systemd restarts)."""
-    base = [a for i, a in enumerate(argv) if not (a.startswith("--processes") or
-                                                   (i > 0 and argv[i - 1] == "--processes"))]
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    procs = []
-    for i in range(config.processes):
-        extra = ["--processes", "1", "--reuse-port"]
-        if config.metrics_port is not None:
-            extra += ["--metrics-port", str(config.metrics_port + i)]
-        procs.append(subprocess.Popen([sys.executable, "-m", "kws_rpc.serving.server", *base, *extra], env=env))
-    log.info("started %d server processes on gRPC :%d%s", len(procs), config.port,
-             f", gateway :{config.gateway_port}" if config.gateway_port is not None else "")
-
-    stopping: list[int] = []
-
-    def forward(signum: int, _: FrameType | None) -> None:
-        if stopping:  # once: a second signal could reach a child in interpreter shutdown and kill it
-            return
-        stopping.append(signum)
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    while not any(p.poll() is not None for p in procs):
-        time.sleep(0.2)
-    if not stopping:
-        log.error("a server process exited on its own (status %s): stopping the others", [p.poll() for p in procs])
-    forward(signal.SIGTERM, None)
-    codes = [p.wait() for p in procs]
-    return next((c for c in codes if c), 0)
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     config = parse_args(argv)
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if config.processes > 1:
+        from kws_rpc.serving.supervisor import supervise
+
         raise SystemExit(supervise(config, argv))
     pin_native_threads()
     stop = threading.Event()

@@ -1,7 +1,8 @@
 """The gRPC adapter: wire messages in, ``InferenceCore`` calls, wire messages out.
 
-``predict`` and ``metadata`` are plain functions (testable without gRPC); the servicer adds error
-translation and metrics. Requests arrive as raw bytes (see ``add_to_server``) so that a malformed proto
+The work is done by plain functions, ``kws_rpc.wire.handlers.predict`` and ``metadata`` (testable without
+gRPC, and shared with the gateway's in-process backend and the MQTT worker); the servicer adds error
+translation, trailing metadata and metrics. Requests arrive as raw bytes (see ``add_to_server``) so that a malformed proto
 is INVALID_ARGUMENT with a reason, rather than gRPC's own "Exception deserializing request!" INTERNAL.
 """
 
@@ -21,13 +22,10 @@ from kws_rpc.proto.kws.v1 import kws_pb2_grpc as pb_grpc
 from kws_rpc.serving.metrics import Metrics
 from kws_rpc.wire import codec
 from kws_rpc.wire.handlers import metadata, predict
+from kws_rpc.wire.service import ERROR_KEY, SERVICE
 
 log = logging.getLogger(__name__)
 
-SERVICE = pb.DESCRIPTOR.services_by_name["KeywordSpotting"].full_name
-# Trailing metadata naming the kws_rpc.errors class of a failure, so the REST gateway can answer the
-# exact HTTP status (INVALID_ARGUMENT alone cannot tell 400 from 413 or 422).
-ERROR_KEY = "kws-error"
 
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
