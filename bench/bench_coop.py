@@ -29,9 +29,10 @@ from edge.cascade import repo_relative
 from kws_rpc.lab.coop import default_members
 from kws_rpc.lab.coop_report import report
 from kws_rpc.lab.data import find_dataset, load_split
-from kws_rpc.mqtt.broker import EmbeddedBroker, Mosquitto
+from kws_rpc.mqtt.broker import EmbeddedBroker
 from kws_rpc.mqtt.connection import BrokerSettings
 from kws_rpc.mqtt.coop import CoopClient, CoopConfig
+from tests.support.mosquitto import Mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
 COLUMNS = ("broker", "workers", "clips", "e2e_s", "publish_to_decided_s", "clips/s", "msgs/s", "B/clip", "B/vote", "SenML B/clip",

@@ -25,10 +25,10 @@ import psutil
 from bench.common import RESULTS, format_table, latency_summary, write_results
 from bench.load import Job, drive
 from edge.cascade import repo_relative
-from kws_rpc.mqtt.broker import free_port, wait_listening
 from kws_rpc.proto.kws.v1 import kws_pb2 as pb
 from kws_rpc.wire.encodings import request_for
 from kws_rpc.wire.senml import spec_body_for_wav
+from tests.support.network import free_port, wait_listening
 
 REPO = Path(__file__).resolve().parent.parent
 CLIPS = REPO / "tests" / "fixtures" / "clips"

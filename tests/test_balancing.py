@@ -15,8 +15,8 @@ import pytest
 import requests
 
 from edge.transports import GrpcTransport, RetryPolicy
-from kws_rpc.mqtt.broker import free_port, wait_listening
 from kws_rpc.wire.channels import channel_target
+from tests.support.network import free_port, wait_listening
 from tests.support.server_process import ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent

@@ -27,13 +27,14 @@ from kws_rpc.lab.coop_report import report
 from kws_rpc.model import ensemble
 from kws_rpc.model.kws_model import KwsModel
 from kws_rpc.mqtt.ballot import Ballot
-from kws_rpc.mqtt.broker import EmbeddedBroker, Mosquitto
+from kws_rpc.mqtt.broker import EmbeddedBroker
 from kws_rpc.mqtt.connection import BrokerSettings
 from kws_rpc.mqtt.coop import PREPROCESS_CHUNK, CoopClient, CoopConfig
 from kws_rpc.mqtt.topics import Topics
 from kws_rpc.mqtt.worker import Worker, WorkerConfig
 from kws_rpc.proto.kws.v1 import kws_pb2 as pb
 from kws_rpc.wire.codec import metadata_to_proto
+from tests.support.mosquitto import Mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
 CLIPS = 48
@@ -648,7 +649,7 @@ def test_readme_mqtt_recipe_on_stock_mosquitto(test_audio, tmp_path: Path) -> No
 
     if not Mosquitto.available():
         pytest.skip("mosquitto is not installed")
-    from kws_rpc.mqtt.broker import free_port
+    from tests.support.network import free_port
 
     recipe = _readme_mqtt_recipe()
     assert "mosquitto -p 1883 &" in recipe and ("kws-coop" in recipe or "python -m edge.coop" in recipe)

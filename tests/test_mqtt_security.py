@@ -16,12 +16,13 @@ import pytest
 
 from kws_rpc.lab.coop_report import report
 from kws_rpc.model import ensemble
-from kws_rpc.mqtt.broker import EmbeddedBroker, Mosquitto, TlsFiles
+from kws_rpc.mqtt.broker import EmbeddedBroker, TlsFiles
 from kws_rpc.mqtt.connection import BrokerSettings, negotiate
 from kws_rpc.mqtt.coop import CoopClient, CoopConfig
 from kws_rpc.mqtt.topics import Topics
 from kws_rpc.mqtt.worker import Worker, WorkerConfig
 from kws_rpc.proto.kws.v1 import kws_pb2 as pb
+from tests.support.mosquitto import Mosquitto
 from test_mqtt import deployment, member_paths, offline_votes
 
 REPO = Path(__file__).resolve().parent.parent

@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="kws MQTT inference worker (one model, one vote per clip).")
     p.add_argument("--model", required=True, help="a .tflite with its .json card, e.g. models/member_cnn.tflite")
     p.add_argument("--broker", required=True, help="mqtt://host:port or mqtts://host:port "
-                   "(no built-in broker: run one, or `python -m kws_rpc.mqtt.broker`)")
+                   "(no built-in broker: run one, or `kws-broker`)")
     p.add_argument("--deployment", default="default", help="topic namespace: kws/<deployment>/...")
     p.add_argument("--worker-id", default="", help="default: the MQTT user name, else <model name>@<hostname>")
     p.add_argument("--replica", default="", help="run as one replica of --worker-id (a name unique among them, "
