@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge.cascade import load_threshold, should_ask
 from edge.lab import calibrate
 from edge.lab.cascade_report import headline, summarize
-from edge.lab.evaluate import ClientConfig, config_from_args, load_threshold, parse_args, run, should_ask
+from edge.lab.evaluate import ClientConfig, config_from_args, parse_args, run
 from edge.transports import OVER_BUDGET, GrpcTransport, RestSpecTransport, RetryPolicy
 from kws_rpc.audio.wav import decode_wav, read_wav
 from kws_rpc.model.kws_model import softmax_margin
@@ -254,10 +255,10 @@ def test_client_exits_1_when_asks_failed(little: Path, tmp_path: Path, dataset_r
 
 
 def test_client_as_users_run_it_logs_under_its_module_name(little: Path, tmp_path: Path, dataset_root: Path) -> None:
-    """`python -m edge.lab.evaluate` with no server: exit 1, and the log line names edge.lab.evaluate (under -m the
+    """`kws-edge eval` with no server: exit 1, and the log line names edge.lab.evaluate (under -m the
     module is __main__, and a logger named after __name__ printed that instead)."""
     url = f"http://127.0.0.1:{closed_port()}/"
-    run_ = subprocess.run([sys.executable, "-m", "edge.lab.evaluate", "--url", url, "--little", str(little), "--threshold",
+    run_ = subprocess.run([sys.executable, "-m", "edge.cli", "eval", "--url", url, "--little", str(little), "--threshold",
                            "1.0", "--limit", "1", "--no-progress", "--report", str(tmp_path / "r.json"),
                            "--data-dir", str(dataset_root)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run_.returncode == 1, run_.stderr

@@ -1,8 +1,8 @@
-"""`make client` / `kws-edge`: the Big/Little cascade as the Raspberry Pi runs it.
+"""`kws-edge eval` (`make client`): the Big/Little cascade over a data set split, as the Raspberry Pi runs it.
 
-One clip at a time, read from disk: decode the WAV, pad to 1 s, run the little int8 model; when its score
-margin (top-1 minus top-2 probability) is at most the threshold, ask the big model over REST (the
-reference's SenML body) or gRPC. A failed ask keeps the little answer, so a dead or slow server costs
+One clip at a time, read from disk (``edge.cascade.Cascade``): decode the WAV, pad to 1 s, run the little
+int8 model; when its score margin (top-1 minus top-2 probability) is at most the threshold, ask the big
+model over REST (the reference's SenML body) or gRPC. A failed ask keeps the little answer, so a dead or slow server costs
 accuracy and the run still goes to the end; it then exits 1 and logs how many asks failed. Prints the
 reference's two lines and writes a per-clip JSON report.
 """
@@ -14,14 +14,13 @@ import dataclasses
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from edge.cascade import (CASCADE_FILE, DEFAULT_THRESHOLD, LITTLE, RESULTS, add_remote_args, calibrated_budget,
-                          little_on_file, load_threshold, repo_relative, server_credentials, should_ask)
+from edge.cascade import (CASCADE_FILE, DEFAULT_THRESHOLD, LITTLE, RESULTS, Cascade, add_remote_args,
+                          calibrated_budget, load_threshold, repo_relative, server_credentials)
 from edge.lab.cascade_report import MB, ClipRecord, headline, summarize, write_report
-from edge.transports import OVER_BUDGET, GrpcTransport, RestSpecTransport, RetryPolicy, Transport
+from edge.transports import GrpcTransport, RestSpecTransport, RetryPolicy, Transport
 from kws_rpc.audio.wav import WAV_CODECS
 from kws_rpc.lab.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
 from kws_rpc.model.kws_model import KwsModel
@@ -77,39 +76,29 @@ def run(cfg: ClientConfig, transport: Transport | None = None) -> tuple[list[Cli
     names = split_names(cfg.split)[: cfg.limit]
     own = transport is None
     transport = transport or make_transport(cfg)
+    cascade = Cascade(little, cfg.threshold, transport,
+                      None if cfg.max_cost_mb is None else int(cfg.max_cost_mb * MB))
     records: list[ClipRecord] = []
-    calls = spent = 0
-    over_budget_logged = False
-    cap = None if cfg.max_cost_mb is None else int(cfg.max_cost_mb * MB)
     try:
         bar = tqdm(names, desc=f"cascade {cfg.split}", unit="clip", disable=not cfg.progress)
         for position, name in enumerate(bar):
-            audio, idx, margin, little_ms = little_on_file(little, root / name)
-            little_label = little.labels[idx]
-            big, sent, remote_ms, attempts, error = None, 0, 0.0, 0, ""
-            asked = bool(should_ask(margin, cfg.threshold))
-            if asked:
-                t0 = time.perf_counter()
-                answer = transport.ask(audio, request_id(position), None if cap is None else cap - spent)
-                remote_ms = 1000 * (time.perf_counter() - t0)
-                big, sent, attempts, error = answer.label, answer.bytes_sent, answer.attempts, answer.error
-                spent += sent
-                if error == OVER_BUDGET and not over_budget_logged:
-                    log.warning("clip %s: the next request would pass --max-cost-mb %g; keeping little "
-                                "answers where that is so", name, cfg.max_cost_mb)
-                    over_budget_logged = True
-                calls += error != OVER_BUDGET
-                bar.set_postfix(calls=calls, failures=transport.failures)
-            records.append(ClipRecord(name, LABELS[label_of(name)], little_label, margin, asked, big,
-                                      big or little_label, sent, little_ms, remote_ms, attempts, error))
+            warned = cascade.over_budget
+            d = cascade.classify_file(root / name, request_id(position))
+            if cascade.over_budget and not warned:
+                log.warning("clip %s: the next request would pass --max-cost-mb %g; keeping little "
+                            "answers where that is so", name, cfg.max_cost_mb)
+            if d.asked:
+                bar.set_postfix(calls=cascade.calls, failures=transport.failures)
+            records.append(ClipRecord(name, LABELS[label_of(name)], d.little_label, d.margin, d.asked, d.big_label,
+                                      d.label, d.bytes_sent, d.little_ms, d.remote_ms, d.attempts, d.error))
     finally:
         if own:
             transport.close()
     return records, summarize(records)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--little", default=str(LITTLE), help="edge model (.tflite + card)")
     ap.add_argument("--transport", choices=("rest", "grpc"), default="rest")
     add_remote_args(ap, timeout_s=2.0)
@@ -132,7 +121,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--report", default=None, help="JSON report (default results/edge_<transport>.json)")
     ap.add_argument("--retries", type=int, default=2, help="extra attempts after a retryable failure")
     ap.add_argument("--no-progress", action="store_true")
-    modes = ap.add_argument_group("other modes (the same as python -m edge.lab.calibrate; its flags pass through)")
+    modes = ap.add_argument_group("other modes (the same as kws-calibrate; its flags pass through)")
     modes.add_argument("--calibrate", action="store_true",
                        help="choose the threshold on the VAL split (--budget-mb or --target-accuracy; "
                             "--local-big runs big here) and write it to --out (default results/cascade.json; "
@@ -178,14 +167,14 @@ def config_from_args(a: argparse.Namespace) -> ClientConfig:
                         calibrated_for=calibrated_for, max_cost_mb=max_cost_mb, tls=client_tls, token=token)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--calibrate" in argv or "--sweep" in argv:
         from edge.lab import calibrate
 
         return calibrate.main([a for a in argv if a != "--calibrate"])
-    cfg = config_from_args(parse_args(argv))
+    cfg = config_from_args(parse_args(argv, prog))
     records, summary = run(cfg)
     run_info = {k: repo_relative(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()}
     if cfg.tls is not None:
