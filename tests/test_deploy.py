@@ -71,9 +71,12 @@ def check_command(argv: list[str], env: dict[str, str], monkeypatch: pytest.Monk
         s = broker_settings(a.broker, a)
         assert s.tls and s.tls_ca and Path(s.tls_ca).is_file() and s.password and s.username == a.worker_id
     elif cmd == "kws-edge":
-        from edge.lab import evaluate as client
+        from edge import cli
+        from edge.lab import evaluate
 
-        config = client.config_from_args(client.parse_args(args))
+        assert args and args[0] in cli.COMMANDS, args
+        assert args[0] == "eval", args  # the one subcommand deployed: the cascade run
+        config = evaluate.config_from_args(evaluate.parse_args(args[1:]))
         assert config is not None
     else:
         raise AssertionError(f"unknown command {cmd}")

@@ -195,7 +195,7 @@ def load_noise(root: Path) -> list[np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m kws_rpc.lab.data`: fetch, unpack and verify Mini Speech Commands into --dest."""
+    """`kws-data`: fetch, unpack and verify Mini Speech Commands into --dest."""
     import argparse
 
     ap = argparse.ArgumentParser(description=main.__doc__)

@@ -237,11 +237,13 @@ def client_token(flag: str | None, env: dict[str, str] | None = None) -> str | N
     return value
 
 
-def main() -> None:
-    """Prints a new random token line for a token file: ``python -m kws_rpc.security.auth NAME``."""
-    import sys
-
-    name = sys.argv[1] if len(sys.argv) > 1 else "client"
+def main(argv: list[str] | None = None) -> None:
+    """`kws-token NAME`: prints a new random token line ``NAME:TOKEN`` for a server's token file."""
+    ap = argparse.ArgumentParser(prog="kws-token", description="Print a new random bearer token line "
+                                 "'NAME:TOKEN' for a server's token file (--token-file, KWS_TOKEN_FILE); give "
+                                 "the client the TOKEN part (--token or KWS_TOKEN).")
+    ap.add_argument("name", nargs="?", default="client", help="the client's name (default %(default)s)")
+    name = ap.parse_args(argv).name
     if not _NAME.match(name):
         raise SystemExit(f"bad name {name[:40]!r}: letters, digits, '_', '.', '@', '-'")
     print(f"{name}:{secrets.token_urlsafe(32)}")
