@@ -13,10 +13,8 @@ import subprocess
 import sys
 import time
 from types import FrameType
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from kws_rpc.serving.server import ServerConfig
+from kws_rpc.serving.config import ServerConfig
 
 log = logging.getLogger("kws_rpc.serving.server")  # the server's log, as before the supervisor had its own module
 
