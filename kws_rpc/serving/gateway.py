@@ -23,6 +23,9 @@ the message clipped to 1,000 characters. JSON bodies nested over 32 levels or wi
 characters are 400 (``kws_rpc.wire.safejson``). A body not received within ``--http-body-timeout-s`` (10 s) is
 408; a connection with no complete request head within ``--http-header-timeout-s`` (10 s) is closed
 (``kws_rpc.serving.http_limits``); a client that hangs up mid-request is logged at INFO.
+
+Longer than most modules: the routes, their error mapping and the server's lifecycle are one adapter
+and read best together; ``main`` is ``kws-gateway``, the gateway run on its own.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 binary range coder (the LZMA one) and no per-message tables. Numpy plus one Python loop over the coded
 coefficients; the edge encodes with it and the server decodes with it.
 
-Every constant of the format is defined here, and kws.proto states the same numbers.
+Every constant of the format is defined here, and kws.proto states the same numbers. Longer than most
+modules on purpose: the encoder and the decoder of one format stay together, so a change to one is seen
+beside the other.
 """
 
 from __future__ import annotations
