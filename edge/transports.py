@@ -199,7 +199,7 @@ _RETRY_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
 
 class GrpcTransport:
     """Unary Predict over one channel; for MFCC payloads the features are computed here, as the
-    server's GetModelMetadata says, with the same ``kws_rpc.audio.features.mfcc`` the server uses."""
+    server's GetModelMetadata says, with the same ``kws_rpc.audio.features.log_mel`` the server uses."""
 
     def __init__(self, target: str, payload: str = "wav", policy: RetryPolicy = RetryPolicy(),
                  tls: ClientTls | None = None, token: str | None = None) -> None:

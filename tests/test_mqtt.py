@@ -20,7 +20,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
-from kws_rpc.audio.features import mfcc
+from kws_rpc.audio.features import log_mel
 from kws_rpc.lab import ensemble_fit
 from kws_rpc.lab.coop import default_members
 from kws_rpc.lab.coop_report import report
@@ -129,7 +129,7 @@ def offline_votes(paths: list[str], audio: np.ndarray) -> list[np.ndarray]:
     models = [KwsModel(p) for p in paths]
     if len({m.feature_config for m in models}) == 1:
         cfg = models[0].feature_config
-        feats = np.concatenate([mfcc(audio[i : i + PREPROCESS_CHUNK], cfg)
+        feats = np.concatenate([log_mel(audio[i : i + PREPROCESS_CHUNK], cfg)
                                 for i in range(0, len(audio), PREPROCESS_CHUNK)])
         feats = feats.astype(np.float16).astype(np.float32)
         return ensemble_fit.stack_models([m.predict(feats) for m in models])

@@ -201,12 +201,12 @@ def test_rebuilt_keras_matches_the_shipped_tflite(name: str, tf_child: TfChild) 
 
 def codec_round_trip_of(audio: np.ndarray, which: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Child: trainers.train.codec_round_trip of the clips ``which``, on the big_codec recipe's features."""
-    from kws_rpc.audio.features import mfcc
+    from kws_rpc.audio.features import log_mel
     from trainers.recipes import RECIPES
     from trainers.train import codec_round_trip
 
     cfg = RECIPES["big_codec"].feature
-    return mfcc(audio, cfg), codec_round_trip(mfcc(audio, cfg), cfg, which)
+    return log_mel(audio, cfg), codec_round_trip(log_mel(audio, cfg), cfg, which)
 
 
 def test_codec_augmentation_is_what_the_server_decodes(tf_child: TfChild) -> None:
@@ -303,7 +303,7 @@ def toy_training_digest(seed: int) -> str:
 
     import tensorflow as tf
 
-    from kws_rpc.audio.features import mfcc
+    from kws_rpc.audio.features import log_mel
     from trainers.augment import AugmentConfig
     from trainers.train import _compile, _fit, build_model
 
@@ -311,7 +311,7 @@ def toy_training_digest(seed: int) -> str:
     data_rng = np.random.default_rng(123)  # the same clips for every seed
     audio = (0.1 * data_rng.standard_normal((128, 16000))).astype(np.float32)
     labels = data_rng.integers(0, 8, 128)
-    clean = mfcc(audio, r.feature)
+    clean = log_mel(audio, r.feature)
     data = {"train_audio": audio, "noise": [audio.ravel()], "train_onehot": np.eye(8, dtype=np.float32)[labels],
             "val_feats": clean[:32], "val_labels": labels[:32], "mean": clean.mean(axis=(0, 1)), "teachers": []}
     tf.keras.utils.set_random_seed(seed)

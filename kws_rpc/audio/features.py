@@ -1,4 +1,6 @@
-"""The one MFCC implementation of kws: numpy only, used by training, the server and the edge.
+"""The one feature implementation of kws: log-mel spectrograms (``log_mel``), numpy only, used by training,
+the server and the edge. Every shipped model takes log-mel features (``num_mfcc = 0``); with
+``num_mfcc > 0`` the same function returns their first DCT coefficients, MFCCs.
 
 It reproduces ``tf.signal`` (stft with a periodic Hann window, HTK mel filterbank without the DC bin,
 natural log, DCT-II scaled as ``tf.signal.mfccs_from_log_mel_spectrograms``) so that a model trained on
@@ -14,7 +16,7 @@ from typing import Any
 import numpy as np
 
 LOG_OFFSET = 1e-6
-# mfcc() computes large batches this many clips at a time: one clip's complex spectrum is ~400 KB, and a
+# log_mel() computes large batches this many clips at a time: one clip's complex spectrum is ~400 KB, and a
 # whole 6,400-clip split at once (2.6 GB) spends its time in memory traffic (16 s against 4 s here).
 CHUNK_CLIPS = 32
 MAX_GAIN = 1000.0  # normalize_peak: at most +60 dB
@@ -119,8 +121,9 @@ def normalize_peak(x: np.ndarray, target: float) -> np.ndarray:
     return (x * (np.float32(target) / np.maximum(peak, np.float32(target / MAX_GAIN)))).astype(np.float32)
 
 
-def mfcc(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
-    """Features of one clip (clip_samples,) or a batch (batch, clip_samples), float32 in [-1, 1].
+def log_mel(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """Log-mel features (MFCCs if ``cfg.num_mfcc``) of one clip (clip_samples,) or a batch (batch,
+    clip_samples), float32 in [-1, 1].
 
     Returns (frames, num_features) or (batch, frames, num_features), float32.
     """
@@ -131,7 +134,7 @@ def mfcc(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     if x.ndim != 2 or x.shape[1] != cfg.clip_samples:
         raise ValueError(f"expected audio of {cfg.clip_samples} samples, got shape {np.shape(audio)}")
     if len(x) > CHUNK_CLIPS:  # same values (to BLAS rounding), 4x faster on 6,400 clips: spectra stay in cache
-        out = np.concatenate([mfcc(x[i : i + CHUNK_CLIPS], cfg) for i in range(0, len(x), CHUNK_CLIPS)])
+        out = np.concatenate([log_mel(x[i : i + CHUNK_CLIPS], cfg) for i in range(0, len(x), CHUNK_CLIPS)])
         return out[0] if single else out
     if cfg.peak_normalize:
         x = normalize_peak(x, cfg.peak_normalize)
@@ -142,8 +145,8 @@ def mfcc(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     # One 2-D matmul per batch: numpy's batched 3-D matmul calls a threaded BLAS once per clip, which
     # on busy cores costs ~20x (290 ms instead of 3 ms for 32 clips).
     batch, frames, bins = spectrum.shape
-    log_mel = np.log(spectrum.reshape(batch * frames, bins) @ mel_matrix(cfg) + LOG_OFFSET)
-    out = log_mel @ dct_matrix(cfg.num_mel_bins, cfg.num_mfcc) if cfg.num_mfcc else log_mel
+    logmel = np.log(spectrum.reshape(batch * frames, bins) @ mel_matrix(cfg) + LOG_OFFSET)
+    out = logmel @ dct_matrix(cfg.num_mel_bins, cfg.num_mfcc) if cfg.num_mfcc else logmel
     out = out.reshape(batch, frames, -1)
     out = out.astype(np.float32, copy=False)
     return out[0] if single else out

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from kws_rpc.audio.features import FeatureConfig, mfcc, resample
+from kws_rpc.audio.features import FeatureConfig, log_mel, resample
 from kws_rpc.audio.wav import pad_or_trim
 from kws_rpc.errors import InvalidInput, ModelMismatch
 from kws_rpc.model.card import ModelCard, load_card
@@ -112,7 +112,7 @@ class KwsModel:
             x = resample(x, sample_rate, cfg.sample_rate)
         if x.shape[-1] != cfg.clip_samples:
             x = pad_or_trim(x, cfg.clip_samples)
-        return mfcc(x, cfg)
+        return log_mel(x, cfg)
 
     def check_features(self, feats: np.ndarray) -> np.ndarray:
         x = np.asarray(feats, dtype=np.float32)

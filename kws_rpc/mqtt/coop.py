@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from kws_rpc.audio.features import FeatureConfig, mfcc
+from kws_rpc.audio.features import FeatureConfig, log_mel
 from kws_rpc.errors import KwsError
 from kws_rpc.model.card import LABELS
 from kws_rpc.mqtt.ballot import Ballot
@@ -262,7 +262,7 @@ class CoopClient:
                 if cfg is not None:
                     if cfg not in feats:
                         tp = time.perf_counter()
-                        feats[cfg] = mfcc(chunk, cfg)
+                        feats[cfg] = log_mel(chunk, cfg)
                         preprocess_s += time.perf_counter() - tp
                     data, shape, kind = features_message(rid, feats[cfg][j], cfg), feats[cfg].shape[1:], "features-f16"
                 else:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from kws_rpc.audio.features import FeatureConfig, mfcc
+from kws_rpc.audio.features import FeatureConfig, log_mel
 from kws_rpc.audio.wav import encode_wav, pad_or_trim
 from kws_rpc.proto.kws.v1 import kws_pb2 as pb
 from kws_rpc.wire.codec import audio_to_proto, config_to_proto, tensor_to_proto
@@ -63,7 +63,7 @@ def build_request(audio: np.ndarray, payload: str, clip_id: str, config: Feature
         raise ValueError(f"unknown payload {payload!r}; choose from {PAYLOADS}")
     if config is None:
         raise ValueError("MFCC payloads need the server model's feature config")
-    return features_request(mfcc(pad_or_trim(np.asarray(audio, np.float32), config.clip_samples), config),
+    return features_request(log_mel(pad_or_trim(np.asarray(audio, np.float32), config.clip_samples), config),
                             payload, clip_id, config)
 
 
