@@ -89,7 +89,7 @@ bench-server: venv  ## server throughput/latency: 1-2 processes, gRPC q5z/WAV an
 bench-server-commit: venv  ## make bench-server, refreshing the committed bench/results/server.json
 	$(PYTHON) -m bench.bench_server $(ARGS) --out bench/results/server.json
 
-client: venv data  ## Big/Little cascade on test as the Pi runs it (REST spec; ARGS="--transport grpc --payload mfcc-q5z")
+client: venv data  ## Big/Little cascade on test as the Pi runs it (REST spec; ARGS="--transport grpc --encoding logmel-q5z")
 	$(BIN)/kws-edge eval $(ARGS)
 
 calibrate: venv data  ## pick the cascade thresholds on VAL (big run locally) -> results/cascade.json

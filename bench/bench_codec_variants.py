@@ -1,6 +1,6 @@
 """Variants of the DCT_RC codec's quantizer, scored by how many of big's answers they change (train+val).
 
-An experiment on the 300 B ``mfcc-dct`` request, not a payload: every variant codes each clip's exact
+An experiment on the 300 B ``logmel-dct`` request, not a payload: every variant codes each clip's exact
 features with ``kws_rpc.wire.featcodec``'s transform, scan and range coder, capped as the edge caps a request
 (300 B in all), and counts the clips on which big_int8's answer on the reconstruction differs from its
 answer on the exact features. Train's clips count too: the codec's parameters are chosen on train and
@@ -106,7 +106,7 @@ def run(model_path: Path, root: Path) -> list[dict]:
         is_val.append(np.full(len(audio), split == "val"))
     x, is_val = np.concatenate(feats), np.concatenate(is_val)
     exact = model.predict(x).argmax(-1)
-    probe = features_request(x[0], "mfcc-dct", request_id(799), model.feature_config)  # an 800-clip run's longest id
+    probe = features_request(x[0], "logmel-dct", request_id(799), model.feature_config)  # an 800-clip run's longest id
     cap = DCT_MAX_REQUEST_BYTES - (probe.ByteSize() - len(probe.features.tensor.data))  # bytes for the tensor data
     rows = []
     for g, rounding, offset, cap_rule in VARIANTS:

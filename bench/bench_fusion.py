@@ -26,7 +26,7 @@ from kws_rpc.model.kws_model import KwsModel, softmax_margin
 from kws_rpc.wire import handlers
 from kws_rpc.wire.encodings import request_for, request_id
 
-ROUTES = ("rest-spec", "rest-adpcm", "grpc-mfcc-q5z", "grpc-mfcc-dct")
+ROUTES = ("rest-spec", "rest-adpcm", "grpc-logmel-q5z", "grpc-logmel-dct")
 WEIGHTS = (0.0, 0.25, 0.5, 1.0)
 
 

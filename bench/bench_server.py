@@ -96,9 +96,9 @@ def request_bodies(model: Path) -> dict[str, list[tuple[str, bytes]]]:
     for i, (word, wav) in enumerate(clips):
         audio, _ = decode_wav(wav)
         bodies["grpc-wav"].append((word, pb.PredictRequest(request_id=str(i), audio=pb.Audio(wav=wav)).SerializeToString()))
-        q5z = request_for("grpc-mfcc-q5z", audio, str(i), "bench", config)
+        q5z = request_for("grpc-logmel-q5z", audio, str(i), "bench", config)
         bodies["grpc-q5z"].append((word, q5z.SerializeToString()))
-        bodies["grpc-dct"].append((word, request_for("grpc-mfcc-dct", audio, str(i), "bench", config).SerializeToString()))
+        bodies["grpc-dct"].append((word, request_for("grpc-logmel-dct", audio, str(i), "bench", config).SerializeToString()))
         bodies["rest"].append((word, json.dumps(spec_body_for_wav(wav, "bench")).encode()))
         bodies["rest-adpcm"].append((word, json.dumps(request_for("rest-adpcm", audio, str(i), "bench", config)).encode()))
     return bodies

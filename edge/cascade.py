@@ -28,7 +28,7 @@ from kws_rpc.model.kws_model import KwsModel, softmax_margin
 from kws_rpc.proto.kws.v1 import kws_pb2 as pb
 from kws_rpc.security import tls
 from kws_rpc.security.auth import client_token
-from kws_rpc.wire import handlers
+from kws_rpc.wire import encodings, handlers
 from kws_rpc.wire.encodings import REST_ROUTES
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,11 @@ def load_threshold(path: Path = CASCADE_FILE, route: str = "rest-spec") -> tuple
     if not path.is_file():
         return DEFAULT_THRESHOLD, "default"
     doc = json.loads(path.read_text())
-    if route in doc.get("ways", {}):
-        return float(doc["ways"][route]["threshold"]), f"{repo_relative(path)}, calibrated on val for {route}"
+    route = encodings.route(route)
+    ways = doc.get("ways", {})  # the file's key for its routes
+    key = route if route in ways else encodings.legacy_route(route)  # files may name routes by first names
+    if key in ways:
+        return float(ways[key]["threshold"]), f"{repo_relative(path)}, calibrated on val for {route}"
     return float(doc["threshold"]), f"{repo_relative(path)}, calibrated on val for rest-spec"
 
 
@@ -70,7 +73,8 @@ def calibrated_budget(doc: dict[str, Any], route: str, clips: int) -> float | No
     calibration's clip count to a run of ``clips`` clips; None if it was calibrated for accuracy."""
     budget = doc.get("target", {}).get("budget_mb")
     if isinstance(budget, dict):
-        budget = budget.get(route)
+        route = encodings.route(route)
+        budget = budget.get(route, budget.get(encodings.legacy_route(route)))
     if budget is None or not doc.get("val_clips"):
         return None
     return float(budget) * clips / int(doc["val_clips"])
@@ -184,6 +188,7 @@ def server_credentials(a: argparse.Namespace, prog: str) -> tuple[tls.ClientTls 
 def remote(route: str, a: argparse.Namespace, policy: RetryPolicy | None = None) -> Transport:
     """The transport for one route to big ("rest-spec", "rest-adpcm" or "grpc-<encoding>", see
     kws_rpc.wire.encodings.ROUTES), with the server flags' TLS settings and token."""
+    route = encodings.route(route)
     policy = policy or RetryPolicy(timeout_s=a.timeout)
     client_tls, token = server_credentials(a, "kws-edge")
     if route in REST_ROUTES:

@@ -29,7 +29,8 @@ from kws_rpc.errors import KwsError
 from kws_rpc.proto.kws.v1 import kws_pb2 as pb
 from kws_rpc.security.tls import ClientTls
 from kws_rpc.wire.codec import config_from_proto
-from kws_rpc.wire.encodings import PAYLOADS, build_request, spec_body
+from kws_rpc.wire import encodings
+from kws_rpc.wire.encodings import build_request, spec_body
 from kws_rpc.wire.senml import label_from_reply
 
 log = logging.getLogger(__name__)
@@ -198,19 +199,17 @@ _RETRY_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
 
 
 class GrpcTransport:
-    """Unary Predict over one channel; for MFCC payloads the features are computed here, as the
+    """Unary Predict over one channel; for log-mel encodings the features are computed here, as the
     server's GetModelMetadata says, with the same ``kws_rpc.audio.features.log_mel`` the server uses."""
 
-    def __init__(self, target: str, payload: str = "wav", policy: RetryPolicy = RetryPolicy(),
+    def __init__(self, target: str, encoding: str = "wav", policy: RetryPolicy = RetryPolicy(),
                  tls: ClientTls | None = None, token: str | None = None) -> None:
         import grpc
 
         from kws_rpc.proto.kws.v1 import kws_pb2_grpc
 
-        if payload not in PAYLOADS:
-            raise ValueError(f"unknown payload {payload!r}; choose from {PAYLOADS}")
         self._grpc = grpc
-        self.target, self.payload = target, payload
+        self.target, self.encoding = target, encodings.encoding(encoding)  # ValueError if unknown
         from kws_rpc.wire.channels import open_channel
 
         # one server, an ip:port list or dns:///name:port: balanced with round_robin, health-checked
@@ -247,11 +246,11 @@ class GrpcTransport:
         return meta.name
 
     def ask(self, audio: np.ndarray, clip_id: str, max_bytes: int | None = None) -> Answer:
-        if self.payload.startswith("mfcc") and self.config is None:
+        if encodings.is_logmel(self.encoding) and self.config is None:
             first = self._caller.call(self._fetch_config, 0)  # learnt once; a failure fails this ask
             if self.config is None:
                 return first
-        request = build_request(audio, self.payload, clip_id, self.config)
+        request = build_request(audio, self.encoding, clip_id, self.config)
 
         def attempt() -> str:
             try:

@@ -69,8 +69,8 @@ def commands(limit: int | None, grpc_port: int, http_port: int) -> dict[str, lis
                         "--report", "results/edge_rest.json", *n],
         "client-rest-adpcm": ["-m", "edge.lab.evaluate", "--transport", "rest", "--wav", "ima-adpcm",
                               "--url", f"http://127.0.0.1:{http_port}/", "--report", "results/edge_rest_adpcm.json", *n],
-        "client-grpc": ["-m", "edge.lab.evaluate", "--transport", "grpc", "--payload", "mfcc-q5z",
-                        "--grpc", f"127.0.0.1:{grpc_port}", "--report", "results/edge_grpc_mfcc-q5z.json", *n],
+        "client-grpc": ["-m", "edge.lab.evaluate", "--transport", "grpc", "--encoding", "logmel-q5z",
+                        "--grpc", f"127.0.0.1:{grpc_port}", "--report", "results/edge_grpc_logmel-q5z.json", *n],
         "coop": ["-m", "kws_rpc.lab.coop_demo", "--split", "test", "--report", "results/coop_report.json", *n],
     }
 

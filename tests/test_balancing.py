@@ -52,7 +52,7 @@ def test_edge_balances_over_two_servers_and_survives_one_draining(two_servers: l
                                                                    test_audio) -> None:
     audio = test_audio[0][:60]
     target = ",".join(f"127.0.0.1:{s.port}" for s in two_servers)
-    transport = GrpcTransport(target, payload="mfcc-q5z", policy=RetryPolicy(timeout_s=10.0, retries=3))
+    transport = GrpcTransport(target, encoding="logmel-q5z", policy=RetryPolicy(timeout_s=10.0, retries=3))
     try:
         first = [transport.ask(clip, str(i)) for i, clip in enumerate(audio[:40])]
         counts = [answered(s.metrics_url) for s in two_servers]
@@ -105,7 +105,7 @@ def test_processes_share_the_ports(served_model_path: Path, test_audio) -> None:
         audio = test_audio[0][:24]
         labels = []
         for i, clip in enumerate(audio):  # a new connection per clip: the kernel spreads connections
-            t = GrpcTransport(f"127.0.0.1:{port}", payload="wav", policy=RetryPolicy(timeout_s=10.0))
+            t = GrpcTransport(f"127.0.0.1:{port}", encoding="wav", policy=RetryPolicy(timeout_s=10.0))
             labels.append(t.ask(clip, str(i)).label)
             t.close()
         import io

@@ -26,7 +26,7 @@ from edge.lab.evaluate import ClientConfig, config_from_args, parse_args, run
 from edge.transports import OVER_BUDGET, GrpcTransport, RestSpecTransport, RetryPolicy
 from kws_rpc.audio.wav import decode_wav, read_wav
 from kws_rpc.model.kws_model import softmax_margin
-from kws_rpc.wire.encodings import DCT_MAX_REQUEST_BYTES, PAYLOADS, REST_ROUTES, ROUTES, build_request, spec_body
+from kws_rpc.wire.encodings import DCT_MAX_REQUEST_BYTES, ENCODINGS, REST_ROUTES, ROUTES, build_request, spec_body
 from kws_rpc.wire.senml import spec_bytes
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "clips"
@@ -181,6 +181,8 @@ def test_client_caps_at_the_calibrated_budget(tmp_path: Path) -> None:
     base = ["--cascade", str(cascade)]
     assert config_from_args(parse_args(base)).max_cost_mb == pytest.approx(0.95)
     cfg = config_from_args(parse_args([*base, "--transport", "grpc", "--payload", "mfcc-q5z", "--limit", "200"]))
+    assert cfg.encoding == "logmel-q5z"  # --payload and mfcc-q5z: the first names, read from a file written with them
+    assert config_from_args(parse_args([*base, "--transport", "grpc", "--encoding", "logmel-q5z", "--limit", "200"])) == cfg
     assert cfg.threshold == 0.2 and cfg.max_cost_mb == pytest.approx(0.1 * 200 / 800)  # scaled to the run
     assert config_from_args(parse_args([*base, "--max-cost-mb", "0"])).max_cost_mb is None
     assert config_from_args(parse_args([*base, "--max-cost-mb", "2"])).max_cost_mb == 2
@@ -207,7 +209,8 @@ def test_calibration_uses_val_only(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert splits == ["val"] and doc["split"] == "val" and doc["val_accuracy"] == 6 / 7
     assert doc["target"] == {"target_accuracy": 0.8} and 0.1 <= doc["threshold"] < 0.3
     assert set(doc["ways"]) == set(ROUTES) and doc["ways"]["rest-spec"]["threshold"] == doc["threshold"]
-    assert load_threshold(out, "grpc-mfcc-i8")[0] == doc["ways"]["grpc-mfcc-i8"]["threshold"]
+    assert load_threshold(out, "grpc-logmel-i8")[0] == doc["ways"]["grpc-logmel-i8"]["threshold"]
+    assert load_threshold(out, "grpc-mfcc-i8") == load_threshold(out, "grpc-logmel-i8")  # the first name, an alias
     with pytest.raises(SystemExit):
         calibrate.main(["--local-big", "--split", "test", "--out", str(out)])
     assert splits == ["val"]
@@ -220,7 +223,7 @@ def test_calibration_uses_val_only(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def client_config(little: Path, tmp_path: Path, transport: str, url: str, limit: int) -> ClientConfig:
     return ClientConfig(little=little, transport=transport, url=url, grpc_target=url,
-                        payload="mfcc-f32" if transport == "grpc" else "spec", threshold=1.0, threshold_source="test", split="test", limit=limit, data_dir=None,
+                        encoding="logmel-f32" if transport == "grpc" else "spec", threshold=1.0, threshold_source="test", split="test", limit=limit, data_dir=None,
                         report=tmp_path / "r.json", device="0x1", policy=FAST, progress=False)
 
 
@@ -296,16 +299,16 @@ def test_payloads_decode_to_the_same_answer(served_model_path: Path) -> None:
         audio = fixture_clip(word)
         direct = big.labels[int(np.argmax(big.predict_audio(audio, 16000)[0]))]
         assert local_answer(big, spec_body(audio, "0x1")) == direct
-        for payload in PAYLOADS:
+        for payload in ENCODINGS:
             req = build_request(audio, payload, word, big.feature_config)
             label = local_answer(big, req)
-            if payload in ("wav", "pcm", "mfcc-f32"):
+            if payload in ("wav", "pcm", "logmel-f32"):
                 assert label == direct, payload
-        sizes = {p: build_request(audio, p, word, big.feature_config).ByteSize() for p in PAYLOADS}
-        assert (sizes["mfcc-q4z"] < sizes["mfcc-q5z"] < sizes["mfcc-i8z"] < sizes["mfcc-i8"] < sizes["mfcc-f16"] < sizes["mfcc-f32"]
+        sizes = {p: build_request(audio, p, word, big.feature_config).ByteSize() for p in ENCODINGS}
+        assert (sizes["logmel-q4z"] < sizes["logmel-q5z"] < sizes["logmel-i8z"] < sizes["logmel-i8"] < sizes["logmel-f16"] < sizes["logmel-f32"]
                 < sizes["pcm"] < sizes["wav"]), sizes
-        assert sizes["mfcc-q5z"] * 40 < spec_bytes(spec_body(audio, "0x1")), sizes
-        assert sizes["mfcc-dct"] < min(sizes["mfcc-q4z"], DCT_MAX_REQUEST_BYTES + 1), sizes
+        assert sizes["logmel-q5z"] * 40 < spec_bytes(spec_body(audio, "0x1")), sizes
+        assert sizes["logmel-dct"] < min(sizes["logmel-q4z"], DCT_MAX_REQUEST_BYTES + 1), sizes
 
 
 def test_grpc_mfcc_needs_metadata_and_fails_softly() -> None:
@@ -339,8 +342,8 @@ def real_server(little_path: Path) -> Iterator[tuple[object, Path]]:
 
 
 @pytest.mark.parametrize("transport,payload", [("rest", "spec"), ("rest", "adpcm"), ("grpc", "wav"), ("grpc", "pcm"),
-                                               ("grpc", "mfcc-f32"), ("grpc", "mfcc-f16"), ("grpc", "mfcc-i8"),
-                                               ("grpc", "mfcc-q5z")])
+                                               ("grpc", "logmel-f32"), ("grpc", "logmel-f16"), ("grpc", "logmel-i8"),
+                                               ("grpc", "mfcc-q5z")])  # mfcc-q5z: the first name of logmel-q5z
 def test_cascade_end_to_end(real_server, transport: str, payload: str, little: Path, tmp_path: Path,
                             dataset_root: Path) -> None:
     from kws_rpc.model.kws_model import KwsModel
@@ -348,7 +351,7 @@ def test_cascade_end_to_end(real_server, transport: str, payload: str, little: P
     handle, model = real_server
     policy = RetryPolicy(timeout_s=10.0, retries=1, backoff_s=0.05)
     url = handle.gateway.url + "/" if transport == "rest" else handle.target
-    cfg = dataclasses.replace(client_config(little, tmp_path, transport, url, limit=6), payload=payload,
+    cfg = dataclasses.replace(client_config(little, tmp_path, transport, url, limit=6), encoding=payload,
                               policy=policy)
     codec = REST_ROUTES.get(f"rest-{payload}", "pcm16")
     remote = (RestSpecTransport(url, cfg.device, policy, wav_codec=codec) if transport == "rest"
@@ -359,14 +362,14 @@ def test_cascade_end_to_end(real_server, transport: str, payload: str, little: P
         remote.close()
     assert summary["calls"] == 6 and summary["failures"] == 0
     big = KwsModel(model)  # the server's model, run here on the same clips
-    if payload.startswith("mfcc"):
+    if payload.startswith(("mfcc", "logmel")):
         assert remote.config == big.feature_config  # learnt from GetModelMetadata
     for r in records:
         audio, rate = read_wav(str(dataset_root / "mini_speech_commands" / r.name))
         probs = big.predict_audio(np.pad(audio, (0, 16000 - len(audio))), rate)[0]
         assert r.final_label == r.big_label
         top2 = np.sort(probs)[-2:]
-        if payload in ("spec", "wav", "pcm", "mfcc-f32") and top2[1] > top2[0]:  # lossless, no tie
+        if payload in ("spec", "wav", "pcm", "logmel-f32") and top2[1] > top2[0]:  # lossless, no tie
             assert r.big_label == big.labels[int(np.argmax(probs))], r
     if transport == "rest":  # each clip is sent as recorded (some are shorter than 1 s), as the reference does
         for r in records:
@@ -389,7 +392,7 @@ def test_client_stops_asking_at_max_cost(real_server, little: Path, tmp_path: Pa
     request = build_request(fixture_clip(), "mfcc-q5z", "x", KwsModel(real_server[1]).feature_config)
     cap_mb = 2.5 * request.ByteSize() / (1 << 20)  # room for about two of the asks, not six
     cfg = dataclasses.replace(client_config(little, tmp_path, "grpc", handle.target, limit=6),
-                              payload="mfcc-q5z", max_cost_mb=cap_mb,
+                              encoding="mfcc-q5z", max_cost_mb=cap_mb,
                               policy=RetryPolicy(timeout_s=10.0, retries=1, backoff_s=0.05))
     records, summary = run(cfg)
     assert summary["cost_mb"] <= cap_mb

@@ -355,7 +355,7 @@ def test_audio_payload_and_mixed_feature_configs(any_broker: str, members: list[
         payload = "audio"
     dep = deployment()
     workers = start_workers(paths, any_broker, dep)
-    client = coop(any_broker, dep, len(workers), payload=payload)
+    client = coop(any_broker, dep, len(workers), encoding=payload)
     try:
         run = client.run(audio[:12])
         rep = report(run, client.label_indices(labels[:12]), names[:12], client.labels(), "mean")

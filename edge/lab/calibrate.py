@@ -30,30 +30,33 @@ from edge.lab.cascade_report import MB, plot_sweep
 from edge.transports import Transport
 from kws_rpc.lab.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
 from kws_rpc.model.kws_model import KwsModel
-from kws_rpc.wire.encodings import ROUTES, request_for, request_id, payload_bytes
+from kws_rpc.wire.encodings import (ENCODING_CHOICES, ROUTE_CHOICES, ROUTES, is_logmel, payload_bytes, request_for,
+                                    request_id)
+from kws_rpc.wire.encodings import route as canonical_route
 
 SWEEP_THRESHOLDS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5,
                     0.6, 0.7, 0.8, 0.9, 1.0)
 # Default goal, per route: the project's budgets for one 800-clip run. Full-audio routes: 0.95 MB,
 # a third of the reference's best cascade (2.835 MB); the spec body with an IMA ADPCM WAV: 0.50 MB;
-# feature payloads: 0.10 MB; mfcc-dct: 0.05 MB.
+# log-mel encodings: 0.10 MB; logmel-dct: 0.05 MB.
 AUDIO_BUDGET_MB = 0.95
 # A REST body with the clip as IMA ADPCM is a quarter of the PCM body: 0.50 MB buys about twice the asks
 # 0.95 MB buys in PCM (the frontier issue's bar for the spec cascade is 0.50 MB).
 ADPCM_BUDGET_MB = 0.50
 FEATURES_BUDGET_MB = 0.10
-# The transform-coded payload (mfcc-dct, <= 300 B a request) gets half that: as many asks as q5z's 0.10 MB.
+# The transform-coded encoding (logmel-dct, <= 300 B a request) gets half that: as many asks as q5z's 0.10 MB.
 DCT_BUDGET_MB = 0.05
 # How sure the calibration is that a run on another split of the same size stays within the budget.
 DEFAULT_CONFIDENCE = 0.95
 
 
-def default_budget(route: str) -> float:
-    if route == "grpc-mfcc-dct":
+def default_budget(route_: str) -> float:
+    name = canonical_route(route_)
+    if name == "grpc-logmel-dct":
         return DCT_BUDGET_MB
-    if route == "rest-adpcm":
+    if name == "rest-adpcm":
         return ADPCM_BUDGET_MB
-    return FEATURES_BUDGET_MB if "mfcc" in route else AUDIO_BUDGET_MB
+    return FEATURES_BUDGET_MB if is_logmel(name[len("grpc-"):]) else AUDIO_BUDGET_MB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +102,7 @@ def predict_split(split: str, little_path: Path, big_local: Path | None, transpo
         for w in routes:
             if w.startswith("grpc-mfcc") and config is None:
                 raise SystemExit(f"the cost of {w} needs big's feature config: use --local-big or "
-                                 "--transport grpc --payload mfcc-f32 with a reachable server")
+                                 "--transport grpc --encoding logmel-f32 with a reachable server")
             request = request_for(w, audio, request_id(i), device, config)
             size[w][i] = payload_bytes(request)
             answer = local_answer(big, request) if big is not None else label
@@ -161,7 +164,14 @@ def sweep(preds: SplitPredictions, thresholds: Sequence[float] = SWEEP_THRESHOLD
 def make_transport(a: argparse.Namespace) -> Transport | None:
     if a.local_big:
         return None
-    return remote("rest-spec" if a.transport == "rest" else f"grpc-{a.payload}", a)
+    return remote("rest-spec" if a.transport == "rest" else f"grpc-{a.encoding}", a)
+
+
+def _route(name: str) -> str:
+    try:
+        return canonical_route(name)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -181,11 +191,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--local-big", action="store_true", help="run big in-process instead of asking the server")
     ap.add_argument("--transport", choices=("rest", "grpc"), default="grpc")
     add_remote_args(ap, timeout_s=5.0)
-    ap.add_argument("--payload", default="wav", help="gRPC payload big is asked with (remote calibration)")
-    ap.add_argument("--cost-of", choices=ROUTES, default="rest-spec",
+    ap.add_argument("--encoding", "--payload", dest="encoding", choices=ENCODING_CHOICES, default="wav",
+                    metavar="ENCODING", help="gRPC: the encoding big is asked with (remote calibration; default wav)")
+    ap.add_argument("--cost-of", choices=ROUTE_CHOICES, default="rest-spec", type=_route, metavar="ROUTE",
                     help="sweep: whose bytes the cost counts (default: the reference's REST spec body)")
-    ap.add_argument("--routes", "--ways", dest="routes", nargs="+", choices=ROUTES, default=None,
-                    help="calibration: routes to pick a threshold for (default all; rest-spec always)")
+    ap.add_argument("--routes", "--ways", dest="routes", nargs="+", choices=ROUTES, type=_route, default=None,
+                    metavar="ROUTE",
+                    help=f"calibration: routes to pick a threshold for (default all; rest-spec always): {', '.join(ROUTES)}")
     ap.add_argument("--out", default=str(RESULTS / CASCADE_FILE.name),
                     help="where the calibrated thresholds go (default: results/; runs read models/cascade.json, "
                          "so install them there, e.g. with `make calibrate-commit`)")
@@ -206,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("calibration picks the threshold on val only; use --sweep to look at other splits")
     routes = [a.cost_of] if a.sweep else list(dict.fromkeys(["rest-spec", *(a.routes or ROUTES)]))
     if not a.local_big and not a.sweep and a.routes is None and not (a.transport == "grpc" and
-                                                                   a.payload.startswith("mfcc")):
-        routes = ["rest-spec", "rest-adpcm", "grpc-wav", "grpc-pcm"]  # MFCC sizes need the metadata an MFCC transport learns
+                                                                   is_logmel(a.encoding)):
+        routes = ["rest-spec", "rest-adpcm", "grpc-wav", "grpc-pcm"]  # log-mel sizes need the metadata a log-mel transport learns
     transport = make_transport(a)
     try:
         preds = predict_split(split, Path(a.little), Path(a.big) if a.local_big else None, transport,

@@ -25,7 +25,8 @@ from kws_rpc.audio.wav import WAV_CODECS
 from kws_rpc.lab.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
 from kws_rpc.model.kws_model import KwsModel
 from kws_rpc.security.tls import ClientTls
-from kws_rpc.wire.encodings import PAYLOADS, REST_ROUTES, request_id
+from kws_rpc.wire.encodings import ENCODING_CHOICES, REST_ROUTES, TENSOR_ENCODINGS, request_id
+from kws_rpc.wire.encodings import route as canonical_route
 
 log = logging.getLogger("edge.lab.evaluate")  # not __name__: run with -m, that is __main__
 
@@ -43,7 +44,7 @@ class ClientConfig:
     transport: str  # "rest" | "grpc"
     url: str
     grpc_target: str
-    payload: str  # gRPC: a kws_rpc.wire.encodings.PAYLOADS entry; REST: "spec" (16-bit PCM WAV) or "adpcm" (IMA ADPCM WAV)
+    encoding: str  # gRPC: a kws_rpc.wire.encodings.ENCODINGS entry; REST: "spec" (16-bit PCM WAV) or "adpcm" (IMA ADPCM WAV)
     threshold: float
     threshold_source: str
     split: str
@@ -62,8 +63,8 @@ class ClientConfig:
 def make_transport(cfg: ClientConfig) -> Transport:
     if cfg.transport == "rest":
         return RestSpecTransport(cfg.url, cfg.device, cfg.policy, cfg.tls, cfg.token,
-                                 wav_codec=REST_ROUTES[f"rest-{cfg.payload}"])
-    return GrpcTransport(cfg.grpc_target, cfg.payload, cfg.policy, cfg.tls, cfg.token)
+                                 wav_codec=REST_ROUTES[f"rest-{cfg.encoding}"])
+    return GrpcTransport(cfg.grpc_target, cfg.encoding, cfg.policy, cfg.tls, cfg.token)
 
 
 def run(cfg: ClientConfig, transport: Transport | None = None) -> tuple[list[ClipRecord], dict[str, Any]]:
@@ -102,7 +103,10 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     ap.add_argument("--little", default=str(LITTLE), help="edge model (.tflite + card)")
     ap.add_argument("--transport", choices=("rest", "grpc"), default="rest")
     add_remote_args(ap, timeout_s=2.0)
-    ap.add_argument("--payload", choices=PAYLOADS, default="wav", help="gRPC payload (REST is always the spec)")
+    ap.add_argument("--encoding", "--payload", dest="encoding", choices=ENCODING_CHOICES, default="wav", metavar="ENCODING",
+                    help="gRPC: how a clip is put into the request: wav, pcm, or log-mel features computed here, "
+                         f"{', '.join(TENSOR_ENCODINGS)} (mfcc-* are the same, by their first names); "
+                         "REST always sends the spec body (see --wav). Default %(default)s")
     ap.add_argument("--wav", choices=WAV_CODECS, default="pcm16",
                     help="REST: how the spec body's WAV codes the samples: pcm16 (default, the reference's, which "
                          "any server reads) or ima-adpcm (4 bits a sample: requests 4x smaller, the same "
@@ -135,7 +139,7 @@ def route_of(a: argparse.Namespace) -> str:
     """The route to big the flags choose (a key of kws_rpc.wire.encodings.ROUTES)."""
     if a.transport == "rest":
         return next(w for w, codec in REST_ROUTES.items() if codec == a.wav)
-    return f"grpc-{a.payload}"
+    return canonical_route(f"grpc-{a.encoding}")
 
 
 def config_from_args(a: argparse.Namespace) -> ClientConfig:
@@ -157,10 +161,10 @@ def config_from_args(a: argparse.Namespace) -> ClientConfig:
     client_tls, token = server_credentials(a, "kws-edge")
     if a.transport == "rest" and client_tls is not None and not a.url.lower().startswith("https://"):
         raise SystemExit(f"kws-edge: error: --tls-* flags were given, but --url {a.url} is not https://")
-    suffix = {"rest-spec": "rest", "grpc-wav": "grpc"}.get(route, route.replace("-", "_", 1))  # edge_grpc_mfcc-q5z
+    suffix = {"rest-spec": "rest", "grpc-wav": "grpc"}.get(route, route.replace("-", "_", 1))  # edge_grpc_logmel-q5z
     report = Path(a.report) if a.report else RESULTS / f"edge_{suffix}.json"
     return ClientConfig(little=Path(a.little), transport=a.transport, url=a.url, grpc_target=a.grpc,
-                        payload=route.split("-", 1)[1], threshold=threshold,
+                        encoding=route.split("-", 1)[1], threshold=threshold,
                         threshold_source=source, split=a.split, limit=a.limit, data_dir=a.data_dir,
                         report=report, device=a.device,
                         policy=RetryPolicy(timeout_s=a.timeout, retries=a.retries), progress=not a.no_progress,

@@ -1,4 +1,4 @@
-"""`make payload`: bytes per big request for every transport and payload, and what each does to accuracy.
+"""`kws-payload` (`make payload`): payload bytes per request for every route to big, and what each does to accuracy.
 
 Runs the cascade on the test split at the calibrated threshold and sends every asked clip through each
 route to big: the reference REST spec body, and gRPC Predict with a WAV file, raw PCM, or the big
@@ -26,7 +26,7 @@ from edge.lab.cascade_report import MB
 from edge.transports import Transport
 from kws_rpc.lab.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
 from kws_rpc.model.kws_model import KwsModel
-from kws_rpc.wire.encodings import ROUTES, request_for, request_id, payload_bytes
+from kws_rpc.wire.encodings import ROUTES, is_logmel, payload_bytes, request_for, request_id
 
 
 def measure(route: str, clips: list[tuple[int, np.ndarray]], big: KwsModel | None, remote: Transport | None,
@@ -39,7 +39,7 @@ def measure(route: str, clips: list[tuple[int, np.ndarray]], big: KwsModel | Non
         rid = request_id(position)
         label = remote.ask(audio, rid).label if remote is not None else None
         config = big.feature_config if big is not None else getattr(remote, "config", None)
-        if route.startswith("grpc-mfcc") and config is None:  # the server never sent its metadata
+        if route.startswith("grpc-") and is_logmel(route[5:]) and config is None:  # the server never sent its metadata
             labels.append(label)
             continue
         request = request_for(route, audio, rid, device, config)

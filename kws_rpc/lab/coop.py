@@ -34,7 +34,7 @@ from kws_rpc.lab.coop_report import clip_members, clip_votes, report
 from kws_rpc.lab.data import find_dataset, load_split
 from kws_rpc.model import ensemble
 from kws_rpc.model.threads import pin_native_threads, responsive_network_thread
-from kws_rpc.mqtt.coop import PAYLOADS, WINDOW_PER_INFLIGHT, CoopClient, CoopConfig, Run
+from kws_rpc.mqtt.coop import ENCODINGS, WINDOW_PER_INFLIGHT, CoopClient, CoopConfig, Run
 from kws_rpc.mqtt.options import add_broker_arguments, broker_settings
 
 log = logging.getLogger("kws_rpc.lab.coop")  # not __name__: run with -m, that is __main__
@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="QoS 2 clips in flight to the broker at most; capped by the broker's Receive Maximum "
                         "(read with an MQTT 5 probe), or by 16 where the broker cannot say (MQTT 3.1.1). "
                         f"The client keeps {WINDOW_PER_INFLIGHT}x as many clips undecided")
-    p.add_argument("--payload", default="auto", choices=PAYLOADS)
+    p.add_argument("--encoding", "--payload", dest="encoding", default="auto", choices=ENCODINGS,
+                   help="how clips are sent: features (FLOAT16 log-mel, computed once here; needs workers that "
+                        "share one feature config), audio (PCM), or auto (features when they do; default)")
     p.add_argument("--interval", type=float, default=0.0, help="seconds between clips (0 = as fast as the "
                    "window allows)")
     add_broker_arguments(p)
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None, embedded: bool = False) -> None:
     except (ValueError, OSError) as e:
         p.error(str(e))
     config = CoopConfig(settings, args.deployment, args.client_id, args.timeout,
-                        min_workers=args.workers, payload=args.payload,
+                        min_workers=args.workers, encoding=args.encoding,
                         interval_s=args.interval, progress=not args.no_progress, retry_s=args.retry,
                         silence_s=args.silence)
     client = CoopClient(config).start()

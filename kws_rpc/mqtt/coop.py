@@ -35,7 +35,7 @@ from kws_rpc.wire.codec import parse
 
 log = logging.getLogger("kws_rpc.mqtt.coop")  # not __name__: run with -m, that is __main__
 SAMPLE_RATE = 16000
-PAYLOADS = ("auto", "features", "audio")
+ENCODINGS = ("auto", "features", "audio")  # how clips are sent: log-mel features, PCM audio, or whichever fits
 PREPROCESS_CHUNK = 32
 WINDOW_PER_INFLIGHT = 2  # undecided clips per QoS 2 message the broker takes in flight
 
@@ -67,7 +67,7 @@ class CoopConfig:
     min_workers: int = 1  # wait (up to discover_timeout_s) for at least this many live workers
     discover_s: float = 0.5  # after min_workers are live, how long to keep listening for more
     discover_timeout_s: float = 30.0
-    payload: str = "auto"
+    encoding: str = "auto"
     interval_s: float = 0.0  # pause between clips (0 = as fast as the window allows); simulates a stream
     progress: bool = True
     retry_s: float = 1.0  # republish a clip still short of votes after this long, then doubling
@@ -79,8 +79,8 @@ class CoopClient:
     """The MQTT participant: status and vote callbacks feed a Ballot; run() publishes and waits."""
 
     def __init__(self, config: CoopConfig) -> None:
-        if config.payload not in PAYLOADS:
-            raise ValueError(f"payload must be one of {PAYLOADS}")
+        if config.encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}")
         self.config = config
         self.topics = Topics(config.deployment)
         self.client: mqtt.Client | None = None  # made by start(), in the protocol the broker speaks
@@ -287,12 +287,12 @@ class CoopClient:
 
     def _payload_config(self, invited: frozenset[str]) -> FeatureConfig | None:
         """The feature config to send to these workers, or None to send audio."""
-        if self.config.payload == "audio" or not invited:
+        if self.config.encoding == "audio" or not invited:
             return None
         key = (invited, tuple(id(self.statuses.get(w)) for w in sorted(invited)))
         if key not in self._configs:  # one decision per set of workers and statuses, not per clip
             self._configs = {key: shared_config([self.statuses[w] for w in sorted(invited) if w in self.statuses])}
         cfg = self._configs[key]
-        if cfg is None and self.config.payload == "features":
-            raise KwsError("--payload features: the live workers do not share one feature config")
+        if cfg is None and self.config.encoding == "features":
+            raise KwsError("--encoding features: the live workers do not share one feature config")
         return cfg
