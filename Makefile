@@ -137,6 +137,10 @@ bench-coop-commit: venv data  ## make bench-coop, refreshing the committed bench
 test: venv data  ## run the test suite (TensorFlow checks included, in a child process)
 	$(BIN)/pytest -q
 
+.PHONY: test-fast
+test-fast: venv  ## the quick loop: tests that need no data set and no TensorFlow (pytest -m fast, under a minute)
+	$(BIN)/pytest -q -m fast
+
 clean:
 	rm -rf .pytest_cache build *.egg-info
 

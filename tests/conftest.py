@@ -4,6 +4,9 @@ shipped models come from models/.
 The test process runs models on the interpreter users run (ai_edge_litert): TensorFlow never enters it.
 Tests that need TensorFlow use the ``tf_child`` fixture (see tests/tf_child.py), and the guards below fail
 the test that imports TensorFlow here, and the session if the runtime is not the production one.
+
+``pytest -m fast`` (``make test-fast``) is the quick loop: the modules of FAST_MODULES, less their tests
+that read the data set or start TensorFlow; about half a minute here. ``make test`` runs everything.
 """
 
 from __future__ import annotations
@@ -21,6 +24,19 @@ from tf_child import TfChild, tensorflow_installed
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models"
+
+# Modules whose tests run on the shipped models and fixtures alone, in seconds.
+FAST_MODULES = {"test_adpcm", "test_architecture", "test_bad_inputs", "test_batching", "test_card", "test_cli",
+                "test_codec", "test_deploy", "test_ensemble", "test_features", "test_gateway", "test_limits",
+                "test_no_tensorflow", "test_protos", "test_runtime", "test_server", "test_stats"}
+SLOW_FIXTURES = {"dataset_root", "test_audio", "tf_child"}  # the data set, or a TensorFlow child process
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module.__name__.rpartition(".")[2] in FAST_MODULES and \
+                not SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.fast)
 
 
 @pytest.fixture(scope="session")
