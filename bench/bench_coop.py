@@ -1,5 +1,5 @@
 """Cooperative inference, end to end: 800 test clips through N workers on the embedded amqtt broker and on
-mosquitto. Workers are separate processes (`python -m kws_rpc.mqtt.worker`), as deployed; the client is
+mosquitto. Workers are separate processes (`kws-worker`), as deployed; the client is
 this process. Each configuration is warmed up (first messages, interpreter set-up) before the timed run.
 
     python -m bench.bench_coop [--workers 3 5] [--brokers amqtt mosquitto] [--limit N]

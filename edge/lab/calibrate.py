@@ -289,7 +289,7 @@ def write_calibration(a: argparse.Namespace, preds: dict[str, SplitPredictions],
     shown = repo_relative(out) if out.resolve().is_relative_to(ROOT) else str(out)
     print(f"-> {shown}")
     if out.resolve() != CASCADE_FILE.resolve():
-        print(f"runs still read {repo_relative(CASCADE_FILE)}: try these with `python -m edge.lab.evaluate --cascade "
+        print(f"runs still read {repo_relative(CASCADE_FILE)}: try these with `kws-edge eval --cascade "
               f"{shown}`; install them with `cp {shown} {repo_relative(CASCADE_FILE)}` or `make calibrate-commit`")
     return 0
 

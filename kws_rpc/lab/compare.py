@@ -246,7 +246,7 @@ def store_val_weights(body: dict[str, Any], entry: dict[str, Any], manifest: Pat
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m kws_rpc.lab.compare", description=__doc__,
+    p = argparse.ArgumentParser(prog="kws-compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", help=".tflite files, each with its .json card beside it")
     p.add_argument("--against", help="reference model (one of the given, by path or card name): every model "
@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"--write-manifest: {manifest} names members {members}; give them all (and no --no-fit)")
         w = weights[key]
         entry = {**w.as_dict(), "fitted": {**w.fitted, "members_sha256": {
-            m: report["models"][m]["sha256"] for m in members}, "command": "python -m kws_rpc.lab.compare "
+            m: report["models"][m]["sha256"] for m in members}, "command": "kws-compare "
             + " ".join(sys.argv[1:] if argv is None else argv)}}
         print(store_val_weights(body, entry, manifest))
         manifest.write_text(json.dumps(body, indent=2) + "\n")

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None, embedded: bool = False) -> None:
         policy = args.policy
         weights = ensemble.load_weights(args.weights)
         if policy == "weighted" and weights is None:
-            p.error(f"--policy weighted: {args.weights} holds no fitted weights (python -m kws_rpc.lab.compare "
+            p.error(f"--policy weighted: {args.weights} holds no fitted weights (kws-compare "
                     "... --write-manifest), or use --policy auto")
         live_models = {s.model.name for s in client.statuses.values()}
         oof = oof_choice(weights, live_models)

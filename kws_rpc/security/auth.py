@@ -48,7 +48,7 @@ class TokenStore:
                 raise ValueError(f"bad token name {name[:40]!r}: letters, digits, '_', '.', '@', '-'")
             if len(token) < MIN_TOKEN_CHARS or not _TOKEN.match(token):
                 raise ValueError(f"token {name!r} must be at least {MIN_TOKEN_CHARS} visible ASCII characters "
-                                 "without spaces (python -m kws_rpc.security.auth makes one)")
+                                 "without spaces (kws-token makes one)")
         if len(set(tokens.values())) != len(tokens):
             raise ValueError("two names share a token: each client needs its own")
         self._tokens = [(name, token.encode()) for name, token in tokens.items()]
