@@ -29,7 +29,10 @@ def test_console_script_explains_itself(name: str) -> None:
     if name in NOT_RUN:
         assert importlib.util.find_spec(module) is not None
         return
-    main = getattr(importlib.import_module(module), attr)
+    try:
+        main = getattr(importlib.import_module(module), attr)
+    except ModuleNotFoundError as e:  # the server's commands on the Pi's install, say
+        pytest.skip(f"{name}: {e.name} is not installed (another extra)")
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as e:
         main(["--help"])
