@@ -43,7 +43,7 @@ _EGS = _EGP + 4 * 8
 _COUNT = _EGS + 1
 _CONTEXTS = _COUNT + 13
 # Initial probability (of a 0 bit, in 1/2048) of every context up to _EGS, measured on the train split;
-# the rest start at 1024. Set by `python -m kws_rpc.wire.featcodec --train` (kws.proto lists the same numbers).
+# the rest start at 1024. No command remeasures them: they are part of the format, and kws.proto lists the same numbers.
 INIT_PROBS: tuple[int, ...] = (
     31, 1024, 1024, 410, 31, 1024, 123, 31, 1024, 99, 37, 47,
     116, 59, 100, 167, 102, 131, 306, 202, 234, 567, 413, 413,
