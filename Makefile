@@ -44,10 +44,10 @@ $(TOOLS_VENV)/bin/uv: requirements/tools.txt
 	$(TOOLS_VENV)/bin/$(PIP_LOCKED) -r requirements/tools.txt
 
 UPGRADE ?=
-lock: $(TOOLS_VENV)/bin/uv  ## re-resolve requirements/*.txt, keeping pins (UPGRADE="pkg ..." or UPGRADE=all moves them); regenerates kws/v1 if grpcio-tools moved
+lock: $(TOOLS_VENV)/bin/uv  ## re-resolve requirements/*.txt, keeping pins (UPGRADE="pkg ..." or UPGRADE=all moves them); regenerates kws_rpc/proto/kws/v1 if grpcio-tools moved
 	$(TOOLS_VENV)/bin/python scripts/lock.py --uv $(TOOLS_VENV)/bin/uv $(if $(UPGRADE),--upgrade $(UPGRADE)) \
 		|| { rc=$$?; [ $$rc = 3 ] && $(MAKE) venv protos; }
-	@git --no-pager diff --stat -- requirements/ kws/ 2>/dev/null || true
+	@git --no-pager diff --stat -- requirements/ kws_rpc/proto/ 2>/dev/null || true
 
 protos: $(BIN)/activate  ## regenerate Python code from protos/ (grpcio-tools)
 	$(PYTHON) -m kws_rpc.protogen
@@ -55,10 +55,10 @@ protos: $(BIN)/activate  ## regenerate Python code from protos/ (grpcio-tools)
 data: $(DATA)/mini_speech_commands/.complete  ## unpack Mini Speech Commands (../shared/data if present, else download)
 $(DATA)/mini_speech_commands/.complete:
 	@if [ -x ../shared/data/unpack.sh ]; then ../shared/data/unpack.sh $(DATA); \
-	else $(MAKE) venv && $(PYTHON) -m kws_rpc.data --download --dest $(DATA); fi
+	else $(MAKE) venv && $(BIN)/kws-data --download --dest $(DATA); fi
 
 train: venv data  ## retrain the shipped models and their int8 siblings (about 2.5 h on 2 cores)
-	$(PYTHON) -m trainers.train --all
+	$(BIN)/kws-train --all
 	$(PYTHON) -m trainers.quantize models/big.tflite models/member_cnn.tflite models/member_dscnn.tflite
 
 MODEL ?= little
@@ -66,10 +66,10 @@ reproduce: venv data  ## retrain MODEL (default little) by its card's train_comm
 	$(PYTHON) -m trainers.reproduce $(MODEL) $(ARGS)
 
 eval: venv data  ## evaluate every shipped model on the test split (table + results/eval.json)
-	$(PYTHON) -m kws_rpc.evaluate $(ARGS)
+	$(BIN)/kws-eval $(ARGS)
 
 eval-commit: venv data  ## make eval, refreshing the committed bench/results/eval.json
-	$(PYTHON) -m kws_rpc.evaluate $(ARGS) --out bench/results/eval.json
+	$(BIN)/kws-eval $(ARGS) --out bench/results/eval.json
 
 demo: venv data  ## the whole system end to end: eval, server + edge cascade, MQTT cooperative inference (-> results/)
 	$(PYTHON) scripts/demo.py
@@ -77,10 +77,10 @@ demo: venv data  ## the whole system end to end: eval, server + edge cascade, MQ
 .PHONY: certs
 certs: certs/ca.pem  ## dev CA, server and client certificates in certs/ (gitignored; rm -r certs to renew)
 certs/ca.pem:
-	$(MAKE) venv && $(PYTHON) -m kws_rpc.certs --out certs $(ARGS)
+	$(MAKE) venv && $(BIN)/kws-certs --out certs $(ARGS)
 
 server: venv  ## gRPC :50051 + REST gateway :8080 on models/big_int8.tflite (Ctrl-C stops gracefully)
-	$(PYTHON) -m kws_rpc.server --model models/big_int8.tflite --port 50051 --gateway-port 8080
+	$(BIN)/kws-server --model models/big_int8.tflite --port 50051 --gateway-port 8080
 
 .PHONY: bench-server bench-server-commit
 bench-server: venv  ## server throughput/latency: 1-2 processes, gRPC q5z/WAV and REST, 1-128 clients -> results/bench_server.json
@@ -89,31 +89,31 @@ bench-server: venv  ## server throughput/latency: 1-2 processes, gRPC q5z/WAV an
 bench-server-commit: venv  ## make bench-server, refreshing the committed bench/results/server.json
 	$(PYTHON) -m bench.bench_server $(ARGS) --out bench/results/server.json
 
-client: venv data  ## Big/Little cascade on test as the Pi runs it (REST spec; ARGS="--transport grpc --payload mfcc-q5z")
-	$(PYTHON) -m edge.client $(ARGS)
+client: venv data  ## Big/Little cascade on test as the Pi runs it (REST spec; ARGS="--transport grpc --encoding logmel-q5z")
+	$(BIN)/kws-edge eval $(ARGS)
 
 calibrate: venv data  ## pick the cascade thresholds on VAL (big run locally) -> results/cascade.json
-	$(PYTHON) -m edge.calibrate --local-big $(ARGS)
+	$(BIN)/kws-calibrate --local-big $(ARGS)
 
 calibrate-commit: venv data  ## make calibrate, installing the thresholds in models/cascade.json (what runs read)
-	$(PYTHON) -m edge.calibrate --local-big $(ARGS) --out models/cascade.json
+	$(BIN)/kws-calibrate --local-big $(ARGS) --out models/cascade.json
 
 sweep: venv data  ## accuracy vs cost over thresholds on test -> results/sweep_test.{json,png}
-	$(PYTHON) -m edge.calibrate --sweep --local-big $(ARGS)
+	$(BIN)/kws-calibrate --sweep --local-big $(ARGS)
 
 payload: venv data  ## bytes per request per transport/payload and test accuracy -> results/payload.json
-	$(PYTHON) -m edge.payload --local-big $(ARGS)
+	$(BIN)/kws-payload --local-big $(ARGS)
 
 coop: venv data  ## cooperative inference over MQTT: embedded broker + the 3 members in-process, policy chosen out of fold on train+val (models/ensemble.json)
-	$(PYTHON) -m kws_rpc.mqtt.local --split test $(ARGS)
+	$(PYTHON) -m kws_rpc.lab.coop_demo --split test $(ARGS)
 
 .PHONY: compare ensemble-weights
 COMPARE_MODELS ?= models/big_int8.tflite models/member_cnn_int8.tflite models/member_dscnn_int8.tflite models/little.tflite
 compare: venv data  ## paired comparison on val+test: McNemar vs big_int8, error overlap, ensembles (OOF-fitted weights) -> results/compare.json
-	$(PYTHON) -m kws_rpc.compare $(COMPARE_MODELS) --against models/big_int8.tflite --split val test $(ARGS)
+	$(BIN)/kws-compare $(COMPARE_MODELS) --against models/big_int8.tflite --split val test $(ARGS)
 
 ensemble-weights: venv data  ## fit the weighted policy's member weights on val alone (5-fold OOF report) into models/ensemble.json's weighted_val (the weighted entry keeps make stack's OOF weights)
-	$(PYTHON) -m kws_rpc.compare models/big_int8.tflite models/member_cnn_int8.tflite models/member_dscnn_int8.tflite \
+	$(BIN)/kws-compare models/big_int8.tflite models/member_cnn_int8.tflite models/member_dscnn_int8.tflite \
 		--split val --write-manifest models/ensemble.json $(ARGS)
 
 .PHONY: kfold stack
@@ -147,6 +147,10 @@ bench-coop-commit: venv data  ## make bench-coop, refreshing the committed bench
 
 test: venv data  ## run the test suite (TensorFlow checks included, in a child process)
 	$(BIN)/pytest -q
+
+.PHONY: test-fast
+test-fast: venv  ## the quick loop: tests that need no data set and no TensorFlow (pytest -m fast, under a minute)
+	$(BIN)/pytest -q -m fast
 
 clean:
 	rm -rf .pytest_cache build *.egg-info

@@ -10,7 +10,7 @@
    how long until the gateway closes each one, and what it answered (408 for a late body). A PUT / sent
    while they are open shows the gateway still serves.
 
-The server is a ``python -m kws_rpc.server`` child process with its gateway and default limits (the flags
+The server is a ``python -m kws_rpc.serving.server`` child process with its gateway and default limits (the flags
 given here are passed on). Writes results/bench_abuse.json (``--commit``: bench/results/abuse.json) and
 prints a table. A benchmark, not a test: run it on a quiet machine.
 """
@@ -32,11 +32,11 @@ import numpy as np
 import requests
 
 from bench.common import RESULTS, format_table, latency_summary, write_results
-from kws.v1 import kws_pb2 as pb
-from kws.v1 import kws_pb2_grpc as pb_grpc
-from kws_rpc.limits import Limits
-from kws_rpc.senml import spec_body_for_wav
-from kws_rpc.server_process import ServerProcess
+from kws_rpc.proto.kws.v1 import kws_pb2 as pb
+from kws_rpc.proto.kws.v1 import kws_pb2_grpc as pb_grpc
+from kws_rpc.serving.limits import Limits
+from kws_rpc.wire.senml import spec_body_for_wav
+from tests.support.server_process import ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 CLIP = REPO / "tests" / "fixtures" / "clips" / "yes.wav"

@@ -1,9 +1,9 @@
 """`make bench-codec`: what each feature payload costs in bytes and in big's accuracy (val and test).
 
-Every clip's features are sent the way the edge sends them (``edge.transports.features_request``) and
-decoded the way the server decodes them (``kws_rpc.codec.tensor_from_proto``), then fed to the model.
-The DCT_RC codec (``mfcc-dct``) is also swept over its step index g, uncapped, which draws its
-rate-accuracy curve; the shipped ``mfcc-dct`` payload is g = 38 with each request capped at 300 B.
+Every clip's features are sent the way the edge sends them (``kws_rpc.wire.encodings.features_request``) and
+decoded the way the server decodes them (``kws_rpc.wire.codec.tensor_from_proto``), then fed to the model.
+The DCT_RC codec (``logmel-dct``) is also swept over its step index g, uncapped, which draws its
+rate-accuracy curve; the shipped ``logmel-dct`` payload is g = 38 with each request capped at 300 B.
 Bytes are ``ByteSize()`` of the whole PredictRequest. Writes results/bench_codec.{json,png} (``--out``).
 
 With 800 clips one clip is 0.125 points: each point carries the exact McNemar p against exact features.
@@ -19,14 +19,14 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.common import RESULTS, format_table, write_results
-from edge.transports import features_request, request_id
-from kws_rpc import featcodec
-from kws_rpc.codec import tensor_from_proto
-from kws_rpc.data import find_dataset, load_split
-from kws_rpc.model import KwsModel
-from kws_rpc.stats import mcnemar
+from kws_rpc.lab.data import find_dataset, load_split
+from kws_rpc.lab.stats import mcnemar
+from kws_rpc.model.kws_model import KwsModel
+from kws_rpc.wire import featcodec
+from kws_rpc.wire.codec import tensor_from_proto
+from kws_rpc.wire.encodings import features_request, request_id
 
-PAYLOADS = ("mfcc-i8z", "mfcc-q5z", "mfcc-q4z", "mfcc-dct")
+PAYLOADS = ("logmel-i8z", "logmel-q5z", "logmel-q4z", "logmel-dct")
 STEPS = (12, 16, 20, 26, 32, 38, 48, 64)
 
 
@@ -53,7 +53,7 @@ def run(model_path: Path, root: Path, splits: list[str]) -> list[dict]:
                         for i, x in enumerate(tqdm(exact, desc=f"{split} {payload}", unit="clip", leave=False))]
             feats = np.stack([tensor_from_proto(r.features.tensor) for r in requests])
             rows.append(_row(payload, split, [r.ByteSize() for r in requests], feats, model, labels, exact_right))
-        overhead = features_request(exact[0], "mfcc-dct", request_id(100), cfg)
+        overhead = features_request(exact[0], "logmel-dct", request_id(100), cfg)
         overhead = overhead.ByteSize() - len(overhead.features.tensor.data)
         for g in tqdm(STEPS, desc=f"{split} DCT_RC steps", unit="g", leave=False):
             data = [featcodec.encode(x, g) for x in exact]

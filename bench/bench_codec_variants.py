@@ -1,7 +1,7 @@
 """Variants of the DCT_RC codec's quantizer, scored by how many of big's answers they change (train+val).
 
-An experiment on the 300 B ``mfcc-dct`` request, not a payload: every variant codes each clip's exact
-features with ``kws_rpc.featcodec``'s transform, scan and range coder, capped as the edge caps a request
+An experiment on the 300 B ``logmel-dct`` request, not a payload: every variant codes each clip's exact
+features with ``kws_rpc.wire.featcodec``'s transform, scan and range coder, capped as the edge caps a request
 (300 B in all), and counts the clips on which big_int8's answer on the reconstruction differs from its
 answer on the exact features. Train's clips count too: the codec's parameters are chosen on train and
 val, and a changed answer is a cost whether or not big was trained on the clip (test is never used).
@@ -28,10 +28,10 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.common import RESULTS, format_table, write_results
-from edge.transports import DCT_MAX_REQUEST_BYTES, features_request, request_id
-from kws_rpc import featcodec as fc
-from kws_rpc.data import find_dataset, load_split
-from kws_rpc.model import KwsModel
+from kws_rpc.lab.data import find_dataset, load_split
+from kws_rpc.model.kws_model import KwsModel
+from kws_rpc.wire import featcodec as fc
+from kws_rpc.wire.encodings import DCT_MAX_REQUEST_BYTES, features_request, request_id
 
 VARIANTS = (  # (step index, round, offset, cap)
     (38, 0.5, 0.0, "coarser"), (38, 0.5, 0.1, "coarser"), (38, 0.5, 0.2, "coarser"), (38, 0.5, 0.3, "coarser"),
@@ -106,7 +106,7 @@ def run(model_path: Path, root: Path) -> list[dict]:
         is_val.append(np.full(len(audio), split == "val"))
     x, is_val = np.concatenate(feats), np.concatenate(is_val)
     exact = model.predict(x).argmax(-1)
-    probe = features_request(x[0], "mfcc-dct", request_id(799), model.feature_config)  # an 800-clip run's longest id
+    probe = features_request(x[0], "logmel-dct", request_id(799), model.feature_config)  # an 800-clip run's longest id
     cap = DCT_MAX_REQUEST_BYTES - (probe.ByteSize() - len(probe.features.tensor.data))  # bytes for the tensor data
     rows = []
     for g, rounding, offset, cap_rule in VARIANTS:

@@ -1,5 +1,5 @@
 """Cooperative inference, end to end: 800 test clips through N workers on the embedded amqtt broker and on
-mosquitto. Workers are separate processes (`python -m kws_rpc.mqtt.worker`), as deployed; the client is
+mosquitto. Workers are separate processes (`kws-worker`), as deployed; the client is
 this process. Each configuration is warmed up (first messages, interpreter set-up) before the timed run.
 
     python -m bench.bench_coop [--workers 3 5] [--brokers amqtt mosquitto] [--limit N]
@@ -26,10 +26,13 @@ import psutil
 
 from bench.common import RESULTS, format_table, write_results
 from edge.cascade import repo_relative
-from edge.coop import CoopClient, CoopConfig, default_members, report
-from kws_rpc.data import find_dataset, load_split
-from kws_rpc.mqtt.broker import EmbeddedBroker, Mosquitto
+from kws_rpc.lab.coop import default_members
+from kws_rpc.lab.coop_report import report
+from kws_rpc.lab.data import find_dataset, load_split
+from kws_rpc.mqtt.broker import EmbeddedBroker
 from kws_rpc.mqtt.connection import BrokerSettings
+from kws_rpc.mqtt.coop import CoopClient, CoopConfig
+from tests.support.mosquitto import Mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
 COLUMNS = ("broker", "workers", "clips", "e2e_s", "publish_to_decided_s", "clips/s", "msgs/s", "B/clip", "B/vote", "SenML B/clip",

@@ -4,7 +4,7 @@ The server's reply carries big's probabilities, so on an asked clip the Pi could
 ``log p_big + w log p_little`` instead of taking big's label (w = 0 is the shipped cascade). For each way
 of asking big, at its threshold calibrated on val (models/cascade.json), this runs the little on every clip
 as the Pi does (``edge.cascade.little_on_file``, keeping its probabilities), sends the asked clips' requests as the edge builds them
-(``edge.transports.request_for``) through the server's own handlers in process, and scores the cascade
+(``kws_rpc.wire.encodings.request_for``) through the server's own handlers in process, and scores the cascade
 at every w on val and test. Writes results/bench_fusion.json.
 """
 
@@ -19,14 +19,14 @@ from tqdm import tqdm
 
 from bench.common import RESULTS, format_table, write_results
 from edge.cascade import BIG, CASCADE_FILE, LITTLE, load_threshold, repo_relative, should_ask
-from edge.transports import request_for, request_id
-from kws_rpc import handlers
-from kws_rpc.audio import read_wav
-from kws_rpc.core import InferenceCore
-from kws_rpc.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
-from kws_rpc.model import KwsModel, softmax_margin
+from kws_rpc.audio.wav import read_wav
+from kws_rpc.lab.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
+from kws_rpc.model.core import InferenceCore
+from kws_rpc.model.kws_model import KwsModel, softmax_margin
+from kws_rpc.wire import handlers
+from kws_rpc.wire.encodings import request_for, request_id
 
-WAYS = ("rest-spec", "rest-adpcm", "grpc-mfcc-q5z", "grpc-mfcc-dct")
+ROUTES = ("rest-spec", "rest-adpcm", "grpc-logmel-q5z", "grpc-logmel-dct")
 WEIGHTS = (0.0, 0.25, 0.5, 1.0)
 
 
@@ -39,24 +39,24 @@ def run(little: KwsModel, big: KwsModel, root: Path, split: str, thresholds: dic
     names = split_names(split)
     y = np.array([label_of(n) for n in names])
     p_little = np.zeros((len(names), len(LABELS)))
-    p_big = {w: np.full((len(names), len(LABELS)), np.nan) for w in WAYS}
+    p_big = {w: np.full((len(names), len(LABELS)), np.nan) for w in ROUTES}
     margin = np.zeros(len(names))
     for i, name in enumerate(tqdm(names, desc=f"{split}", unit="clip")):
         audio, rate = read_wav(str(root / name))
         probs = little.predict_audio(audio, rate)[0]  # what edge.cascade.little_on_file runs, kept whole
         margin[i], p_little[i] = softmax_margin(probs), in_label_order(probs, little.labels)
-        for way in WAYS:
-            if should_ask(margin[i], thresholds[way]):
-                request = request_for(way, audio, request_id(i), "bench", big.feature_config)
+        for route in ROUTES:
+            if should_ask(margin[i], thresholds[route]):
+                request = request_for(route, audio, request_id(i), "bench", big.feature_config)
                 if isinstance(request, dict):  # the REST spec body, parsed as the gateway parses it
                     request = handlers.spec_request(json.dumps(request).encode())[0]
-                p_big[way][i] = in_label_order(handlers.predict(core, request).prediction.probabilities, big.labels)
+                p_big[route][i] = in_label_order(handlers.predict(core, request).prediction.probabilities, big.labels)
     rows = []
-    for way in WAYS:
-        asked = should_ask(margin, thresholds[way])
-        row = {"split": split, "way": way, "calls": int(asked.sum())}
+    for route in ROUTES:
+        asked = should_ask(margin, thresholds[route])
+        row = {"split": split, "way": route, "calls": int(asked.sum())}
         for w in WEIGHTS:
-            fused = np.log(np.maximum(p_big[way][asked], 1e-9)) + w * np.log(np.maximum(p_little[asked], 1e-9))
+            fused = np.log(np.maximum(p_big[route][asked], 1e-9)) + w * np.log(np.maximum(p_little[asked], 1e-9))
             final = p_little.argmax(-1)
             final[asked] = fused.argmax(-1)
             row[f"w={w:g} %"] = float(100 * np.mean(final == y))
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(RESULTS / "bench_fusion.json"))
     a = ap.parse_args(argv)
     little, big = KwsModel(a.little), KwsModel(a.big)
-    thresholds = {w: load_threshold(Path(a.cascade), w)[0] for w in WAYS}
+    thresholds = {w: load_threshold(Path(a.cascade), w)[0] for w in ROUTES}
     root = find_dataset(a.data_dir) / DATASET_DIR
     rows = [r for split in ("val", "test") for r in run(little, big, root, split, thresholds)]
     shown = [{k: f"{v:.3f}" if k.endswith(" %") else v for k, v in r.items()} for r in rows]

@@ -38,13 +38,13 @@ import psutil
 
 from bench.common import RESULTS, format_table, latency_summary, write_results
 from bench.load import Job, drive
-from edge.transports import build_request
-from kws_rpc.audio import decode_wav
-from kws_rpc.model import KwsModel
-from kws_rpc.senml import spec_body_for_wav
-from kws_rpc.threads import pin_native_threads
-from kws.v1 import kws_pb2 as pb
-from kws_rpc.mqtt.broker import free_port, wait_listening
+from kws_rpc.wire.encodings import build_request
+from kws_rpc.audio.wav import decode_wav
+from kws_rpc.model.kws_model import KwsModel
+from kws_rpc.wire.senml import spec_body_for_wav
+from kws_rpc.model.threads import pin_native_threads
+from kws_rpc.proto.kws.v1 import kws_pb2 as pb
+from tests.support.network import free_port, wait_listening
 
 REPO = Path(__file__).resolve().parent.parent
 CLIPS = REPO / "tests" / "fixtures" / "clips"
@@ -107,7 +107,7 @@ def start(kind: str, processes: int, model: Path, venvs: dict[str, Path]) -> Ser
     env = {**os.environ, **ONE_THREAD, "PYTHONPATH": str(REPO)}
     workdir = None
     if kind == "kws":
-        cmd = [sys.executable, "-m", "kws_rpc.server", "--model", str(model), "--port", str(grpc_port),
+        cmd = [sys.executable, "-m", "kws_rpc.serving.server", "--model", str(model), "--port", str(grpc_port),
                "--gateway-port", str(http_port), "--processes", str(processes), "--log-level", "WARNING"]
         ready = f"http://127.0.0.1:{http_port}/readyz"
     elif kind == "kserve":
@@ -139,7 +139,7 @@ def kws_bodies(model: KwsModel) -> dict[str, list[tuple[str, bytes]]]:
         audio, _ = decode_wav(wav)
         out["grpc-wav"].append((path.stem, pb.PredictRequest(request_id=str(i), audio=pb.Audio(wav=wav))
                                 .SerializeToString()))
-        out["grpc-features"].append((path.stem, build_request(audio, "mfcc-f32", str(i), model.feature_config)
+        out["grpc-features"].append((path.stem, build_request(audio, "logmel-f32", str(i), model.feature_config)
                                      .SerializeToString()))
         out["rest-wav"].append((path.stem, json.dumps(spec_body_for_wav(wav, "bench")).encode()))
     return out

@@ -25,10 +25,10 @@ import psutil
 from bench.common import RESULTS, format_table, latency_summary, write_results
 from bench.load import Job, drive
 from edge.cascade import repo_relative
-from edge.transports import request_for
-from kws.v1 import kws_pb2 as pb
-from kws_rpc.mqtt.broker import free_port, wait_listening
-from kws_rpc.senml import spec_body_for_wav
+from kws_rpc.proto.kws.v1 import kws_pb2 as pb
+from kws_rpc.wire.encodings import request_for
+from kws_rpc.wire.senml import spec_body_for_wav
+from tests.support.network import free_port, wait_listening
 
 REPO = Path(__file__).resolve().parent.parent
 CLIPS = REPO / "tests" / "fixtures" / "clips"
@@ -56,7 +56,7 @@ class ServerProcess:
     def __init__(self, model: Path, processes: int, batch: int, delay_ms: float) -> None:
         self.port, self.gateway_port = free_port(), free_port()
         self.metrics_port = free_port()
-        cmd = [sys.executable, "-m", "kws_rpc.server", "--model", str(model), "--port", str(self.port),
+        cmd = [sys.executable, "-m", "kws_rpc.serving.server", "--model", str(model), "--port", str(self.port),
                "--gateway-port", str(self.gateway_port), "--metrics-port", str(self.metrics_port),
                "--processes", str(processes), "--max-batch-size", str(batch), "--max-delay-ms", str(delay_ms),
                "--log-level", "WARNING"]
@@ -86,8 +86,8 @@ class ServerProcess:
 
 def request_bodies(model: Path) -> dict[str, list[tuple[str, bytes]]]:
     """Per payload, (word, serialized request) for each fixture clip, built as the edge builds them."""
-    from kws_rpc.audio import decode_wav
-    from kws_rpc.model import KwsModel
+    from kws_rpc.audio.wav import decode_wav
+    from kws_rpc.model.kws_model import KwsModel
 
     config = KwsModel(model).feature_config
     clips = [(p.stem, p.read_bytes()) for p in sorted(CLIPS.glob("*.wav"))]
@@ -96,9 +96,9 @@ def request_bodies(model: Path) -> dict[str, list[tuple[str, bytes]]]:
     for i, (word, wav) in enumerate(clips):
         audio, _ = decode_wav(wav)
         bodies["grpc-wav"].append((word, pb.PredictRequest(request_id=str(i), audio=pb.Audio(wav=wav)).SerializeToString()))
-        q5z = request_for("grpc-mfcc-q5z", audio, str(i), "bench", config)
+        q5z = request_for("grpc-logmel-q5z", audio, str(i), "bench", config)
         bodies["grpc-q5z"].append((word, q5z.SerializeToString()))
-        bodies["grpc-dct"].append((word, request_for("grpc-mfcc-dct", audio, str(i), "bench", config).SerializeToString()))
+        bodies["grpc-dct"].append((word, request_for("grpc-logmel-dct", audio, str(i), "bench", config).SerializeToString()))
         bodies["rest"].append((word, json.dumps(spec_body_for_wav(wav, "bench")).encode()))
         bodies["rest-adpcm"].append((word, json.dumps(request_for("rest-adpcm", audio, str(i), "bench", config)).encode()))
     return bodies

@@ -18,10 +18,10 @@ from tqdm import tqdm
 
 from bench.common import RESULTS, format_table, write_results
 from edge.cascade import BIG, repo_relative
-from kws_rpc.audio import pad_or_trim, read_wav
-from kws_rpc.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
-from kws_rpc.model import KwsModel
-from kws_rpc.stats import mcnemar
+from kws_rpc.audio.wav import pad_or_trim, read_wav
+from kws_rpc.lab.data import DATASET_DIR, LABELS, find_dataset, label_of, split_names
+from kws_rpc.lab.stats import mcnemar
+from kws_rpc.model.kws_model import KwsModel
 
 FRAME = 160  # 10 ms at 16 kHz
 

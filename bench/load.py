@@ -18,7 +18,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from kws.v1 import kws_pb2 as pb
+from kws_rpc.proto.kws.v1 import kws_pb2 as pb
 
 PREDICT = "/kws.v1.KeywordSpotting/Predict"
 

@@ -1,12 +1,16 @@
-"""The cascade as every edge command runs it: where models and thresholds live, the little model on a
-clip read from disk, the ask rule, the calibrated thresholds and budgets, big answering locally, and the
-transports' flags. ``edge.client`` (the Pi's run), ``edge.calibrate`` and ``edge.payload`` import this
-module and not one another.
+"""The Big/Little cascade as the Pi runs it: ``Cascade`` classifies a clip with the little model and asks
+big, over a transport, when little is unsure.
+
+Beside it, what every edge command shares: where models and thresholds live, the ask rule, the
+calibrated thresholds and budgets, big answering locally, and the server flags. The runs over a data
+set split (``edge.lab.evaluate``, ``edge.lab.calibrate``, ``edge.lab.payload``) import this module and
+not one another.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -16,14 +20,16 @@ from typing import Any
 
 import numpy as np
 
-from edge.transports import REST_WAYS, GrpcTransport, RestSpecTransport, RetryPolicy, Transport
-from kws.v1 import kws_pb2 as pb
-from kws_rpc import handlers, tls
-from kws_rpc.audio import read_wav
-from kws_rpc.auth import client_token
-from kws_rpc.core import InferenceCore
-from kws_rpc.features import resample
-from kws_rpc.model import KwsModel, softmax_margin
+from edge.transports import OVER_BUDGET, GrpcTransport, RestSpecTransport, RetryPolicy, Transport
+from kws_rpc.audio.features import resample
+from kws_rpc.audio.wav import read_wav
+from kws_rpc.model.core import InferenceCore
+from kws_rpc.model.kws_model import KwsModel, softmax_margin
+from kws_rpc.proto.kws.v1 import kws_pb2 as pb
+from kws_rpc.security import tls
+from kws_rpc.security.auth import client_token
+from kws_rpc.wire import encodings, handlers
+from kws_rpc.wire.encodings import REST_ROUTES
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,23 +54,27 @@ def should_ask(margin: float | np.ndarray, threshold: float) -> bool | np.ndarra
     return margin <= threshold
 
 
-def load_threshold(path: Path = CASCADE_FILE, way: str = "rest-spec") -> tuple[float, str]:
-    """The threshold calibrated for this way of asking big (smaller requests buy more asks within the
+def load_threshold(path: Path = CASCADE_FILE, route: str = "rest-spec") -> tuple[float, str]:
+    """The threshold calibrated for this route to big (smaller requests buy more asks within the
     same budget), else the file's reference-format threshold, else DEFAULT_THRESHOLD; and its source."""
     if not path.is_file():
         return DEFAULT_THRESHOLD, "default"
     doc = json.loads(path.read_text())
-    if way in doc.get("ways", {}):
-        return float(doc["ways"][way]["threshold"]), f"{repo_relative(path)}, calibrated on val for {way}"
+    route = encodings.route(route)
+    ways = doc.get("ways", {})  # the file's key for its routes
+    key = route if route in ways else encodings.legacy_route(route)  # files may name routes by first names
+    if key in ways:
+        return float(ways[key]["threshold"]), f"{repo_relative(path)}, calibrated on val for {route}"
     return float(doc["threshold"]), f"{repo_relative(path)}, calibrated on val for rest-spec"
 
 
-def calibrated_budget(doc: dict[str, Any], way: str, clips: int) -> float | None:
+def calibrated_budget(doc: dict[str, Any], route: str, clips: int) -> float | None:
     """The budget a cascade.json document's threshold for ``way`` was calibrated to spend, scaled from the
     calibration's clip count to a run of ``clips`` clips; None if it was calibrated for accuracy."""
     budget = doc.get("target", {}).get("budget_mb")
     if isinstance(budget, dict):
-        budget = budget.get(way)
+        route = encodings.route(route)
+        budget = budget.get(route, budget.get(encodings.legacy_route(route)))
     if budget is None or not doc.get("val_clips"):
         return None
     return float(budget) * clips / int(doc["val_clips"])
@@ -81,6 +91,63 @@ def little_on_file(little: KwsModel, wav_path: Path) -> tuple[np.ndarray, int, f
     probs = little.predict(little.features(audio, rate))[0]
     ms = 1000 * (time.perf_counter() - t0)
     return audio, int(np.argmax(probs)), float(softmax_margin(probs)), ms
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """One clip's answer, and what it took."""
+
+    label: str  # big's label when it answered, else little's
+    little_label: str
+    margin: float  # little's top-1 minus top-2 probability
+    asked: bool  # margin at most the threshold: big was asked (or would have been, over budget)
+    big_label: str | None  # None when not asked or when the remote call failed
+    bytes_sent: int  # payload bytes of the requests sent for this clip
+    little_ms: float  # read + decode + pad + features + little inference
+    remote_ms: float  # the whole ask, retries included; 0 when not asked
+    attempts: int = 0
+    error: str = ""  # why big did not answer (OVER_BUDGET: the request would pass the byte budget)
+
+
+class Cascade:
+    """Little on every clip; big, over ``transport``, when little's margin is at most ``threshold``. A
+    failed ask keeps little's answer. ``max_bytes`` caps the payload bytes sent over the cascade's life
+    (a data plan): a request that would pass it is not sent (``Decision.error == OVER_BUDGET``)."""
+
+    def __init__(self, little: KwsModel, threshold: float, transport: Transport, max_bytes: int | None = None) -> None:
+        self.little, self.threshold, self.transport, self.max_bytes = little, threshold, transport, max_bytes
+        self.spent = 0  # payload bytes sent so far
+        self.calls = 0  # asks that went to the network (over-budget ones excluded)
+        self.over_budget = False  # set at the first request the budget refused
+
+    def classify_file(self, wav_path: Path, clip_id: str) -> Decision:
+        """A clip read from disk, like the Pi does (the read and decode count in little_ms)."""
+        audio, idx, margin, little_ms = little_on_file(self.little, wav_path)
+        return self._decide(audio, idx, margin, little_ms, clip_id)
+
+    def classify(self, audio: np.ndarray, rate: int, clip_id: str) -> Decision:
+        """A clip already in memory at ``rate`` Hz."""
+        t0 = time.perf_counter()
+        if rate != self.little.feature_config.sample_rate:
+            audio, rate = resample(audio, rate, self.little.feature_config.sample_rate), self.little.feature_config.sample_rate
+        probs = self.little.predict(self.little.features(audio, rate))[0]
+        ms = 1000 * (time.perf_counter() - t0)
+        return self._decide(audio, int(np.argmax(probs)), float(softmax_margin(probs)), ms, clip_id)
+
+    def _decide(self, audio: np.ndarray, idx: int, margin: float, little_ms: float, clip_id: str) -> Decision:
+        little_label = self.little.labels[idx]
+        if not should_ask(margin, self.threshold):
+            return Decision(little_label, little_label, margin, False, None, 0, little_ms, 0.0)
+        t0 = time.perf_counter()
+        answer = self.transport.ask(audio, clip_id, None if self.max_bytes is None else self.max_bytes - self.spent)
+        remote_ms = 1000 * (time.perf_counter() - t0)
+        self.spent += answer.bytes_sent
+        if answer.error == OVER_BUDGET:
+            self.over_budget = True
+        else:
+            self.calls += 1
+        return Decision(answer.label or little_label, little_label, margin, True, answer.label, answer.bytes_sent,
+                        little_ms, remote_ms, answer.attempts, answer.error)
 
 
 def local_answer(big: KwsModel, request: pb.PredictRequest | dict[str, Any]) -> str:
@@ -119,11 +186,12 @@ def server_credentials(a: argparse.Namespace, prog: str) -> tuple[tls.ClientTls 
     return client_tls, token
 
 
-def remote(way: str, a: argparse.Namespace, policy: RetryPolicy | None = None) -> Transport:
-    """The transport for one way of asking big ("rest-spec", "rest-adpcm" or "grpc-<payload>", see
-    transports.WAYS), with the server flags' TLS settings and token."""
+def remote(route: str, a: argparse.Namespace, policy: RetryPolicy | None = None) -> Transport:
+    """The transport for one route to big ("rest-spec", "rest-adpcm" or "grpc-<encoding>", see
+    kws_rpc.wire.encodings.ROUTES), with the server flags' TLS settings and token."""
+    route = encodings.route(route)
     policy = policy or RetryPolicy(timeout_s=a.timeout)
     client_tls, token = server_credentials(a, "kws-edge")
-    if way in REST_WAYS:
-        return RestSpecTransport(a.url, a.device, policy, client_tls, token, wav_codec=REST_WAYS[way])
-    return GrpcTransport(a.grpc, way.split("-", 1)[1], policy, client_tls, token)
+    if route in REST_ROUTES:
+        return RestSpecTransport(a.url, a.device, policy, client_tls, token, wav_codec=REST_ROUTES[route])
+    return GrpcTransport(a.grpc, route.split("-", 1)[1], policy, client_tls, token)

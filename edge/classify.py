@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from edge.sources import SourceError, SourceStats, wav_file
-from kws_rpc.audio import pad_or_trim
-from kws_rpc.model import KwsModel
+from kws_rpc.audio.wav import pad_or_trim
+from kws_rpc.model.kws_model import KwsModel
 
 log = logging.getLogger("kws.edge.classify")
 HOP_S = 0.1
@@ -69,10 +69,10 @@ def classify_file(model: KwsModel, path: str, max_seconds: float) -> Verdict:
     return Verdict(path, label, score, len(audio) / rate, end)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from kws_rpc.shipped import models_dir
+def main(argv: list[str] | None = None, prog: str = "kws-edge classify") -> int:
+    from kws_rpc.model.shipped import models_dir
 
-    ap = argparse.ArgumentParser(prog="kws-edge classify", description=__doc__,
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("files", nargs="+", metavar="FILE.wav", help="mono 16-bit PCM WAV files, 8-48 kHz")
     ap.add_argument("--json", action="store_true", help="one JSON object per file instead of tab-separated lines")
@@ -101,6 +101,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{ap.prog}: {failed} of {len(a.files)} files could not be classified", file=sys.stderr)
     return 1 if failed else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""`kws-edge listen`: the Pi listening, continuously, to a microphone, raw PCM on stdin or a WAV file.
+"""`kws-edge listen` (edge.cli wires it): the Pi listening, continuously, to a microphone, raw PCM on stdin or a WAV file.
 
 The little model runs on the last second every hop (edge.stream); each detection is one JSON line on
 stdout: {"t": seconds from the start of the input, "label", "score", "decided_by"}. A detection the
@@ -17,7 +17,6 @@ import dataclasses
 import json
 import logging
 import signal
-import socket
 import sys
 import threading
 import time
@@ -29,7 +28,7 @@ import numpy as np
 
 from edge.sources import SourceError, SourceStats, microphone, raw_stream, wav_file
 from edge.stream import Detection, DetectorConfig, Listener
-from kws_rpc.model import KwsModel
+from kws_rpc.model.kws_model import KwsModel
 
 log = logging.getLogger("kws.edge.listen")
 
@@ -229,11 +228,11 @@ def load_detector(a: argparse.Namespace, little: KwsModel, models: Path) -> Dete
     return DetectorConfig.load(shipped, little.name) if shipped.is_file() else DetectorConfig()
 
 
-def main(argv: list[str] | None = None) -> int:
-    from edge.cascade import add_remote_args, remote
+def parser(prog: str) -> argparse.ArgumentParser:
+    """Every flag but the MQTT ones (edge.cli adds those: the broker is another layer's)."""
+    from edge.cascade import add_remote_args
 
-    ap = argparse.ArgumentParser(prog="kws-edge listen", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_listen_args(ap)
     ap.add_argument("--models", type=Path, default=None,
                     help="folder of the shipped models (default $KWS_MODELS_DIR, else the installed ones)")
@@ -241,43 +240,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--verify", choices=["none", "grpc", "rest"], default="none",
                     help="ask the server about unsure detections over gRPC (--grpc) or REST (--url) (default %(default)s)")
     add_remote_args(ap, timeout_s=1.0, device_flag="--device-id")
-    from kws_rpc.mqtt.options import add_broker_arguments, broker_settings
-
-    ap.add_argument("--mqtt", default=None, metavar="URL",
-                    help="also publish each event to this broker (mqtt://host:1883 or mqtts://...) on "
-                         "kws/<--mqtt-device>/events, QoS 1")
-    ap.add_argument("--mqtt-device", default=socket.gethostname(), help="the device in the topic (default: the host name)")
-    add_broker_arguments(ap, prefix="mqtt-")
     ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=a.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from kws_rpc.shipped import models_dir
+    return ap
 
+
+def start(a: argparse.Namespace, ap: argparse.ArgumentParser,
+          publisher: Callable[[], Any] | None = None) -> int:
+    """Runs `kws-edge listen` with parsed flags; ``publisher`` makes the event publisher, if any (it is
+    called with no arguments, then with each event, and closed at the end: its close() returns how many
+    events were lost)."""
+    from edge.cascade import remote
+    from kws_rpc.model.shipped import models_dir
+
+    logging.basicConfig(level=a.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     models = a.models or models_dir()
     try:
         little = KwsModel(a.model or default_little(models))
         detector = load_detector(a, little, models)
+        publish = publisher() if publisher is not None else None
     except (OSError, ValueError) as e:
         ap.exit(2, f"{ap.prog}: error: {e}\n")
-    publisher = None
-    if a.mqtt:
-        from edge.events import EventPublisher
-
-        try:
-            publisher = EventPublisher(broker_settings(a.mqtt, a), a.mqtt_device)
-        except (OSError, ValueError) as e:
-            ap.exit(2, f"{ap.prog}: error: {e}\n")
     verify = None
     if a.verify != "none":
-        transport = remote("rest-spec" if a.verify == "rest" else "grpc-wav", a)
-        verify = transport.ask
+        verify = remote("rest-spec" if a.verify == "rest" else "grpc-wav", a).ask
     log.info("listening with %s (%d labels) every %d ms; detector %s", little.name, len(little.labels),
              detector.hop_ms, dataclasses.asdict(detector))
-    status = run(a, little, detector, verify, publish=publisher)
-    if publisher is not None and publisher.close():
+    status = run(a, little, detector, verify, publish=publish)
+    if publish is not None and publish.close():
         status = status or 1
     return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())

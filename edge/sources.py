@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from kws_rpc.audio import MAX_RATE, MIN_RATE
+from kws_rpc.audio.wav import MAX_RATE, MIN_RATE
 
 log = logging.getLogger("kws.edge.sources")
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from kws_rpc.features import FeatureConfig, mfcc
+from kws_rpc.audio.features import FeatureConfig, log_mel
 
 
 class FrameStream:
@@ -50,7 +50,7 @@ class FrameStream:
         while done < n:
             k = self._group if n - done >= self._group else 1
             framing = self._framing[k]
-            out.append(mfcc(buf[done * step : done * step + framing.clip_samples], framing).reshape(k, -1))
+            out.append(log_mel(buf[done * step : done * step + framing.clip_samples], framing).reshape(k, -1))
             done += k
         self._pending = buf[n * step :]
         self.frames += n
@@ -129,7 +129,7 @@ def hop_probabilities(model: Any, frames: np.ndarray, hop_frames: int, batch: in
     windows are the Listener's to the sample (the stream starts after a second of digital silence), but
     the model runs on batches of them: for benchmarks that sweep detector settings over long streams."""
     f: FeatureConfig = model.feature_config
-    silence = mfcc(np.zeros(f.clip_samples, np.float32), f)
+    silence = log_mel(np.zeros(f.clip_samples, np.float32), f)
     padded = np.concatenate([silence, frames])
     ends = np.arange(hop_frames - 1, len(frames), hop_frames)  # the last frame of each hop
     width = f.num_frames
@@ -152,7 +152,7 @@ class Listener:
         self.rate = feat.sample_rate
         self.frames = FrameStream(feat, group=self.hop_frames)
         # The window starts as the features of digital silence: the stream is heard from its first hop.
-        silence = mfcc(np.zeros(feat.clip_samples, np.float32), feat)
+        silence = log_mel(np.zeros(feat.clip_samples, np.float32), feat)
         self.window = silence.copy()
         self.detector = Detector(model.labels, cfg)
         self._since_hop = 0

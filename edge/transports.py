@@ -1,4 +1,5 @@
-"""How the edge asks the big model: the spec's REST body or gRPC, behind one ``ask`` interface.
+"""How the edge asks the big model: the spec's REST body or gRPC, behind one ``ask`` interface. What each
+request carries (its encoding) is built by ``kws_rpc.wire.encodings``.
 
 A remote answer is an optimisation, never a dependency: every failure (refused, slow, bad answer) ends
 in ``Answer(None, ...)`` so the caller keeps the little model's label, and is counted. Retries are bounded
@@ -7,7 +8,7 @@ a dead server costs a run seconds, not ``clips x timeout``. A server that says w
 (HTTP 429 ``Retry-After``, the gRPC ``retry-after`` trailer) is waited for up to ``max_retry_after_s``;
 a longer wait keeps the little answer and sends nothing until then.
 
-Both transports take TLS settings (``kws_rpc.tls.ClientTls``: the CA to trust, a client certificate for
+Both transports take TLS settings (``kws_rpc.security.tls.ClientTls``: the CA to trust, a client certificate for
 mutual TLS) and a bearer token, sent as ``authorization: Bearer <token>`` on every request.
 """
 
@@ -22,37 +23,17 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from kws.v1 import kws_pb2 as pb
-from kws_rpc.audio import WAV_CODECS, encode_wav, pad_or_trim
-from kws_rpc.codec import audio_to_proto, config_from_proto, config_to_proto, tensor_to_proto
+from kws_rpc.audio.features import FeatureConfig
+from kws_rpc.audio.wav import WAV_CODECS
 from kws_rpc.errors import KwsError
-from kws_rpc.features import FeatureConfig, mfcc
-from kws_rpc.senml import label_from_reply, spec_body_for_wav, spec_bytes
-from kws_rpc.tls import ClientTls
+from kws_rpc.proto.kws.v1 import kws_pb2 as pb
+from kws_rpc.security.tls import ClientTls
+from kws_rpc.wire.codec import config_from_proto
+from kws_rpc.wire import encodings
+from kws_rpc.wire.encodings import build_request, spec_body
+from kws_rpc.wire.senml import label_from_reply
 
 log = logging.getLogger(__name__)
-
-SAMPLE_RATE = 16000
-# Feature payloads: (dtype, quantization levels, encoding). i8z is i8 made smaller losslessly. q5z keeps
-# 32 levels (5 bits) per value and q4z 16 (4 bits); both deflate far below i8. Measured on the 7,200
-# train + val clips, big's answer changes on 3 clips with 32 levels and on 9 with 16 (float: 0 by
-# definition), while a 16-level request is about a third smaller, so a budget buys more asks.
-_TENSOR_PAYLOADS = {
-    "mfcc-f32": (pb.FLOAT32, 256, pb.TENSOR_ENCODING_RAW),
-    "mfcc-f16": (pb.FLOAT16, 256, pb.TENSOR_ENCODING_RAW),
-    "mfcc-i8": (pb.INT8, 256, pb.TENSOR_ENCODING_RAW),
-    "mfcc-i8z": (pb.INT8, 256, pb.TENSOR_ENCODING_DIFF2_ZLIB),
-    "mfcc-q5z": (pb.INT8, 32, pb.TENSOR_ENCODING_DIFF2_ZLIB),
-    "mfcc-q4z": (pb.INT8, 16, pb.TENSOR_ENCODING_DIFF2_ZLIB),
-    # transform-coded (2-D DCT, range coder; kws_rpc.featcodec): about 300 B per request
-    "mfcc-dct": (pb.FLOAT32, 256, pb.TENSOR_ENCODING_DCT_RC),
-}
-PAYLOADS = ("wav", "pcm", *_TENSOR_PAYLOADS)
-# mfcc-dct requests never exceed this: about 3 in 10 clips would take more at the default step (train/val:
-# 293 B mean, 383 max), and get coarser steps instead (278 B mean; big's answer on val changes on 2 clips
-# of 800 either way).
-DCT_MAX_REQUEST_BYTES = 300
-
 
 @dataclasses.dataclass(frozen=True)
 class RetryPolicy:
@@ -155,13 +136,6 @@ class _Caller:
         return Answer(None, sent, k + 1, error[:300])
 
 
-def spec_body(audio: np.ndarray, device: str, timestamp: int | None = None, wav_codec: str = "pcm16") -> dict[str, Any]:
-    """The reference SenML+JSON request: the 1 s clip as a base64 16 kHz WAV file, 16-bit PCM as the
-    reference sends it, or 4-bit IMA ADPCM (``wav_codec="ima-adpcm"``, a quarter of the bytes; kws
-    servers read both, the course's reference service only PCM)."""
-    return spec_body_for_wav(encode_wav(audio, SAMPLE_RATE, wav_codec), device, timestamp)
-
-
 class RestSpecTransport:
     """PUTs the spec body to the REST gateway; big's answer is the reply's ``label``, or, from the
     reference service, its label_idx record in the course's label order. ``wav_codec`` is the WAV's
@@ -221,75 +195,22 @@ def _seconds(value: str | None) -> float | None:
         return None
 
 
-def request_id(position: int) -> str:
-    """A gRPC request's id: the clip's position in the run. It is unique within the run and costs a few
-    bytes (the clip's path would add about 20 B to every request); the JSON report lists clips in order."""
-    return str(position)
-
-
-def build_request(audio: np.ndarray, payload: str, clip_id: str, config: FeatureConfig | None) -> pb.PredictRequest:
-    """A PredictRequest carrying the clip as ``payload``; MFCC payloads need the big model's config."""
-    if payload in ("wav", "pcm"):
-        return pb.PredictRequest(request_id=clip_id, audio=audio_to_proto(audio, SAMPLE_RATE, wav=payload == "wav"))
-    if payload not in _TENSOR_PAYLOADS:
-        raise ValueError(f"unknown payload {payload!r}; choose from {PAYLOADS}")
-    if config is None:
-        raise ValueError("MFCC payloads need the server model's feature config")
-    return features_request(mfcc(pad_or_trim(np.asarray(audio, np.float32), config.clip_samples), config),
-                            payload, clip_id, config)
-
-
-def features_request(feats: np.ndarray, payload: str, clip_id: str, config: FeatureConfig) -> pb.PredictRequest:
-    """A PredictRequest carrying features already computed with ``config`` as the tensor ``payload``."""
-    if payload not in _TENSOR_PAYLOADS:
-        raise ValueError(f"{payload!r} is not a feature payload; choose from {list(_TENSOR_PAYLOADS)}")
-    request = pb.PredictRequest(request_id=clip_id, features=pb.Features(
-        tensor=tensor_to_proto(feats, *_TENSOR_PAYLOADS[payload]), config=config_to_proto(config)))
-    excess = request.ByteSize() - DCT_MAX_REQUEST_BYTES
-    if payload == "mfcc-dct" and excess > 0:  # a loud, busy clip: coarser steps until the request fits
-        request.features.tensor.CopyFrom(tensor_to_proto(feats, *_TENSOR_PAYLOADS[payload],
-                                                         max_data_bytes=len(request.features.tensor.data) - excess))
-    return request
-
-
-# REST ways: the spec body with its WAV as 16-bit PCM (the reference's) or as 4-bit IMA ADPCM.
-REST_WAYS = {"rest-spec": "pcm16", "rest-adpcm": "ima-adpcm"}
-WAYS = (*REST_WAYS, *(f"grpc-{p}" for p in PAYLOADS))
-
-
-def request_for(way: str, audio: np.ndarray, clip_id: str, device: str,
-                config: FeatureConfig | None) -> pb.PredictRequest | dict[str, Any]:
-    """What one way of asking big ("rest-spec", "rest-adpcm" or "grpc-<payload>") puts on the wire for a clip."""
-    if way in REST_WAYS:
-        return spec_body(audio, device, wav_codec=REST_WAYS[way])
-    if not way.startswith("grpc-"):
-        raise ValueError(f"unknown way {way!r}; choose from {WAYS}")
-    return build_request(audio, way[len("grpc-"):], clip_id, config)
-
-
-def wire_bytes(request: pb.PredictRequest | dict[str, Any]) -> int:
-    """Bytes of one request: the reference rule for the spec body, the serialized size for gRPC."""
-    return spec_bytes(request) if isinstance(request, dict) else request.ByteSize()
-
-
 _RETRY_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
 
 
 class GrpcTransport:
-    """Unary Predict over one channel; for MFCC payloads the features are computed here, as the
-    server's GetModelMetadata says, with the same ``kws_rpc.features.mfcc`` the server uses."""
+    """Unary Predict over one channel; for log-mel encodings the features are computed here, as the
+    server's GetModelMetadata says, with the same ``kws_rpc.audio.features.log_mel`` the server uses."""
 
-    def __init__(self, target: str, payload: str = "wav", policy: RetryPolicy = RetryPolicy(),
+    def __init__(self, target: str, encoding: str = "wav", policy: RetryPolicy = RetryPolicy(),
                  tls: ClientTls | None = None, token: str | None = None) -> None:
         import grpc
 
-        from kws.v1 import kws_pb2_grpc
+        from kws_rpc.proto.kws.v1 import kws_pb2_grpc
 
-        if payload not in PAYLOADS:
-            raise ValueError(f"unknown payload {payload!r}; choose from {PAYLOADS}")
         self._grpc = grpc
-        self.target, self.payload = target, payload
-        from kws_rpc.channels import open_channel
+        self.target, self.encoding = target, encodings.encoding(encoding)  # ValueError if unknown
+        from kws_rpc.wire.channels import open_channel
 
         # one server, an ip:port list or dns:///name:port: balanced with round_robin, health-checked
         self._channel = open_channel(target, tls.grpc_credentials() if tls is not None else None)
@@ -325,11 +246,11 @@ class GrpcTransport:
         return meta.name
 
     def ask(self, audio: np.ndarray, clip_id: str, max_bytes: int | None = None) -> Answer:
-        if self.payload.startswith("mfcc") and self.config is None:
+        if encodings.is_logmel(self.encoding) and self.config is None:
             first = self._caller.call(self._fetch_config, 0)  # learnt once; a failure fails this ask
             if self.config is None:
                 return first
-        request = build_request(audio, self.payload, clip_id, self.config)
+        request = build_request(audio, self.encoding, clip_id, self.config)
 
         def attempt() -> str:
             try:

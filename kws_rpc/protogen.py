@@ -1,22 +1,35 @@
-"""`make protos`: regenerates kws/v1/*_pb2*.py from protos/ with grpcio-tools.
+"""`make protos`: regenerates kws_rpc/proto/kws/v1/*_pb2*.py from protos/ with grpcio-tools.
 
 The generated code is committed (an edge install needs no grpcio-tools); tests/test_protos.py
-regenerates into a temporary folder and fails if the committed files are stale.
+regenerates into a temporary folder and fails if the committed files are stale. The proto package stays
+``kws.v1`` (so gRPC method paths are ``/kws.v1.KeywordSpotting/...``); only the Python package that holds
+the generated modules is ``kws_rpc.proto``, so protoc's absolute ``from kws.v1 import`` lines are rewritten.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from importlib import resources
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = "kws_rpc.proto"  # the Python package the generated tree sits in
+OUT = ROOT / Path(*PACKAGE.split("."))
 PROTO_DIR = ROOT / "protos"
 
 
 def protos() -> list[Path]:
     return sorted(PROTO_DIR.rglob("*.proto"))
+
+
+def _rehome(path: Path, proto_packages: set[str]) -> None:
+    """``from kws.v1 import kws_pb2`` -> ``from kws_rpc.proto.kws.v1 import kws_pb2``."""
+    text = path.read_text()
+    for pkg in proto_packages:
+        text = re.sub(rf"^from {re.escape(pkg)} import ", f"from {PACKAGE}.{pkg} import ", text, flags=re.M)
+    path.write_text(text)
 
 
 def generate(out_dir: Path) -> list[Path]:
@@ -36,12 +49,15 @@ def generate(out_dir: Path) -> list[Path]:
             init = out_dir / pkg / "__init__.py"
             if pkg != Path(".") and not init.exists():
                 init.write_text("")
+    packages = {".".join(Path(f).parent.parts) for f in files}
+    for path in generated:
+        _rehome(path, packages)
     return generated
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default=str(ROOT), help="output root (default: the repo, giving kws/v1/)")
+    ap.add_argument("--out", default=str(OUT), help="output root (default: %(default)s, giving its kws/v1/)")
     out = Path(ap.parse_args(argv).out)
     for p in generate(out):
         print(f"generated {p.relative_to(out)}")

@@ -62,16 +62,16 @@ def commands(limit: int | None, grpc_port: int, http_port: int) -> dict[str, lis
     """The python command line of each step (after ``python``); every report they write is under results/."""
     n = ["--limit", str(limit)] if limit else []
     return {
-        "eval": ["-m", "kws_rpc.evaluate", "--latency-clips", "100", "--out", "results/eval.json"],
-        "server": ["-m", "kws_rpc.server", "--model", "models/big_int8.tflite", "--port", str(grpc_port),
+        "eval": ["-m", "kws_rpc.lab.evaluate", "--latency-clips", "100", "--out", "results/eval.json"],
+        "server": ["-m", "kws_rpc.serving.server", "--model", "models/big_int8.tflite", "--port", str(grpc_port),
                    "--gateway-port", str(http_port), "--log-level", "WARNING"],
-        "client-rest": ["-m", "edge.client", "--transport", "rest", "--url", f"http://127.0.0.1:{http_port}/",
+        "client-rest": ["-m", "edge.lab.evaluate", "--transport", "rest", "--url", f"http://127.0.0.1:{http_port}/",
                         "--report", "results/edge_rest.json", *n],
-        "client-rest-adpcm": ["-m", "edge.client", "--transport", "rest", "--wav", "ima-adpcm",
+        "client-rest-adpcm": ["-m", "edge.lab.evaluate", "--transport", "rest", "--wav", "ima-adpcm",
                               "--url", f"http://127.0.0.1:{http_port}/", "--report", "results/edge_rest_adpcm.json", *n],
-        "client-grpc": ["-m", "edge.client", "--transport", "grpc", "--payload", "mfcc-q5z",
-                        "--grpc", f"127.0.0.1:{grpc_port}", "--report", "results/edge_grpc_mfcc-q5z.json", *n],
-        "coop": ["-m", "kws_rpc.mqtt.local", "--split", "test", "--report", "results/coop_report.json", *n],
+        "client-grpc": ["-m", "edge.lab.evaluate", "--transport", "grpc", "--encoding", "logmel-q5z",
+                        "--grpc", f"127.0.0.1:{grpc_port}", "--report", "results/edge_grpc_logmel-q5z.json", *n],
+        "coop": ["-m", "kws_rpc.lab.coop_demo", "--split", "test", "--report", "results/coop_report.json", *n],
     }
 
 

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         if env.name == "edge" and not args.no_pi_check:
             check_pi(env)
     if tool_moved:
-        print(f"{PROTO_TOOL} moved: the generated code in kws/v1 must be regenerated (make protos)")
+        print(f"{PROTO_TOOL} moved: the generated code in kws_rpc/proto/kws/v1 must be regenerated (make protos)")
         return 3
     return 0
 

@@ -21,11 +21,11 @@ import zlib
 
 import numpy as np
 
-from kws.v1 import kws_pb2 as pb
-from kws_rpc import featcodec
-from kws_rpc.audio import decode_wav, encode_wav
-from kws_rpc.codec import config_to_proto, tensor_to_proto
-from kws_rpc.features import FeatureConfig
+from kws_rpc.audio.features import FeatureConfig
+from kws_rpc.audio.wav import decode_wav, encode_wav
+from kws_rpc.proto.kws.v1 import kws_pb2 as pb
+from kws_rpc.wire import featcodec
+from kws_rpc.wire.codec import config_to_proto, tensor_to_proto
 
 ACCEPTED = {"wav 1 frame at 48 kHz", "wav 1 frame at 8 kHz", "pcm16 2 bytes at 48 kHz", "pcm16 2 bytes at 8 kHz"}
 HUGE_NAME = "m" * (512 << 10)  # fits every transport's message limit, and no error or log line
@@ -94,7 +94,7 @@ def bad_wavs(wav: bytes) -> dict[str, bytes]:
 
 
 def bad_adpcm_wavs(audio: np.ndarray, rate: int) -> dict[str, bytes]:
-    """IMA ADPCM WAV files (kws_rpc.adpcm) that lie about their layout. A good one has fmt (20 bytes) at
+    """IMA ADPCM WAV files (kws_rpc.audio.adpcm) that lie about their layout. A good one has fmt (20 bytes) at
     12, fact at 40 (sample count at 48), data at 52 and block 0's header at 60 (index byte 62)."""
     good = encode_wav(audio, rate, "ima-adpcm")
     fmt20, data = good[20:40], good[60:]
@@ -212,7 +212,7 @@ def requests(wav: bytes, cfg: FeatureConfig) -> dict[str, pb.PredictRequest]:
         "unknown model": pb.PredictRequest(model="nope", audio=pb.Audio(wav=wav)),
         "model name of 512 kB": pb.PredictRequest(model=HUGE_NAME, audio=pb.Audio(wav=wav)),
         "model name with a newline and a fake log line": pb.PredictRequest(
-            model="big\n2026-01-01 00:00:00 ERROR kws_rpc.server: fake", audio=pb.Audio(wav=wav)),
+            model="big\n2026-01-01 00:00:00 ERROR kws_rpc.serving.server: fake", audio=pb.Audio(wav=wav)),
         "request id of 100 kB": pb.PredictRequest(request_id="r" * 100_000, audio=pb.Audio(wav=wav)),
     })
     out.update(bad_tensors(cfg))

@@ -4,6 +4,9 @@ shipped models come from models/.
 The test process runs models on the interpreter users run (ai_edge_litert): TensorFlow never enters it.
 Tests that need TensorFlow use the ``tf_child`` fixture (see tests/tf_child.py), and the guards below fail
 the test that imports TensorFlow here, and the session if the runtime is not the production one.
+
+``pytest -m fast`` (``make test-fast``) is the quick loop: the modules of FAST_MODULES, less their tests
+that read the data set or start TensorFlow; about half a minute here. ``make test`` runs everything.
 """
 
 from __future__ import annotations
@@ -22,10 +25,23 @@ from tf_child import TfChild, tensorflow_installed
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models"
 
+# Modules whose tests run on the shipped models and fixtures alone, in seconds.
+FAST_MODULES = {"test_adpcm", "test_architecture", "test_bad_inputs", "test_batching", "test_card", "test_cli",
+                "test_codec", "test_deploy", "test_ensemble", "test_features", "test_gateway", "test_limits",
+                "test_no_tensorflow", "test_protos", "test_runtime", "test_server", "test_stats"}
+SLOW_FIXTURES = {"dataset_root", "test_audio", "tf_child"}  # the data set, or a TensorFlow child process
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module.__name__.rpartition(".")[2] in FAST_MODULES and \
+                not SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.fast)
+
 
 @pytest.fixture(scope="session")
 def dataset_root() -> Path:
-    from kws_rpc.data import find_dataset
+    from kws_rpc.lab.data import find_dataset
 
     return find_dataset()
 
@@ -33,7 +49,7 @@ def dataset_root() -> Path:
 @pytest.fixture(scope="session")
 def test_audio(dataset_root: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The 800 test clips (audio, labels, names), read once per session."""
-    from kws_rpc.data import load_split
+    from kws_rpc.lab.data import load_split
 
     return load_split("test", dataset_root)
 
@@ -64,14 +80,14 @@ def clip_wavs() -> dict[str, bytes]:
 def runtime_problem() -> str | None:
     """Why this process would not run models the way users do, or None."""
     if "tensorflow" in sys.modules:
-        return "tensorflow is imported in the test process, so kws_rpc.runtime loads models with tf.lite"
+        return "tensorflow is imported in the test process, so kws_rpc.model.interpreter loads models with tf.lite"
     if importlib.util.find_spec("ai_edge_litert") is not None:
         from ai_edge_litert.interpreter import Interpreter
 
-        from kws_rpc.runtime import interpreter_class
+        from kws_rpc.model.interpreter import interpreter_class
 
         if interpreter_class() is not Interpreter:
-            return f"kws_rpc.runtime.interpreter_class() is {interpreter_class()}, not ai_edge_litert's Interpreter"
+            return f"kws_rpc.model.interpreter.interpreter_class() is {interpreter_class()}, not ai_edge_litert's Interpreter"
     return None
 
 

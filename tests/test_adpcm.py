@@ -1,5 +1,5 @@
-"""IMA ADPCM (kws_rpc.adpcm) against the reference implementation CPython ships (audioop, Python <= 3.12),
-and the IMA ADPCM WAV files kws_rpc.audio writes and reads."""
+"""IMA ADPCM (kws_rpc.audio.adpcm) against the reference implementation CPython ships (audioop, Python <= 3.12),
+and the IMA ADPCM WAV files kws_rpc.audio.wav writes and reads."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kws_rpc import adpcm
-from kws_rpc.audio import decode_wav, encode_wav, read_wav
+from kws_rpc.audio import adpcm
+from kws_rpc.audio.wav import decode_wav, encode_wav, read_wav
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

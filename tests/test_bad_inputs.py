@@ -25,17 +25,18 @@ import requests
 from google.protobuf import json_format
 
 import bad_inputs
-from kws.v1 import kws_pb2 as pb
-from kws.v1 import kws_pb2_grpc as pb_grpc
-from kws_rpc.core import InferenceCore
 from kws_rpc.errors import InvalidInput
-from kws_rpc.model import KwsModel
-from kws_rpc.mqtt.broker import EmbeddedBroker, Mosquitto
+from kws_rpc.model.core import InferenceCore
+from kws_rpc.model.kws_model import KwsModel
+from kws_rpc.mqtt.broker import EmbeddedBroker
 from kws_rpc.mqtt.connection import BrokerSettings
 from kws_rpc.mqtt.topics import Topics
 from kws_rpc.mqtt.worker import Worker, WorkerConfig
-from kws_rpc.server_process import ServerProcess
-from kws_rpc.servicer import SERVICE
+from kws_rpc.proto.kws.v1 import kws_pb2 as pb
+from kws_rpc.proto.kws.v1 import kws_pb2_grpc as pb_grpc
+from kws_rpc.wire.service import SERVICE
+from tests.support.mosquitto import Mosquitto
+from tests.support.server_process import ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 REFUSED_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}

@@ -15,9 +15,9 @@ import pytest
 import requests
 
 from edge.transports import GrpcTransport, RetryPolicy
-from kws_rpc.channels import channel_target
-from kws_rpc.mqtt.broker import free_port, wait_listening
-from kws_rpc.server_process import ServerProcess
+from kws_rpc.wire.channels import channel_target
+from tests.support.network import free_port, wait_listening
+from tests.support.server_process import ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -52,7 +52,7 @@ def test_edge_balances_over_two_servers_and_survives_one_draining(two_servers: l
                                                                    test_audio) -> None:
     audio = test_audio[0][:60]
     target = ",".join(f"127.0.0.1:{s.port}" for s in two_servers)
-    transport = GrpcTransport(target, payload="mfcc-q5z", policy=RetryPolicy(timeout_s=10.0, retries=3))
+    transport = GrpcTransport(target, encoding="logmel-q5z", policy=RetryPolicy(timeout_s=10.0, retries=3))
     try:
         first = [transport.ask(clip, str(i)) for i, clip in enumerate(audio[:40])]
         counts = [answered(s.metrics_url) for s in two_servers]
@@ -66,11 +66,11 @@ def test_edge_balances_over_two_servers_and_survives_one_draining(two_servers: l
 
 
 def test_standalone_gateway_balances(two_servers: list[ServerProcess], clip_wavs: dict[str, bytes]) -> None:
-    from kws_rpc.senml import spec_body_for_wav
+    from kws_rpc.wire.senml import spec_body_for_wav
 
     port = free_port()
     target = ",".join(f"127.0.0.1:{s.port}" for s in two_servers)
-    gw = subprocess.Popen([sys.executable, "-m", "kws_rpc.gateway", "--grpc-target", target, "--port", str(port)],
+    gw = subprocess.Popen([sys.executable, "-m", "kws_rpc.serving.gateway", "--grpc-target", target, "--port", str(port)],
                           cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_listening("127.0.0.1", port, 60)
@@ -91,12 +91,12 @@ def test_standalone_gateway_balances(two_servers: list[ServerProcess], clip_wavs
 def test_processes_share_the_ports(served_model_path: Path, test_audio) -> None:
     """kws-server --processes 2: both processes answer on the same gRPC and REST ports (SO_REUSEPORT),
     each with its own /metrics, and SIGTERM stops them all."""
-    from kws_rpc.senml import spec_body_for_wav
+    from kws_rpc.wire.senml import spec_body_for_wav
 
     port, gw, metrics = free_port(), free_port(), free_port()
     while metrics + 1 in (port, gw):
         metrics = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "kws_rpc.server", "--model", str(served_model_path), "--port",
+    proc = subprocess.Popen([sys.executable, "-m", "kws_rpc.serving.server", "--model", str(served_model_path), "--port",
                              str(port), "--gateway-port", str(gw), "--metrics-port", str(metrics), "--processes", "2",
                              "--log-level", "WARNING"], cwd=REPO)
     try:
@@ -105,7 +105,7 @@ def test_processes_share_the_ports(served_model_path: Path, test_audio) -> None:
         audio = test_audio[0][:24]
         labels = []
         for i, clip in enumerate(audio):  # a new connection per clip: the kernel spreads connections
-            t = GrpcTransport(f"127.0.0.1:{port}", payload="wav", policy=RetryPolicy(timeout_s=10.0))
+            t = GrpcTransport(f"127.0.0.1:{port}", encoding="wav", policy=RetryPolicy(timeout_s=10.0))
             labels.append(t.ask(clip, str(i)).label)
             t.close()
         import io

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kws_rpc.audio import decode_wav
-from kws_rpc.batching import MicroBatcher
-from kws_rpc.core import InferenceCore
+from kws_rpc.audio.wav import decode_wav
 from kws_rpc.errors import ModelMismatch, Overloaded, Unavailable
-from kws_rpc.model import KwsModel
+from kws_rpc.model.batching import MicroBatcher
+from kws_rpc.model.core import InferenceCore
+from kws_rpc.model.kws_model import KwsModel
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from bench import bench_codec_variants as v
-from kws_rpc import featcodec
+from kws_rpc.wire import featcodec
 from test_codec import _log_mel_like  # the same log-mel-like surface as the codec's own tests
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kws_rpc.errors import ModelIntegrityError, ModelMismatch
-from kws_rpc.model import KwsModel, softmax_margin
+from kws_rpc.model.kws_model import KwsModel, softmax_margin
 
 
 def test_tampered_model_is_refused(tmp_path: Path, little_path: Path) -> None:

@@ -18,8 +18,9 @@ from unittest import mock
 
 import pytest
 
-from edge import calibrate, client, coop, payload
-from kws_rpc import evaluate
+from edge.lab import calibrate, evaluate as client, payload
+from kws_rpc.lab import coop
+from kws_rpc.lab import evaluate
 
 REPO = Path(__file__).resolve().parent.parent
 with mock.patch.object(sys, "path", [str(REPO), *sys.path]):  # bench/ runs as `python -m bench.X` from the repo
@@ -85,12 +86,12 @@ def _calibrate(argv: Sequence[str]) -> list[str]:
 
 # What each CLI writes, from its own argument parser: module -> argv -> output files or folders.
 WRITES: dict[str, Callable[[Sequence[str]], list[str]]] = {
-    "kws_rpc.evaluate": lambda argv: [evaluate.build_parser().parse_args(argv).out],
-    "edge.calibrate": _calibrate,
-    "edge.payload": lambda argv: [payload.build_parser().parse_args(argv).out],
-    "edge.client": lambda argv: [client.config_from_args(client.parse_args(list(argv))).report],
-    "edge.coop": lambda argv: [coop.build_parser().parse_args(["--broker", "mqtt://127.0.0.1:1", *argv]).report],
-    "kws_rpc.mqtt.local": lambda argv: [coop.build_parser().parse_args(  # it hands the coop client its flags
+    "kws_rpc.lab.evaluate": lambda argv: [evaluate.build_parser().parse_args(argv).out],
+    "edge.lab.calibrate": _calibrate,
+    "edge.lab.payload": lambda argv: [payload.build_parser().parse_args(argv).out],
+    "edge.lab.evaluate": lambda argv: [client.config_from_args(client.parse_args(list(argv))).report],
+    "kws_rpc.lab.coop": lambda argv: [coop.build_parser().parse_args(["--broker", "mqtt://127.0.0.1:1", *argv]).report],
+    "kws_rpc.lab.coop_demo": lambda argv: [coop.build_parser().parse_args(  # it hands the coop client its flags
         ["--broker", "mqtt://127.0.0.1:1", *[a for a in argv if a not in ("--models", "--deployment")]]).report],
     "bench.bench_server": lambda argv: [bench_server.parse_args(list(argv)).out],
     "bench.bench_coop": lambda argv: [bench_coop.build_parser().parse_args(argv).out],
@@ -103,8 +104,8 @@ def under_results(path: str | Path) -> bool:
 
 
 @pytest.mark.parametrize("module,argv", [
-    ("kws_rpc.evaluate", []), ("edge.calibrate", []), ("edge.calibrate", ["--sweep"]), ("edge.payload", []),
-    ("edge.client", []), ("edge.client", ["--transport", "grpc", "--payload", "mfcc-q5z"]), ("edge.coop", []),
+    ("kws_rpc.lab.evaluate", []), ("edge.lab.calibrate", []), ("edge.lab.calibrate", ["--sweep"]), ("edge.lab.payload", []),
+    ("edge.lab.evaluate", []), ("edge.lab.evaluate", ["--transport", "grpc", "--payload", "mfcc-q5z"]), ("kws_rpc.lab.coop", []),
     ("bench.bench_server", []), ("bench.bench_coop", []),
 ])
 def test_cli_defaults_write_under_results(module: str, argv: list[str]) -> None:
@@ -129,7 +130,7 @@ def test_demo_writes_only_under_results() -> None:
     spec.loader.exec_module(demo)
     for step, cmd in demo.commands(5, 50051, 8080).items():
         assert cmd[0] == "-m", step
-        if cmd[1] == "kws_rpc.server":  # writes nothing
+        if cmd[1] == "kws_rpc.serving.server":  # writes nothing
             continue
         outputs = WRITES[cmd[1]](cmd[2:])
         assert outputs and all(under_results(p) for p in outputs), (step, outputs)

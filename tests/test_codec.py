@@ -1,4 +1,4 @@
-"""Tensor encodings of kws.v1: raw and DIFF2_ZLIB round trips, quantization levels; DCT_RC (kws_rpc.featcodec):
+"""Tensor encodings of kws.v1: raw and DIFF2_ZLIB round trips, quantization levels; DCT_RC (kws_rpc.wire.featcodec):
 error bounds, pinned bytes, the proto's constants, malformed streams."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kws.v1 import kws_pb2 as pb
-from kws_rpc import featcodec
-from kws_rpc.codec import diff2_zlib_decode, diff2_zlib_encode, quantize_int8, tensor_from_proto, tensor_to_proto
 from kws_rpc.errors import InvalidInput
+from kws_rpc.proto.kws.v1 import kws_pb2 as pb
+from kws_rpc.wire import featcodec
+from kws_rpc.wire.codec import diff2_zlib_decode, diff2_zlib_encode, quantize_int8, tensor_from_proto, tensor_to_proto
 
 RNG = np.random.default_rng(0)
 
@@ -54,7 +54,7 @@ def test_bad_streams_say_what_is_wrong() -> None:
         tensor_to_proto(q.astype(np.float32), pb.FLOAT16, encoding=pb.TENSOR_ENCODING_DIFF2_ZLIB)
 
 
-# --- TENSOR_ENCODING_DCT_RC (kws_rpc.featcodec) --------------------------------------------------------
+# --- TENSOR_ENCODING_DCT_RC (kws_rpc.wire.featcodec) --------------------------------------------------------
 
 def _log_mel_like(seed: int) -> np.ndarray:
     """A log-mel-like 49x40 surface: a smooth envelope, a loud stretch in the middle, speckle."""

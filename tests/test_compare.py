@@ -1,4 +1,4 @@
-"""kws_rpc.compare: the overlap table on hand-made answers, and one real run (two shipped models, val)."""
+"""kws_rpc.lab.compare: the overlap table on hand-made answers, and one real run (two shipped models, val)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kws_rpc import compare
+from kws_rpc.lab import compare, stats
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_overlap_counts_shared_errors_and_rescues() -> None:
     a = np.array([1, 1, 0, 0, 0, 1], bool)  # wrong on clips 2, 3, 4
     b = np.array([0, 1, 1, 1, 0, 1], bool)  # wrong on clips 0, 4
-    ov = compare.overlap({"a": a, "b": b})
+    ov = stats.overlap({"a": a, "b": b})
     assert ov["a"]["b"] == {"both_wrong": 1, "a_errors": 3, "b_right_on_a_errors": 2, "share_b_right": 2 / 3}
     assert ov["b"]["a"]["share_b_right"] == 0.5 and ov["b"]["a"]["both_wrong"] == 1
     assert ov["a"]["a"]["both_wrong"] == 3 and ov["a"]["a"]["share_b_right"] == 0

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kws_rpc import data
 from kws_rpc.errors import DatasetError
+from kws_rpc.lab import data
 
 
 def test_splits_are_fixed_disjoint_and_complete() -> None:

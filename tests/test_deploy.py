@@ -22,7 +22,7 @@ PORTS = {"50051", "8080", "9100", "8883"}
 @pytest.fixture(scope="module")
 def secrets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """/etc/kws as an operator fills it: dev certificates, a token file, MQTT passwords, env files."""
-    from kws_rpc.certs import make_dev_pki
+    from kws_rpc.security.certs import make_dev_pki
 
     etc = tmp_path_factory.mktemp("etc-kws")
     make_dev_pki(etc / "certs", clients=("edge", "coop", "w0", "w1", "w2"))
@@ -55,7 +55,7 @@ def check_command(argv: list[str], env: dict[str, str], monkeypatch: pytest.Monk
     monkeypatch.chdir(cwd)
     cmd, args = Path(argv[0]).name, argv[1:]
     if cmd == "kws-server":
-        from kws_rpc.server import parse_args
+        from kws_rpc.serving.server import parse_args
 
         config = parse_args(args)
         assert all(p.is_file() for p in config.models), config.models
@@ -71,9 +71,12 @@ def check_command(argv: list[str], env: dict[str, str], monkeypatch: pytest.Monk
         s = broker_settings(a.broker, a)
         assert s.tls and s.tls_ca and Path(s.tls_ca).is_file() and s.password and s.username == a.worker_id
     elif cmd == "kws-edge":
-        from edge import client
+        from edge import cli
+        from edge.lab import evaluate
 
-        config = client.config_from_args(client.parse_args(args))
+        assert args and args[0] in cli.COMMANDS, args
+        assert args[0] == "eval", args  # the one subcommand deployed: the cascade run
+        config = evaluate.config_from_args(evaluate.parse_args(args[1:]))
         assert config is not None
     else:
         raise AssertionError(f"unknown command {cmd}")

@@ -19,13 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge import calibrate
-from edge.client import ClientConfig, config_from_args, load_threshold, parse_args, run, should_ask
-from edge.report import headline, summarize
-from edge.transports import (DCT_MAX_REQUEST_BYTES, OVER_BUDGET, PAYLOADS, REST_WAYS, WAYS, GrpcTransport, RestSpecTransport, RetryPolicy, build_request, spec_body,
-                             spec_bytes)
-from kws_rpc.audio import decode_wav, read_wav
-from kws_rpc.model import softmax_margin
+from edge.cascade import load_threshold, should_ask
+from edge.lab import calibrate
+from edge.lab.cascade_report import headline, summarize
+from edge.lab.evaluate import ClientConfig, config_from_args, parse_args, run
+from edge.transports import OVER_BUDGET, GrpcTransport, RestSpecTransport, RetryPolicy
+from kws_rpc.audio.wav import decode_wav, read_wav
+from kws_rpc.model.kws_model import softmax_margin
+from kws_rpc.wire.encodings import DCT_MAX_REQUEST_BYTES, ENCODINGS, REST_ROUTES, ROUTES, build_request, spec_body
+from kws_rpc.wire.senml import spec_bytes
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "clips"
 REPO = Path(__file__).resolve().parent.parent
@@ -179,6 +181,8 @@ def test_client_caps_at_the_calibrated_budget(tmp_path: Path) -> None:
     base = ["--cascade", str(cascade)]
     assert config_from_args(parse_args(base)).max_cost_mb == pytest.approx(0.95)
     cfg = config_from_args(parse_args([*base, "--transport", "grpc", "--payload", "mfcc-q5z", "--limit", "200"]))
+    assert cfg.encoding == "logmel-q5z"  # --payload and mfcc-q5z: the first names, read from a file written with them
+    assert config_from_args(parse_args([*base, "--transport", "grpc", "--encoding", "logmel-q5z", "--limit", "200"])) == cfg
     assert cfg.threshold == 0.2 and cfg.max_cost_mb == pytest.approx(0.1 * 200 / 800)  # scaled to the run
     assert config_from_args(parse_args([*base, "--max-cost-mb", "0"])).max_cost_mb is None
     assert config_from_args(parse_args([*base, "--max-cost-mb", "2"])).max_cost_mb == 2
@@ -190,9 +194,9 @@ def test_client_caps_at_the_calibrated_budget(tmp_path: Path) -> None:
 def test_calibration_uses_val_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     splits: list[str] = []
 
-    def fake_predict_split(split: str, *args: object, ways: list[str], **kw: object) -> dict[str, object]:
+    def fake_predict_split(split: str, *args: object, routes: list[str], **kw: object) -> dict[str, object]:
         splits.append(split)
-        return {w: toy_predictions(split) for w in ways}
+        return {w: toy_predictions(split) for w in routes}
 
     class FakeModel:
         card = type("Card", (), {"sha256": "abc"})()
@@ -204,13 +208,14 @@ def test_calibration_uses_val_only(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     doc = json.loads(out.read_text())
     assert splits == ["val"] and doc["split"] == "val" and doc["val_accuracy"] == 6 / 7
     assert doc["target"] == {"target_accuracy": 0.8} and 0.1 <= doc["threshold"] < 0.3
-    assert set(doc["ways"]) == set(WAYS) and doc["ways"]["rest-spec"]["threshold"] == doc["threshold"]
-    assert load_threshold(out, "grpc-mfcc-i8")[0] == doc["ways"]["grpc-mfcc-i8"]["threshold"]
+    assert set(doc["ways"]) == set(ROUTES) and doc["ways"]["rest-spec"]["threshold"] == doc["threshold"]
+    assert load_threshold(out, "grpc-logmel-i8")[0] == doc["ways"]["grpc-logmel-i8"]["threshold"]
+    assert load_threshold(out, "grpc-mfcc-i8") == load_threshold(out, "grpc-logmel-i8")  # the first name, an alias
     with pytest.raises(SystemExit):
         calibrate.main(["--local-big", "--split", "test", "--out", str(out)])
     assert splits == ["val"]
     out.unlink()
-    from edge import client
+    from edge.lab import evaluate as client
 
     assert client.main(["--calibrate", "--local-big", "--budget-mb", "5", "--out", str(out)]) == 0  # the client's mode
     assert splits == ["val", "val"] and json.loads(out.read_text())["target"] == {"budget_mb": 5.0, "confidence": 0.95}
@@ -218,7 +223,7 @@ def test_calibration_uses_val_only(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def client_config(little: Path, tmp_path: Path, transport: str, url: str, limit: int) -> ClientConfig:
     return ClientConfig(little=little, transport=transport, url=url, grpc_target=url,
-                        payload="mfcc-f32" if transport == "grpc" else "spec", threshold=1.0, threshold_source="test", split="test", limit=limit, data_dir=None,
+                        encoding="logmel-f32" if transport == "grpc" else "spec", threshold=1.0, threshold_source="test", split="test", limit=limit, data_dir=None,
                         report=tmp_path / "r.json", device="0x1", policy=FAST, progress=False)
 
 
@@ -237,7 +242,7 @@ def test_client_keeps_little_answers_when_server_is_down(transport: str, little:
 def test_client_exits_1_when_asks_failed(little: Path, tmp_path: Path, dataset_root: Path,
                                          caplog: pytest.LogCaptureFixture) -> None:
     """The run goes to the end on little's answers, and its exit code says that asks were lost."""
-    from edge import client
+    from edge.lab import evaluate as client
 
     url = f"http://127.0.0.1:{closed_port()}/"
     report = tmp_path / "r.json"
@@ -246,21 +251,21 @@ def test_client_exits_1_when_asks_failed(little: Path, tmp_path: Path, dataset_r
         return ["--url", url, "--little", str(little), "--threshold", threshold, "--limit", "3", "--no-progress",
                 "--report", str(report)]
 
-    with caplog.at_level(logging.ERROR, logger="edge.client"):
+    with caplog.at_level(logging.ERROR, logger="edge.lab.evaluate"):
         assert client.main(argv("1.0")) == 1
     assert "3 of 3 asks to " + url + " failed" in caplog.text and report.exists()
     assert client.main(argv("0.0")) == 0  # threshold 0: nothing asked, nothing lost
 
 
 def test_client_as_users_run_it_logs_under_its_module_name(little: Path, tmp_path: Path, dataset_root: Path) -> None:
-    """`python -m edge.client` with no server: exit 1, and the log line names edge.client (under -m the
+    """`kws-edge eval` with no server: exit 1, and the log line names edge.lab.evaluate (under -m the
     module is __main__, and a logger named after __name__ printed that instead)."""
     url = f"http://127.0.0.1:{closed_port()}/"
-    run_ = subprocess.run([sys.executable, "-m", "edge.client", "--url", url, "--little", str(little), "--threshold",
+    run_ = subprocess.run([sys.executable, "-m", "edge.cli", "eval", "--url", url, "--little", str(little), "--threshold",
                            "1.0", "--limit", "1", "--no-progress", "--report", str(tmp_path / "r.json"),
                            "--data-dir", str(dataset_root)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run_.returncode == 1, run_.stderr
-    assert "ERROR edge.client: 1 of 1 asks to " + url + " failed" in run_.stderr
+    assert "ERROR edge.lab.evaluate: 1 of 1 asks to " + url + " failed" in run_.stderr
 
 
 @pytest.mark.parametrize("http_server", [{"hold": True}], indirect=True)
@@ -275,7 +280,7 @@ def test_client_survives_a_slow_server(http_server, little: Path, tmp_path: Path
 
 
 def test_headline_format() -> None:
-    from edge.report import ClipRecord
+    from edge.lab.cascade_report import ClipRecord
 
     recs = [ClipRecord("yes/a.wav", "yes", "no", 0.1, True, "yes", "yes", 2_972_712, 1.0, 2.0)] + \
         [ClipRecord("yes/b.wav", "yes", "yes", 0.9, False, None, "yes", 0, 1.0, 0.0)] * 7
@@ -287,23 +292,23 @@ def test_payloads_decode_to_the_same_answer(served_model_path: Path) -> None:
     """What payload.py feeds big locally: lossless payloads give big's own answer exactly, and each
     payload's size on the served model's features (49x40) keeps its place."""
     from edge.cascade import local_answer
-    from kws_rpc.model import KwsModel
+    from kws_rpc.model.kws_model import KwsModel
 
     big = KwsModel(served_model_path)
     for word in ("yes", "no", "go"):
         audio = fixture_clip(word)
         direct = big.labels[int(np.argmax(big.predict_audio(audio, 16000)[0]))]
         assert local_answer(big, spec_body(audio, "0x1")) == direct
-        for payload in PAYLOADS:
+        for payload in ENCODINGS:
             req = build_request(audio, payload, word, big.feature_config)
             label = local_answer(big, req)
-            if payload in ("wav", "pcm", "mfcc-f32"):
+            if payload in ("wav", "pcm", "logmel-f32"):
                 assert label == direct, payload
-        sizes = {p: build_request(audio, p, word, big.feature_config).ByteSize() for p in PAYLOADS}
-        assert (sizes["mfcc-q4z"] < sizes["mfcc-q5z"] < sizes["mfcc-i8z"] < sizes["mfcc-i8"] < sizes["mfcc-f16"] < sizes["mfcc-f32"]
+        sizes = {p: build_request(audio, p, word, big.feature_config).ByteSize() for p in ENCODINGS}
+        assert (sizes["logmel-q4z"] < sizes["logmel-q5z"] < sizes["logmel-i8z"] < sizes["logmel-i8"] < sizes["logmel-f16"] < sizes["logmel-f32"]
                 < sizes["pcm"] < sizes["wav"]), sizes
-        assert sizes["mfcc-q5z"] * 40 < spec_bytes(spec_body(audio, "0x1")), sizes
-        assert sizes["mfcc-dct"] < min(sizes["mfcc-q4z"], DCT_MAX_REQUEST_BYTES + 1), sizes
+        assert sizes["logmel-q5z"] * 40 < spec_bytes(spec_body(audio, "0x1")), sizes
+        assert sizes["logmel-dct"] < min(sizes["logmel-q4z"], DCT_MAX_REQUEST_BYTES + 1), sizes
 
 
 def test_grpc_mfcc_needs_metadata_and_fails_softly() -> None:
@@ -327,7 +332,7 @@ def served_model(little_path: Path) -> Path:
 @pytest.fixture(scope="module")
 def real_server(little_path: Path) -> Iterator[tuple[object, Path]]:
     """The real gRPC server + REST gateway on loopback."""
-    server = pytest.importorskip("kws_rpc.server")
+    server = pytest.importorskip("kws_rpc.serving.server")
     model = served_model(little_path)
     handle = server.serve(server.ServerConfig(models=(model,), port=0, gateway_port=0, log_level="WARNING"))
     try:
@@ -337,18 +342,18 @@ def real_server(little_path: Path) -> Iterator[tuple[object, Path]]:
 
 
 @pytest.mark.parametrize("transport,payload", [("rest", "spec"), ("rest", "adpcm"), ("grpc", "wav"), ("grpc", "pcm"),
-                                               ("grpc", "mfcc-f32"), ("grpc", "mfcc-f16"), ("grpc", "mfcc-i8"),
-                                               ("grpc", "mfcc-q5z")])
+                                               ("grpc", "logmel-f32"), ("grpc", "logmel-f16"), ("grpc", "logmel-i8"),
+                                               ("grpc", "mfcc-q5z")])  # mfcc-q5z: the first name of logmel-q5z
 def test_cascade_end_to_end(real_server, transport: str, payload: str, little: Path, tmp_path: Path,
                             dataset_root: Path) -> None:
-    from kws_rpc.model import KwsModel
+    from kws_rpc.model.kws_model import KwsModel
 
     handle, model = real_server
     policy = RetryPolicy(timeout_s=10.0, retries=1, backoff_s=0.05)
     url = handle.gateway.url + "/" if transport == "rest" else handle.target
-    cfg = dataclasses.replace(client_config(little, tmp_path, transport, url, limit=6), payload=payload,
+    cfg = dataclasses.replace(client_config(little, tmp_path, transport, url, limit=6), encoding=payload,
                               policy=policy)
-    codec = REST_WAYS.get(f"rest-{payload}", "pcm16")
+    codec = REST_ROUTES.get(f"rest-{payload}", "pcm16")
     remote = (RestSpecTransport(url, cfg.device, policy, wav_codec=codec) if transport == "rest"
               else GrpcTransport(url, payload, policy))
     try:
@@ -357,14 +362,14 @@ def test_cascade_end_to_end(real_server, transport: str, payload: str, little: P
         remote.close()
     assert summary["calls"] == 6 and summary["failures"] == 0
     big = KwsModel(model)  # the server's model, run here on the same clips
-    if payload.startswith("mfcc"):
+    if payload.startswith(("mfcc", "logmel")):
         assert remote.config == big.feature_config  # learnt from GetModelMetadata
     for r in records:
         audio, rate = read_wav(str(dataset_root / "mini_speech_commands" / r.name))
         probs = big.predict_audio(np.pad(audio, (0, 16000 - len(audio))), rate)[0]
         assert r.final_label == r.big_label
         top2 = np.sort(probs)[-2:]
-        if payload in ("spec", "wav", "pcm", "mfcc-f32") and top2[1] > top2[0]:  # lossless, no tie
+        if payload in ("spec", "wav", "pcm", "logmel-f32") and top2[1] > top2[0]:  # lossless, no tie
             assert r.big_label == big.labels[int(np.argmax(probs))], r
     if transport == "rest":  # each clip is sent as recorded (some are shorter than 1 s), as the reference does
         for r in records:
@@ -382,12 +387,12 @@ def test_rest_transport_never_sends_past_max_bytes(http_server) -> None:
 
 def test_client_stops_asking_at_max_cost(real_server, little: Path, tmp_path: Path) -> None:
     handle, _ = real_server
-    from kws_rpc.model import KwsModel
+    from kws_rpc.model.kws_model import KwsModel
 
     request = build_request(fixture_clip(), "mfcc-q5z", "x", KwsModel(real_server[1]).feature_config)
     cap_mb = 2.5 * request.ByteSize() / (1 << 20)  # room for about two of the asks, not six
     cfg = dataclasses.replace(client_config(little, tmp_path, "grpc", handle.target, limit=6),
-                              payload="mfcc-q5z", max_cost_mb=cap_mb,
+                              encoding="mfcc-q5z", max_cost_mb=cap_mb,
                               policy=RetryPolicy(timeout_s=10.0, retries=1, backoff_s=0.05))
     records, summary = run(cfg)
     assert summary["cost_mb"] <= cap_mb

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from kws_rpc import ensemble
+from kws_rpc.lab import ensemble_fit
+from kws_rpc.model import ensemble
 
 
 def v(*rows: list[float]) -> np.ndarray:
@@ -60,22 +61,22 @@ def test_single_vote_and_no_vote() -> None:
 
 def test_accuracy_counts_undecided_as_wrong() -> None:
     clips = [v([0.9, 0.1]), np.zeros((0, 2)), v([0.2, 0.8])]
-    assert ensemble.accuracy("mean", clips, [0, 0, 1]) == pytest.approx(2 / 3)
+    assert ensemble_fit.accuracy("mean", clips, [0, 0, 1]) == pytest.approx(2 / 3)
 
 
 def test_choose_policy_on_val() -> None:
     clips = [SPLIT, v([0.1, 0.9, 0.0])]
-    best, scores = ensemble.choose_policy(clips, [1, 1])
+    best, scores = ensemble_fit.choose_policy(clips, [1, 1])
     assert best == "margin_weighted"
     assert scores == {"majority": 0.5, "mean": 0.5, "log_mean": 0.5, "margin_weighted": 1.0}
     # a tie: the earlier (simpler) policy wins
-    best, _ = ensemble.choose_policy([v([0.1, 0.9, 0.0])], [1])
+    best, _ = ensemble_fit.choose_policy([v([0.1, 0.9, 0.0])], [1])
     assert best == "majority"
 
 
 def test_stack_models_and_unknown_policy() -> None:
     a, b = np.eye(3, dtype=np.float32), np.eye(3, dtype=np.float32)[::-1]
-    clips = ensemble.stack_models([a, b])
+    clips = ensemble_fit.stack_models([a, b])
     assert len(clips) == 3 and clips[0].shape == (2, 3)
     assert clips[0].tolist() == [[1, 0, 0], [0, 0, 1]]
     with pytest.raises(ValueError):
@@ -87,7 +88,7 @@ def test_correct_by_policy_scores_each_policy_and_weighting() -> None:
     # a weighting that trusts only the third member gets it, one that trusts only the first does not
     probs = {m: SPLIT[i][None] for i, m in enumerate("abc")}
     only = {m: ensemble.Weights({m: 1.0}, "prob") for m in "ac"}
-    got = ensemble.correct_by_policy(list("abc"), probs, [1], only)
+    got = ensemble_fit.correct_by_policy(list("abc"), probs, [1], only)
     assert list(got) == [*ensemble.POLICIES, "a", "c"]
     assert not got["majority"][0] and not got["mean"][0] and got["margin_weighted"][0]
     assert not got["a"][0] and got["c"][0]
@@ -113,7 +114,7 @@ def synthetic(n: int, seed: int, noise_members: int = 1, labels: int = 8) -> tup
 @pytest.mark.parametrize("space", ensemble.SPACES)
 def test_fit_gives_a_noise_member_no_weight(space: str) -> None:
     probs, y = synthetic(800, seed=3)
-    w = ensemble.fit_weights(probs, y, ["good", "fair", "noise"], space)
+    w = ensemble_fit.fit_weights(probs, y, ["good", "fair", "noise"], space)
     assert sum(w.weights.values()) == pytest.approx(1.0)
     assert all(x >= 0 for x in w.weights.values())
     assert w.weights["noise"] < 0.03, w.weights
@@ -121,19 +122,19 @@ def test_fit_gives_a_noise_member_no_weight(space: str) -> None:
     # the fitted NLL is no worse than any corner or the uniform weights
     m = np.ones(probs.shape[:2], bool)
     for cand in ([1, 0, 0], [0, 1, 0], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0]):
-        assert w.fitted["nll"] <= ensemble.nll(probs, m, y, np.array(cand), space)[0] + 1e-9
+        assert w.fitted["nll"] <= ensemble_fit.nll(probs, m, y, np.array(cand), space)[0] + 1e-9
 
 
 def test_weighted_policy_beats_mean_with_a_noise_member_out_of_fold() -> None:
     probs, y = synthetic(800, seed=5, noise_members=2)
     names = ["good", "fair", "noise1", "noise2"]
     clips, members = list(probs), [names] * len(y)
-    res = ensemble.cross_fit(clips, y, members, folds=5, seed=0)
+    res = ensemble_fit.cross_fit(clips, y, members, folds=5, seed=0)
     oof = res["oof_accuracy"]
     assert set(oof) == set(ensemble.ALL_POLICIES)
     assert oof["weighted"] > oof["mean"] + 0.02, oof
     assert len(res["weighted"]["log"]["fold_weights"]) == 5
-    best, scores = ensemble.choose_policy(clips, y, members)
+    best, scores = ensemble_fit.choose_policy(clips, y, members)
     assert best == "weighted" and scores == oof
 
 
@@ -168,12 +169,12 @@ def test_fit_with_missing_votes_and_weights_round_trip(tmp_path) -> None:
     keep[:, 0] |= ~keep.any(1)  # every clip has a vote
     clips = [probs[i][keep[i]] for i in range(400)]
     members = [[n for n, k in zip(names, keep[i]) if k] for i in range(400)]
-    p, m, got = ensemble.dense(clips, members, names)
+    p, m, got = ensemble_fit.dense(clips, members, names)
     assert got == names and (m == keep).all() and np.allclose(p[keep], probs[keep])
-    w = ensemble.fit_weights(p, y, names, "log", m)
+    w = ensemble_fit.fit_weights(p, y, names, "log", m)
     assert w.weights["noise"] < 0.05
-    acc = ensemble.accuracy("weighted", clips, y, members, w)
-    assert acc >= ensemble.accuracy("mean", clips, y)
+    acc = ensemble_fit.accuracy("weighted", clips, y, members, w)
+    assert acc >= ensemble_fit.accuracy("mean", clips, y)
     manifest = tmp_path / "ensemble.json"
     manifest.write_text(json.dumps({"members": names, "weighted": w.as_dict()}))
     back = ensemble.load_weights(manifest)
@@ -196,7 +197,7 @@ def test_shipped_manifest_weights_name_its_members() -> None:
     # train), or on out-of-fold votes over train+val (trainers.stack), then for these very member files.
     assert w.fitted["split"] == "val" or w.fitted["split"].startswith("train+val out of fold")
     if w.fitted["split"] != "val":
-        from kws_rpc.compare import file_sha256
+        from kws_rpc.lab.predictions import file_sha256
 
         models = manifest.parent
         assert w.fitted["members_sha256"] == {m: file_sha256(models / f"{m}.tflite") for m in members}

@@ -6,7 +6,7 @@ tf.signal runs in the tf_child process (tests/tf_child.py); the comparison runs 
 import numpy as np
 import pytest
 
-from kws_rpc.features import FeatureConfig, mfcc, resample
+from kws_rpc.audio.features import FeatureConfig, log_mel, resample
 from tf_child import TfChild
 
 CONFIGS = [
@@ -37,7 +37,7 @@ def test_matches_tf_signal(cfg: FeatureConfig, tf_child: TfChild) -> None:
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((3, cfg.clip_samples)) * 0.1).astype(np.float32)
     x[0, : cfg.clip_samples // 2] = 0.0  # silence: the log offset path
-    ours = mfcc(x, cfg)
+    ours = log_mel(x, cfg)
     assert ours.shape == (3, *cfg.shape)
     np.testing.assert_allclose(ours, tf_child.run(tf_reference, x, cfg), atol=2e-4, rtol=1e-4)
 
@@ -47,24 +47,24 @@ def test_single_clip_equals_batch_row() -> None:
     x = np.random.default_rng(1).uniform(-1, 1, (2, cfg.clip_samples)).astype(np.float32)
     # Equal up to float32 rounding: OpenBLAS may sum a row of the mel matmul in another order for another
     # number of rows (bit-equal on Intel here, one ulp apart on AMD EPYC); a wrong row would be far off.
-    np.testing.assert_allclose(mfcc(x[1], cfg), mfcc(x, cfg)[1], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(log_mel(x[1], cfg), log_mel(x, cfg)[1], rtol=1e-6, atol=1e-6)
 
 
 def test_a_batch_larger_than_a_chunk_equals_its_rows() -> None:
-    """mfcc() splits big batches into CHUNK_CLIPS pieces; the rows must not depend on the split."""
-    from kws_rpc.features import CHUNK_CLIPS
+    """log_mel() splits big batches into CHUNK_CLIPS pieces; the rows must not depend on the split."""
+    from kws_rpc.audio.features import CHUNK_CLIPS
 
     cfg = FeatureConfig(num_mfcc=0, upper_hz=7600.0, peak_normalize=0.5)
     x = np.random.default_rng(2).uniform(-0.3, 0.3, (CHUNK_CLIPS * 2 + 3, cfg.clip_samples)).astype(np.float32)
-    whole = mfcc(x, cfg)
+    whole = log_mel(x, cfg)
     assert whole.shape == (len(x), *cfg.shape)
     for i in (0, CHUNK_CLIPS - 1, CHUNK_CLIPS, len(x) - 1):
-        np.testing.assert_allclose(whole[i], mfcc(x[i], cfg), rtol=1e-6, atol=1e-6)  # BLAS rounding, as above
+        np.testing.assert_allclose(whole[i], log_mel(x[i], cfg), rtol=1e-6, atol=1e-6)  # BLAS rounding, as above
 
 
 def test_wrong_length_is_rejected() -> None:
     with pytest.raises(ValueError, match="16000 samples"):
-        mfcc(np.zeros(15999, np.float32), FeatureConfig())
+        log_mel(np.zeros(15999, np.float32), FeatureConfig())
 
 
 def test_bad_config_is_rejected() -> None:
@@ -86,7 +86,7 @@ def test_resample_keeps_a_tone() -> None:
 
 
 def test_peak_normalize_levels_every_clip_and_caps_the_gain() -> None:
-    from kws_rpc.features import MAX_GAIN, normalize_peak
+    from kws_rpc.audio.features import MAX_GAIN, normalize_peak
 
     rng = np.random.default_rng(2)
     x = rng.uniform(-1, 1, (3, 16000)).astype(np.float32) * np.array([[0.9], [0.01], [1e-6]], np.float32)
@@ -99,13 +99,13 @@ def test_peak_normalize_levels_every_clip_and_caps_the_gain() -> None:
 def test_peak_normalized_features_do_not_depend_on_the_recording_level() -> None:
     cfg = FeatureConfig(num_mfcc=0, upper_hz=7600.0, peak_normalize=0.5)
     x = np.random.default_rng(3).uniform(-0.8, 0.8, cfg.clip_samples).astype(np.float32)
-    np.testing.assert_allclose(mfcc(x / 300, cfg), mfcc(x, cfg), atol=1e-3)
+    np.testing.assert_allclose(log_mel(x / 300, cfg), log_mel(x, cfg), atol=1e-3)
     plain = FeatureConfig(num_mfcc=0, upper_hz=7600.0)
-    assert np.abs(mfcc(x / 300, plain) - mfcc(x, plain)).mean() > 5  # without it, 50 dB down moves every bin
+    assert np.abs(log_mel(x / 300, plain) - log_mel(x, plain)).mean() > 5  # without it, 50 dB down moves every bin
 
 
 def test_peak_normalize_travels_in_the_proto_config() -> None:
-    from kws_rpc.codec import config_from_proto, config_to_proto
+    from kws_rpc.wire.codec import config_from_proto, config_to_proto
 
     cfg = FeatureConfig(num_mfcc=0, peak_normalize=0.5)
     assert config_from_proto(config_to_proto(cfg)) == cfg

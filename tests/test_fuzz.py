@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import dataclasses
 import json
 import logging
 import struct
@@ -26,12 +27,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from kws.v1 import kws_pb2 as pb
-from kws.v1 import kws_pb2_grpc as pb_grpc
-from kws_rpc.codec import config_to_proto, tensor_to_proto
-from kws_rpc.model import KwsModel
-from kws_rpc.server import ServerConfig, ServerHandle, serve
-from kws_rpc.servicer import SERVICE
+from kws_rpc.model.kws_model import KwsModel
+from kws_rpc.proto.kws.v1 import kws_pb2 as pb
+from kws_rpc.serving.server import ServerConfig, ServerHandle, serve
+from kws_rpc.wire.codec import config_to_proto, tensor_to_proto
+from kws_rpc.wire.service import SERVICE
 
 CASE_TIMEOUT_S = 10.0
 OK_CODES = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
@@ -104,7 +104,7 @@ def baseline_rss(channel: grpc.Channel, valid: dict[str, bytes]) -> float:
 @pytest.fixture(scope="module")
 def valid(clip_wavs: dict[str, bytes], model: KwsModel) -> dict[str, bytes]:
     """Serialized valid PredictRequests of every input kind: the seeds for bit flips."""
-    from kws_rpc.audio import decode_wav
+    from kws_rpc.audio.wav import decode_wav
 
     wav = clip_wavs["go"]
     audio, rate = decode_wav(wav)
@@ -265,57 +265,90 @@ def v1_bodies(draw: st.DrawFn, cfg: pb.FeatureConfig) -> bytes:
     return json.dumps(draw(json_values)).encode() if draw(st.booleans()) else draw(st.binary(max_size=200))
 
 
-# --- tests --------------------------------------------------------------------------------------------
-def test_random_bytes(channel: grpc.Channel, baseline_rss: float) -> None:
+# --- campaigns ----------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Everything a campaign sends to: one server, measured (baseline_rss) before the first case."""
+
+    channel: grpc.Channel
+    http: requests.Session
+    gateway_url: str
+    model: KwsModel
+    valid: dict[str, bytes]
+    wav: bytes
+
+
+@pytest.fixture(scope="module")
+def target(server: ServerHandle, channel: grpc.Channel, http: requests.Session, model: KwsModel,
+           valid: dict[str, bytes], clip_wavs: dict[str, bytes], baseline_rss: float) -> Target:
+    assert server.gateway is not None
+    return Target(channel, http, server.gateway.url, model, valid, clip_wavs["go"])
+
+
+def _random_bytes(t: Target) -> None:
     @fuzz(1500)
     @given(st.binary(max_size=2048))
     def case(data: bytes) -> None:
-        send_grpc(channel, data, "grpc random bytes")
+        send_grpc(t.channel, data, "grpc random bytes")
     case()
 
 
-def test_random_requests(channel: grpc.Channel, model: KwsModel) -> None:
+def _random_requests(t: Target) -> None:
     @fuzz(1500)
-    @given(predict_requests(config_to_proto(model.feature_config)))
+    @given(predict_requests(config_to_proto(t.model.feature_config)))
     def case(req: pb.PredictRequest) -> None:
-        send_grpc(channel, req.SerializeToString(), "grpc random PredictRequest")
+        send_grpc(t.channel, req.SerializeToString(), "grpc random PredictRequest")
     case()
 
 
-def test_flipped_requests(channel: grpc.Channel, valid: dict[str, bytes]) -> None:
+def _flipped_requests(t: Target) -> None:
     @fuzz(1500)
-    @given(flipped(valid))
+    @given(flipped(t.valid))
     def case(data: bytes) -> None:
-        send_grpc(channel, data, "grpc bit-flipped PredictRequest")
+        send_grpc(t.channel, data, "grpc bit-flipped PredictRequest")
     case()
 
 
-def test_random_spec_bodies(server: ServerHandle, http: requests.Session, clip_wavs: dict[str, bytes]) -> None:
-    assert server.gateway is not None
-    url = server.gateway.url + "/"
-
+def _random_spec_bodies(t: Target) -> None:
     @fuzz(800)
-    @given(spec_bodies(clip_wavs["go"]))
+    @given(spec_bodies(t.wav))
     def case(body: bytes) -> None:
-        send_http(http, url, body, "REST / random JSON")
+        send_http(t.http, t.gateway_url + "/", body, "REST / random JSON")
     case()
 
 
-def test_random_v1_bodies(server: ServerHandle, http: requests.Session, model: KwsModel) -> None:
-    assert server.gateway is not None
-    url = server.gateway.url + "/v1/predict"
-
+def _random_v1_bodies(t: Target) -> None:
     @fuzz(800)
-    @given(v1_bodies(config_to_proto(model.feature_config)))
+    @given(v1_bodies(config_to_proto(t.model.feature_config)))
     def case(body: bytes) -> None:
-        send_http(http, url, body, "REST /v1/predict random JSON")
+        send_http(t.http, t.gateway_url + "/v1/predict", body, "REST /v1/predict random JSON")
     case()
 
 
-def test_server_survives_fuzzing(channel: grpc.Channel, valid: dict[str, bytes], errors: ErrorLog,
-                                 baseline_rss: float) -> None:
-    send_grpc(channel, valid["wav"], "after")
-    assert OUTCOMES[("after", "OK")] == 1
+CAMPAIGNS = {"random bytes": _random_bytes, "random requests": _random_requests,
+             "flipped requests": _flipped_requests, "random spec bodies": _random_spec_bodies,
+             "random v1 bodies": _random_v1_bodies}
+DONE: set[str] = set()  # campaigns run in this module (the survival check runs the others itself)
+
+
+def campaign(name: str, t: Target) -> None:
+    CAMPAIGNS[name](t)
+    DONE.add(name)
+
+
+# --- tests --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(CAMPAIGNS))
+def test_campaign(name: str, target: Target) -> None:
+    campaign(name, target)
+
+
+def test_server_survives_fuzzing(target: Target, errors: ErrorLog, baseline_rss: float) -> None:
+    """After every campaign (run here those not run yet, so this test also stands alone)."""
+    for name in CAMPAIGNS:
+        if name not in DONE:
+            campaign(name, target)
+    send_grpc(target.channel, target.valid["wav"], "after")
+    assert OUTCOMES[("after", "OK")] >= 1
     rss = psutil.Process().memory_info().rss / 2**20
     total = sum(n for (kind, _), n in OUTCOMES.items() if kind != "after")
     print(f"\nfuzz: {total} cases:", dict(sorted(OUTCOMES.items())),

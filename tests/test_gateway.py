@@ -20,11 +20,11 @@ import pytest
 import requests
 from google.protobuf import json_format
 
-from kws_rpc.audio import decode_wav, encode_wav
-from kws_rpc.codec import config_to_proto, tensor_to_proto
-from kws_rpc.gateway import GatewayConfig, GatewayServer
-from kws_rpc.model import KwsModel
-from kws_rpc.server import ServerConfig, ServerHandle, serve
+from kws_rpc.audio.wav import decode_wav, encode_wav
+from kws_rpc.model.kws_model import KwsModel
+from kws_rpc.serving.gateway import GatewayConfig, GatewayServer
+from kws_rpc.serving.server import ServerConfig, ServerHandle, serve
+from kws_rpc.wire.codec import config_to_proto, tensor_to_proto
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -174,7 +174,7 @@ def test_grpc_down_is_503(clip_wavs: dict[str, bytes]) -> None:
 
 
 def test_standalone_gateway(server: ServerHandle) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "kws_rpc.gateway", "--grpc-target", server.target, "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "kws_rpc.serving.gateway", "--grpc-target", server.target, "--port", "0"],
                             cwd=REPO, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         assert proc.stderr is not None

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kws_rpc.data import LABELS
+from kws_rpc.lab.data import LABELS
 
 REPO = Path(__file__).resolve().parent.parent
 MEMBERS = ["big_int8", "member_cnn_int8", "member_dscnn_int8"]
@@ -68,7 +68,7 @@ def _synthetic_kfold(root: Path, n: int = 1200, folds: int = 3) -> None:
 
 
 def test_stack_fits_the_combiner_on_oof_votes_and_writes_it_for_the_client(tmp_path: Path, dataset_root: Path) -> None:
-    from kws_rpc import ensemble
+    from kws_rpc.model import ensemble
     from trainers import stack
 
     kfold = tmp_path / "kfold"

@@ -15,11 +15,11 @@ import grpc
 import numpy as np
 import pytest
 
-from kws.v1 import kws_pb2 as pb
-from kws.v1 import kws_pb2_grpc as pb_grpc
-from kws_rpc.gateway import GatewayConfig, GatewayServer
-from kws_rpc.limits import Limits
-from kws_rpc.server import ServerConfig, parse_args, serve
+from kws_rpc.proto.kws.v1 import kws_pb2 as pb
+from kws_rpc.proto.kws.v1 import kws_pb2_grpc as pb_grpc
+from kws_rpc.serving.gateway import GatewayConfig, GatewayServer
+from kws_rpc.serving.limits import Limits
+from kws_rpc.serving.server import ServerConfig, parse_args, serve
 
 IDLE_S = 1.0
 

@@ -20,8 +20,8 @@ import pytest
 
 from edge.sources import SourceError, SourceStats, microphone, raw_stream, wav_file
 from edge.stream import DetectorConfig, Detector, FrameStream, Listener
-from kws_rpc.features import FeatureConfig, mfcc
-from kws_rpc.model import KwsModel
+from kws_rpc.audio.features import FeatureConfig, log_mel
+from kws_rpc.model.kws_model import KwsModel
 
 REPO = Path(__file__).resolve().parent.parent
 HOP10 = FeatureConfig(num_mfcc=0, upper_hz=7600.0, frame_length=480, frame_step=160, fft_length=512)
@@ -44,7 +44,7 @@ def little() -> KwsModel:
 @pytest.fixture(scope="module")
 def keyword_stream(test_audio) -> tuple[np.ndarray, list[tuple[float, str]]]:
     """Six test clips the little gets right, with 1-2 s of silence before each: (audio, [(clip end, label)])."""
-    from kws_rpc.data import LABELS
+    from kws_rpc.model.card import LABELS
 
     audio, labels, _ = test_audio
     rng = np.random.default_rng(3)
@@ -64,7 +64,7 @@ def test_stream_frames_are_the_clip_features_of_every_window(block: int) -> None
     frames = np.concatenate([fs.push(x[i : i + block]) for i in range(0, len(x), block)])
     assert fs.frames == len(frames) == 1 + (len(x) - 480) // 160
     for start in (0, 13, 100, 200):
-        np.testing.assert_allclose(frames[start : start + 98], mfcc(x[start * 160 : start * 160 + 16000], HOP10),
+        np.testing.assert_allclose(frames[start : start + 98], log_mel(x[start * 160 : start * 160 + 16000], HOP10),
                                    atol=1e-5)
 
 
@@ -139,7 +139,7 @@ def test_raw_stream_keeps_odd_bytes_across_reads_and_counts_one_left_at_the_end(
 
 
 def run_listen(*args: str, stdin: bytes | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge.listen", *args], cwd=REPO, input=stdin, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "edge.cli", "listen", *args], cwd=REPO, input=stdin, capture_output=True,
                           timeout=120, env={**os.environ, **(env or {})})
 
 
@@ -234,7 +234,7 @@ def test_a_microphone_that_is_not_there_is_retried_and_counted_until_stopped(tmp
 def test_classify_names_the_word_of_each_fixture_clip_and_reports_unreadable_files(tmp_path: Path) -> None:
     clips = sorted((REPO / "tests" / "fixtures" / "clips").glob("*.wav"))
     stereo = write_wav(tmp_path / "stereo.wav", np.zeros(1600), channels=2)
-    r = subprocess.run([sys.executable, "-m", "edge.classify", *map(str, clips), str(stereo)], cwd=REPO,
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "classify", *map(str, clips), str(stereo)], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     lines = [ln.split("\t") for ln in r.stdout.splitlines()]
@@ -245,7 +245,7 @@ def test_classify_names_the_word_of_each_fixture_clip_and_reports_unreadable_fil
 
 def test_classify_scans_a_long_file_for_its_keyword(tmp_path: Path, little) -> None:
     from edge.classify import classify_file
-    from kws_rpc.audio import read_wav
+    from kws_rpc.audio.wav import read_wav
 
     left, _ = read_wav(str(REPO / "tests" / "fixtures" / "clips" / "left.wav"))
     audio = np.concatenate([np.zeros(16000 * 3, np.float32), left, np.zeros(8000, np.float32)])
@@ -276,7 +276,7 @@ def test_hop_probabilities_are_the_listeners_to_the_window(little) -> None:
 
 
 def test_listen_publishes_each_event_to_a_stock_mosquitto(tmp_path: Path, keyword_stream) -> None:
-    from kws_rpc.mqtt.broker import Mosquitto
+    from tests.support.mosquitto import Mosquitto
 
     if not Mosquitto.available():
         pytest.skip("mosquitto is not installed (apt-get install mosquitto)")

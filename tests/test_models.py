@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kws_rpc.evaluate import shipped_models
-from kws_rpc.model import KwsModel
+from kws_rpc.lab.evaluate import shipped_models
+from kws_rpc.model.kws_model import KwsModel
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 
@@ -51,7 +51,8 @@ def test_big_beats_the_reference(evaluated, test_audio) -> None:
 
 
 def test_ensemble_members_and_vote(evaluated, test_audio) -> None:
-    from kws_rpc.ensemble import decide_all, stack_models
+    from kws_rpc.lab.ensemble_fit import stack_models
+    from kws_rpc.model.ensemble import decide_all
 
     members = json.loads((MODELS / "ensemble.json").read_text())["members"]
     assert len(members) >= 3

@@ -20,17 +20,21 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge.coop import PREPROCESS_CHUNK, CoopClient, CoopConfig, default_members, report
-from kws.v1 import kws_pb2 as pb
-from kws_rpc import ensemble
-from kws_rpc.codec import metadata_to_proto
-from kws_rpc.features import mfcc
-from kws_rpc.model import KwsModel
+from kws_rpc.audio.features import log_mel
+from kws_rpc.lab import ensemble_fit
+from kws_rpc.lab.coop import default_members
+from kws_rpc.lab.coop_report import report
+from kws_rpc.model import ensemble
+from kws_rpc.model.kws_model import KwsModel
 from kws_rpc.mqtt.ballot import Ballot
-from kws_rpc.mqtt.broker import EmbeddedBroker, Mosquitto
+from kws_rpc.mqtt.broker import EmbeddedBroker
 from kws_rpc.mqtt.connection import BrokerSettings
+from kws_rpc.mqtt.coop import PREPROCESS_CHUNK, CoopClient, CoopConfig
 from kws_rpc.mqtt.topics import Topics
 from kws_rpc.mqtt.worker import Worker, WorkerConfig
+from kws_rpc.proto.kws.v1 import kws_pb2 as pb
+from kws_rpc.wire.codec import metadata_to_proto
+from tests.support.mosquitto import Mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
 CLIPS = 48
@@ -120,17 +124,17 @@ def offline_votes(paths: list[str], audio: np.ndarray) -> list[np.ndarray]:
     """The same models on the same clips, without MQTT, fed what the wire carries: features computed in
     the client's chunks and rounded to float16 when the members share a feature config, else 16-bit PCM
     from which each model computes its own features."""
-    from kws_rpc.audio import float_to_pcm16, pcm16_to_float
+    from kws_rpc.audio.wav import float_to_pcm16, pcm16_to_float
 
     models = [KwsModel(p) for p in paths]
     if len({m.feature_config for m in models}) == 1:
         cfg = models[0].feature_config
-        feats = np.concatenate([mfcc(audio[i : i + PREPROCESS_CHUNK], cfg)
+        feats = np.concatenate([log_mel(audio[i : i + PREPROCESS_CHUNK], cfg)
                                 for i in range(0, len(audio), PREPROCESS_CHUNK)])
         feats = feats.astype(np.float16).astype(np.float32)
-        return ensemble.stack_models([m.predict(feats) for m in models])
+        return ensemble_fit.stack_models([m.predict(feats) for m in models])
     pcm = [pcm16_to_float(float_to_pcm16(clip)) for clip in audio]
-    return ensemble.stack_models([np.concatenate([m.predict(m.features(c)) for c in pcm]) for m in models])
+    return ensemble_fit.stack_models([np.concatenate([m.predict(m.features(c)) for c in pcm]) for m in models])
 
 
 def shared(paths: list[str]) -> bool:
@@ -197,7 +201,7 @@ def test_end_to_end_matches_offline_ensemble(broker_url: str, members: list[str]
         assert rep["payload"] == "audio-pcm16"
     offline = offline_votes(members, audio)
     for policy in ensemble.POLICIES:
-        assert rep["per_policy_accuracy"][policy] == ensemble.accuracy(policy, offline, y), policy
+        assert rep["per_policy_accuracy"][policy] == ensemble_fit.accuracy(policy, offline, y), policy
     decided = [c["decided"] for c in rep["per_clip"]]
     assert decided == [client.labels()[d] for d in ensemble.decide_all("mean", offline)]
 
@@ -326,9 +330,9 @@ def test_malformed_and_foreign_payloads_are_skipped(any_broker: str, members: li
 
 
 def test_shared_config_decides_the_payload(members: list[str]) -> None:
-    from kws_rpc.codec import metadata_to_proto
-    from kws_rpc.features import FeatureConfig
+    from kws_rpc.audio.features import FeatureConfig
     from kws_rpc.mqtt.payloads import shared_config
+    from kws_rpc.wire.codec import metadata_to_proto
 
     card = KwsModel(members[0]).card
     same = [pb.WorkerStatus(worker_id=f"w{i}", state=1, model=metadata_to_proto(card)) for i in range(2)]
@@ -351,7 +355,7 @@ def test_audio_payload_and_mixed_feature_configs(any_broker: str, members: list[
         payload = "audio"
     dep = deployment()
     workers = start_workers(paths, any_broker, dep)
-    client = coop(any_broker, dep, len(workers), payload=payload)
+    client = coop(any_broker, dep, len(workers), encoding=payload)
     try:
         run = client.run(audio[:12])
         rep = report(run, client.label_indices(labels[:12]), names[:12], client.labels(), "mean")
@@ -364,13 +368,13 @@ def test_audio_payload_and_mixed_feature_configs(any_broker: str, members: list[
 
 def test_cli_one_command_demo(members: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
                               caplog: pytest.LogCaptureFixture) -> None:
-    """`make coop` (python -m kws_rpc.mqtt.local): embedded broker, in-process workers, exact output line;
+    """`make coop` (python -m kws_rpc.lab.coop_demo): embedded broker, in-process workers, exact output line;
     everyone speaks the embedded broker's MQTT 3.1.1 from the start, so the broker logs no refused MQTT 5
     probe ('Invalid connection') in a healthy run."""
     import json
     import re
 
-    from kws_rpc.mqtt.local import main
+    from kws_rpc.lab.coop_demo import main
 
     out = tmp_path / "coop.json"
     with caplog.at_level(logging.INFO):
@@ -392,8 +396,8 @@ def test_cli_weighted_policy_weighs_each_vote_by_its_model(members: list[str], t
     is that member's own answer, whatever the worker-id order."""
     import json
 
-    from kws_rpc.data import LABELS
-    from kws_rpc.mqtt.local import main
+    from kws_rpc.lab.coop_demo import main
+    from kws_rpc.lab.data import LABELS
 
     names = [KwsModel(m).name for m in members]
     chosen = names[-1]
@@ -411,7 +415,7 @@ def test_cli_weighted_policy_weighs_each_vote_by_its_model(members: list[str], t
     offline = offline_votes(members, test_audio[0][:24])
     w = ensemble.Weights.from_dict(json.loads(manifest.read_text())["weighted"])
     y = [LABELS.index(c["label"]) for c in rep["per_clip"]]  # the client's label order
-    assert rep["accuracy"] == ensemble.accuracy("weighted", offline, y, [names] * 24, w)
+    assert rep["accuracy"] == ensemble_fit.accuracy("weighted", offline, y, [names] * 24, w)
 
 
 def test_cli_auto_policy_takes_the_out_of_fold_choice_for_its_members(members: list[str], tmp_path: Path) -> None:
@@ -420,8 +424,8 @@ def test_cli_auto_policy_takes_the_out_of_fold_choice_for_its_members(members: l
     naming other models is not used that way."""
     import json
 
-    from edge.coop import oof_choice
-    from kws_rpc.mqtt.local import main
+    from kws_rpc.lab.coop import oof_choice
+    from kws_rpc.lab.coop_demo import main
 
     names = [KwsModel(m).name for m in members]
     chosen = names[-1]
@@ -591,7 +595,7 @@ def test_unknown_invalid_and_repeated_votes_are_refused_and_counted(any_broker: 
     assert rep["lost"] == 0 and rep["missing_predictions"] == 0
     assert all(set(c["votes"]) == {"w0", "w1"} for c in rep["per_clip"])
     offline = offline_votes(members[:2], audio[:12])
-    assert rep["per_policy_accuracy"]["mean"] == ensemble.accuracy("mean", offline, client.label_indices(labels[:12]))
+    assert rep["per_policy_accuracy"]["mean"] == ensemble_fit.accuracy("mean", offline, client.label_indices(labels[:12]))
     refused = rep["refused_votes"]
     assert [refused.get(k) for k in ("unknown worker", "not finite", "wrong length")] == [12, 12, 12], refused
 
@@ -645,7 +649,7 @@ def test_readme_mqtt_recipe_on_stock_mosquitto(test_audio, tmp_path: Path) -> No
 
     if not Mosquitto.available():
         pytest.skip("mosquitto is not installed")
-    from kws_rpc.mqtt.broker import free_port
+    from tests.support.network import free_port
 
     recipe = _readme_mqtt_recipe()
     assert "mosquitto -p 1883 &" in recipe and "kws-coop" in recipe
@@ -664,7 +668,7 @@ def test_readme_mqtt_recipe_on_stock_mosquitto(test_audio, tmp_path: Path) -> No
     offline = offline_votes([str(REPO / m) for m in models], audio)
     voters = [[KwsModel(REPO / m).name for m in models]] * len(labels)  # the fitted policy weighs by model
     weights = ensemble.Weights.from_dict(rep["weights"]) if "weights" in rep else None
-    expected = ensemble.accuracy(rep["policy"], offline, labels, voters, weights)
+    expected = ensemble_fit.accuracy(rep["policy"], offline, labels, voters, weights)
     assert re.search(rf"^Accuracy: {100 * expected:.3f}%$", proc.stdout, re.M), (expected, proc.stdout[-500:])
 
 
@@ -696,7 +700,7 @@ def test_stock_mosquitto_killed_mid_run_loses_nothing(stock_mosquitto: Mosquitto
     for w in workers:
         assert len(w.answered) == len(set(w.answered)), f"{w.worker_id} ran a clip twice"
     offline = offline_votes(members, audio)
-    assert rep["per_policy_accuracy"]["mean"] == ensemble.accuracy("mean", offline, client.label_indices(labels))
+    assert rep["per_policy_accuracy"]["mean"] == ensemble_fit.accuracy("mean", offline, client.label_indices(labels))
 
 
 def test_replicas_share_a_members_clips_one_vote_per_clip(stock_mosquitto: Mosquitto, members: list[str],
@@ -731,4 +735,4 @@ def test_replicas_share_a_members_clips_one_vote_per_clip(stock_mosquitto: Mosqu
     assert all(set(c["votes"]) == {"w0", "w1"} for c in rep["per_clip"]), (rep["decided_by"], rep["dropped_workers"])
     assert 0 < len(set(a.answered)) < CLIPS, "replica a answered every clip: b never shared the load"
     offline = offline_votes(members[:2], audio)
-    assert rep["per_policy_accuracy"]["mean"] == ensemble.accuracy("mean", offline, client.label_indices(labels))
+    assert rep["per_policy_accuracy"]["mean"] == ensemble_fit.accuracy("mean", offline, client.label_indices(labels))

@@ -14,13 +14,15 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge.coop import CoopClient, CoopConfig, report
-from kws.v1 import kws_pb2 as pb
-from kws_rpc import ensemble
-from kws_rpc.mqtt.broker import EmbeddedBroker, Mosquitto, TlsFiles
+from kws_rpc.lab.coop_report import report
+from kws_rpc.model import ensemble
+from kws_rpc.mqtt.broker import EmbeddedBroker, TlsFiles
 from kws_rpc.mqtt.connection import BrokerSettings, negotiate
+from kws_rpc.mqtt.coop import CoopClient, CoopConfig
 from kws_rpc.mqtt.topics import Topics
 from kws_rpc.mqtt.worker import Worker, WorkerConfig
+from kws_rpc.proto.kws.v1 import kws_pb2 as pb
+from tests.support.mosquitto import Mosquitto
 from test_mqtt import deployment, member_paths, offline_votes
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,7 +32,7 @@ CLIPS = 16
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from kws_rpc.certs import make_dev_pki
+    from kws_rpc.security.certs import make_dev_pki
 
     return make_dev_pki(tmp_path_factory.mktemp("pki"), clients=USERS)
 

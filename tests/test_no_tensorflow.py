@@ -9,8 +9,8 @@ REPO = Path(__file__).resolve().parent.parent
 CHECK = """
 import sys, importlib, pkgutil
 import numpy as np
-mods = ["kws_rpc.features", "kws_rpc.model", "kws_rpc.codec", "kws_rpc.core", "kws_rpc.data",
-        "kws_rpc.evaluate", "kws.v1.kws_pb2"]
+mods = ["kws_rpc.audio.features", "kws_rpc.model.kws_model", "kws_rpc.wire.codec", "kws_rpc.model.core", "kws_rpc.lab.data",
+        "kws_rpc.lab.evaluate", "kws_rpc.proto.kws.v1.kws_pb2"]
 for pkg in ("edge", "kws_rpc"):
     p = importlib.import_module(pkg)
     mods += [m.name for m in pkgutil.walk_packages(p.__path__, pkg + ".")]
@@ -20,7 +20,7 @@ for m in mods:
     except ImportError as e:  # optional extras (fastapi, grpc) may be absent on an edge install
         if "tensorflow" in str(e):
             raise
-from kws_rpc.model import KwsModel
+from kws_rpc.model.kws_model import KwsModel
 m = KwsModel("models/little.tflite")
 p = m.predict(m.features(np.zeros(16000, np.float32)))
 assert p.shape == (1, 8)

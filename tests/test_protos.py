@@ -36,13 +36,13 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
     fresh = sorted(p for p in tmp_path.rglob("*_pb2*.py*"))
     assert fresh, "protogen generated nothing"
     for f in fresh:
-        committed = REPO / f.relative_to(tmp_path)
+        committed = REPO / "kws_rpc" / "proto" / f.relative_to(tmp_path)
         assert committed.is_file(), f"{committed} missing: run `make protos`"
         assert committed.read_bytes() == f.read_bytes(), stale_message(committed, f.read_text())
 
 
 def test_runtime_protobuf_is_not_older_than_gencode() -> None:
-    from kws.v1 import kws_pb2
+    from kws_rpc.proto.kws.v1 import kws_pb2
 
     # The generated module checks the runtime version at import (ValidateProtobufRuntimeVersion).
     assert kws_pb2.DESCRIPTOR.package == "kws.v1"

@@ -23,11 +23,11 @@ import pytest
 import requests
 
 from edge.transports import RestSpecTransport, RetryPolicy
-from kws_rpc.audio import read_wav
-from kws_rpc.data import LABELS
-from kws_rpc.model import KwsModel
-from kws_rpc.senml import COURSE_LABELS, check_label_order, label_from_reply, parse_label_order, spec_reply
-from kws_rpc.server import ServerConfig, ServerHandle, parse_args, serve
+from kws_rpc.audio.wav import read_wav
+from kws_rpc.lab.data import LABELS
+from kws_rpc.model.kws_model import KwsModel
+from kws_rpc.serving.server import ServerConfig, ServerHandle, parse_args, serve
+from kws_rpc.wire.senml import COURSE_LABELS, check_label_order, label_from_reply, parse_label_order, spec_reply
 
 REPO = Path(__file__).resolve().parent.parent
 # Written out here, not imported: the reference client has its own copy of this order.
@@ -132,7 +132,7 @@ def test_bad_spec_labels_are_refused_at_startup(served_model_path: Path, capsys:
             parse_args(["--model", str(served_model_path), "--spec-labels", bad])
         assert words in capsys.readouterr().err
     no_go = ",".join(COURSE[:-1])
-    proc = subprocess.run([sys.executable, "-m", "kws_rpc.server", "--model", str(served_model_path),
+    proc = subprocess.run([sys.executable, "-m", "kws_rpc.serving.server", "--model", str(served_model_path),
                            "--gateway-port", "0", "--spec-labels", no_go],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
@@ -147,7 +147,7 @@ def test_superset_order_is_accepted() -> None:
 
 def test_standalone_gateway_spec_labels(server: ServerHandle, clip_wavs: dict[str, bytes]) -> None:
     order = ("_silence_", "_unknown_", *ALPHABETICAL)
-    cmd = [sys.executable, "-m", "kws_rpc.gateway", "--grpc-target", server.target, "--port", "0"]
+    cmd = [sys.executable, "-m", "kws_rpc.serving.gateway", "--grpc-target", server.target, "--port", "0"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     bad = subprocess.run([*cmd, "--spec-labels", "down,stop"], cwd=REPO, capture_output=True, text=True,
                          env=env, timeout=60)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kws_rpc.model import KwsModel
+from kws_rpc.model.kws_model import KwsModel
 
 
 def test_models_load_on_ai_edge_litert(little_path: Path) -> None:

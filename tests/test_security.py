@@ -1,5 +1,5 @@
 """TLS, mutual TLS, bearer tokens and the rate limit on real servers (gRPC, the co-hosted and a standalone
-gateway, /metrics) with the dev PKI of ``kws_rpc.certs``, refusals included; and the edge client over
+gateway, /metrics) with the dev PKI of ``kws_rpc.security.certs``, refusals included; and the edge client over
 TLS + token end to end on the fixture clips."""
 
 from __future__ import annotations
@@ -21,19 +21,19 @@ from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from edge import client
+from edge.lab import evaluate as client
 from edge.transports import GrpcTransport, RestSpecTransport, RetryPolicy
-from kws.v1 import kws_pb2 as pb
-from kws.v1 import kws_pb2_grpc as pb_grpc
-from kws_rpc import gateway
-from kws_rpc.audio import decode_wav
-from kws_rpc.auth import UNAUTHENTICATED, AuthConfig, Guard, RateLimiter, TokenStore, bearer, client_token
-from kws_rpc.certs import make_dev_pki
+from kws_rpc.audio.wav import decode_wav
 from kws_rpc.errors import RateLimited, Unauthenticated
-from kws_rpc.gateway import GatewayConfig, GatewayServer
-from kws_rpc.server import ServerConfig, ServerHandle, parse_args, serve
-from kws_rpc.servicer import SERVICE
-from kws_rpc.tls import ClientTls, ServerTls
+from kws_rpc.proto.kws.v1 import kws_pb2 as pb
+from kws_rpc.proto.kws.v1 import kws_pb2_grpc as pb_grpc
+from kws_rpc.security.auth import UNAUTHENTICATED, AuthConfig, Guard, RateLimiter, TokenStore, bearer, client_token
+from kws_rpc.security.certs import make_dev_pki
+from kws_rpc.security.tls import ClientTls, ServerTls
+from kws_rpc.serving import gateway
+from kws_rpc.serving.gateway import GatewayConfig, GatewayServer
+from kws_rpc.serving.server import ServerConfig, ServerHandle, parse_args, serve
+from kws_rpc.wire.service import SERVICE
 
 EDGE_TOKEN = "edge-token-0123456789abcdef"
 COOP_TOKEN = "coop-token-0123456789abcdef"
@@ -326,19 +326,19 @@ def test_edge_client_over_mtls_and_token(secure_server: ServerHandle, pki: dict[
     assert ("HTTP 401" if transport == "rest" else "UNAUTHENTICATED") in answer.error
 
 
-@pytest.mark.parametrize("way", ["rest-adpcm", "grpc-mfcc-q5z"])
+@pytest.mark.parametrize("route", ["rest-adpcm", "grpc-mfcc-q5z"])
 def test_calibrate_and_payload_reach_a_secure_server(secure_server: ServerHandle, pki: dict[str, Path],
-                                                    clip_wavs: dict[str, bytes], way: str) -> None:
-    """edge.calibrate and edge.payload ask big through edge.cascade.remote: the same --tls-* and --token
+                                                    clip_wavs: dict[str, bytes], route: str) -> None:
+    """edge.lab.calibrate and edge.lab.payload ask big through edge.cascade.remote: the same --tls-* and --token
     flags as the client (add_remote_args), so their remote modes work against the Pi setup too."""
-    from edge import calibrate
     from edge.cascade import remote
+    from edge.lab import calibrate
 
     assert secure_server.gateway is not None
     flags = ["--url", secure_server.gateway.url + "/", "--grpc", secure_server.target, "--tls-ca", str(pki["ca.pem"]),
              "--tls-cert", str(pki["edge.pem"]), "--tls-key", str(pki["edge.key"]), "--timeout", "10"]
     for token, ok in ((EDGE_TOKEN, True), ("not-the-token-0123456789", False)):
-        t = remote(way, calibrate.parse_args([*flags, "--token", token]))
+        t = remote(route, calibrate.parse_args([*flags, "--token", token]))
         try:
             word, wav = next(iter(clip_wavs.items()))
             answer = t.ask(decode_wav(wav)[0], word)
@@ -346,7 +346,7 @@ def test_calibrate_and_payload_reach_a_secure_server(secure_server: ServerHandle
             t.close()
         assert (answer.label == word) is ok, answer
         if not ok:
-            assert ("HTTP 401" if way.startswith("rest") else "UNAUTHENTICATED") in answer.error
+            assert ("HTTP 401" if route.startswith("rest") else "UNAUTHENTICATED") in answer.error
 
 
 # --- configuration ---------------------------------------------------------------------------------------

@@ -22,13 +22,13 @@ import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from kws.v1 import kws_pb2 as pb
-from kws.v1 import kws_pb2_grpc as pb_grpc
-from kws_rpc.audio import decode_wav, encode_wav
-from kws_rpc.codec import config_to_proto, tensor_to_proto
-from kws_rpc.model import KwsModel
-from kws_rpc.server import ServerConfig, ServerHandle, serve
-from kws_rpc.servicer import SERVICE
+from kws_rpc.audio.wav import decode_wav, encode_wav
+from kws_rpc.model.kws_model import KwsModel
+from kws_rpc.proto.kws.v1 import kws_pb2 as pb
+from kws_rpc.proto.kws.v1 import kws_pb2_grpc as pb_grpc
+from kws_rpc.serving.server import ServerConfig, ServerHandle, serve
+from kws_rpc.wire.codec import config_to_proto, tensor_to_proto
+from kws_rpc.wire.service import SERVICE
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -236,7 +236,7 @@ def test_graceful_shutdown_finishes_in_flight(served_model_path: Path, clip_wavs
 
 
 def test_cli_stops_on_sigterm(served_model_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "kws_rpc.server", "--model", str(served_model_path),
+    proc = subprocess.Popen([sys.executable, "-m", "kws_rpc.serving.server", "--model", str(served_model_path),
                              "--port", "0", "--max-batch-size", "1"], cwd=REPO, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
@@ -244,7 +244,7 @@ def test_cli_stops_on_sigterm(served_model_path: Path) -> None:
         assert proc.stderr is not None
         for line in proc.stderr:
             lines.append(line)
-            if "serving" in line:
+            if " serving " in line:
                 break
         port = int(re.search(r"on grpc [\d.]+:(\d+) \(batching off\)", lines[-1]).group(1))  # type: ignore[union-attr]
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:

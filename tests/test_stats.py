@@ -1,11 +1,11 @@
-"""kws_rpc.stats against values computed independently (scipy.stats.binomtest gives the same p-values)."""
+"""kws_rpc.lab.stats against values computed independently (scipy.stats.binomtest gives the same p-values)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from kws_rpc import stats
+from kws_rpc.lab import stats
 
 
 def pairs(b: int, c: int, both_right: int = 0, both_wrong: int = 0) -> tuple[np.ndarray, np.ndarray]:

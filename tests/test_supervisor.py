@@ -1,6 +1,6 @@
 """A multi-process kws-server as an operator meets it: its children die with the supervisor however it dies,
 a second server on the same ports is refused, and a child that dies stops the whole server with a non-zero
-exit (kws_rpc.server.supervise documents why it does not restart it)."""
+exit (kws_rpc.serving.supervisor documents why it does not restart it)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from kws_rpc import ports
+from kws_rpc.serving import ports
 
 REPO = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
@@ -57,12 +57,12 @@ def ready(gateway_port: int) -> bool:
 
 
 class Server:
-    """`python -m kws_rpc.server --processes 2` on fixed loopback ports, started as a user starts it."""
+    """`python -m kws_rpc.serving.server --processes 2` on fixed loopback ports, started as a user starts it."""
 
     def __init__(self, model: Path, grpc_port: int, gateway_port: int, processes: int = 2) -> None:
         self.grpc_port, self.gateway_port = grpc_port, gateway_port
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kws_rpc.server", "--model", str(model), "--port", str(grpc_port),
+            [sys.executable, "-m", "kws_rpc.serving.server", "--model", str(model), "--port", str(grpc_port),
              "--gateway-port", str(gateway_port), "--processes", str(processes), "--grace", "1"],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.ps = psutil.Process(self.proc.pid)
@@ -121,7 +121,7 @@ def test_a_second_server_on_the_same_ports_is_refused_and_the_first_serves_on(se
     first = server(grpc_port, gateway_port)
     first.wait_ready()
     for processes in (2, 1):
-        r = subprocess.run([sys.executable, "-m", "kws_rpc.server", "--model", str(served_model_path),
+        r = subprocess.run([sys.executable, "-m", "kws_rpc.serving.server", "--model", str(served_model_path),
                             "--port", str(grpc_port), "--gateway-port", str(gateway_port),
                             "--processes", str(processes)],
                            cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -137,7 +137,7 @@ def test_a_gateway_on_a_taken_port_says_so_and_exits_non_zero() -> None:
         s.bind((LOOPBACK, 0))
         s.listen()
         port = s.getsockname()[1]
-        r = subprocess.run([sys.executable, "-m", "kws_rpc.gateway", "--grpc-target", f"{LOOPBACK}:9",
+        r = subprocess.run([sys.executable, "-m", "kws_rpc.serving.gateway", "--grpc-target", f"{LOOPBACK}:9",
                             "--port", str(port)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert f"port {port} on {LOOPBACK} is already in use" in r.stderr, r.stderr[-2000:]

@@ -3,7 +3,7 @@ int8 within quantization error).
 
 Keras, the converter and the trainers run in the tf_child process (tests/tf_child.py): the functions
 below marked "child" import TensorFlow there and send back plain data. The exported TFLite models are run
-here, by kws_rpc.runtime, so they are checked on the interpreter users run.
+here, by kws_rpc.model.interpreter, so they are checked on the interpreter users run.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kws_rpc.runtime import make_interpreter
+from kws_rpc.model.interpreter import make_interpreter
 from tf_child import TfChild
 
 REPO = Path(__file__).resolve().parent.parent
@@ -121,7 +121,7 @@ def test_logits_export_matches_keras_logits(tf_child: TfChild) -> None:
 def teacher_targets_of(path: Path, audio: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, ...]:
     """Child: trainers.train.teacher_targets of a model, with two copies at T=1 and one at T=3, and at
     T=1 given ``known`` as the features already computed for the model's config."""
-    from kws_rpc.model import KwsModel
+    from kws_rpc.model.kws_model import KwsModel
     from trainers.train import teacher_targets
 
     m = KwsModel(path)
@@ -130,7 +130,7 @@ def teacher_targets_of(path: Path, audio: np.ndarray, known: np.ndarray) -> tupl
 
 
 def test_teacher_targets_average_and_soften(little_path: Path, tf_child: TfChild) -> None:
-    from kws_rpc.model import KwsModel
+    from kws_rpc.model.kws_model import KwsModel
 
     m = KwsModel(little_path)
     audio = np.random.default_rng(2).normal(scale=0.1, size=(4, 16000)).astype(np.float32)
@@ -161,8 +161,8 @@ def export_toy(dataset_root: Path, out_dir: Path) -> tuple[Path, str]:
 
 def test_export_keeps_the_best_conversion_within_budget(dataset_root: Path, tmp_path: Path,
                                                         tf_child: TfChild) -> None:
-    from kws_rpc.card import load_card
-    from kws_rpc.model import KwsModel
+    from kws_rpc.model.card import load_card
+    from kws_rpc.model.kws_model import KwsModel
 
     path, refused = tf_child.run(export_toy, dataset_root, tmp_path)
     assert "no conversion fits" in refused
@@ -186,7 +186,7 @@ def rebuilt_logits(path: str, x: np.ndarray) -> np.ndarray:
 def test_rebuilt_keras_matches_the_shipped_tflite(name: str, tf_child: TfChild) -> None:
     """trainers.quantize quantizes the shipped weights, not a new training run: the Keras model rebuilt
     from each shipped float .tflite computes the same probabilities (and its int8 sibling agrees)."""
-    from kws_rpc.model import KwsModel, softmax
+    from kws_rpc.model.kws_model import KwsModel, softmax
 
     path = REPO / "models" / f"{name}.tflite"
     model = KwsModel(path)
@@ -201,19 +201,19 @@ def test_rebuilt_keras_matches_the_shipped_tflite(name: str, tf_child: TfChild) 
 
 def codec_round_trip_of(audio: np.ndarray, which: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Child: trainers.train.codec_round_trip of the clips ``which``, on the big_codec recipe's features."""
-    from kws_rpc.features import mfcc
+    from kws_rpc.audio.features import log_mel
     from trainers.recipes import RECIPES
     from trainers.train import codec_round_trip
 
     cfg = RECIPES["big_codec"].feature
-    return mfcc(audio, cfg), codec_round_trip(mfcc(audio, cfg), cfg, which)
+    return log_mel(audio, cfg), codec_round_trip(log_mel(audio, cfg), cfg, which)
 
 
 def test_codec_augmentation_is_what_the_server_decodes(tf_child: TfChild) -> None:
     """Training's codec augmentation = the edge's 300 B mfcc-dct request, decoded as the server does."""
-    from edge.transports import build_request
-    from kws_rpc.codec import tensor_from_proto
-    from kws_rpc.features import FeatureConfig
+    from kws_rpc.audio.features import FeatureConfig
+    from kws_rpc.wire.codec import tensor_from_proto
+    from kws_rpc.wire.encodings import build_request
 
     audio = np.random.default_rng(4).normal(scale=0.05, size=(3, 16000)).astype(np.float32)
     exact, all_coded = tf_child.run(codec_round_trip_of, audio, [0, 1, 2])
@@ -303,7 +303,7 @@ def toy_training_digest(seed: int) -> str:
 
     import tensorflow as tf
 
-    from kws_rpc.features import mfcc
+    from kws_rpc.audio.features import log_mel
     from trainers.augment import AugmentConfig
     from trainers.train import _compile, _fit, build_model
 
@@ -311,7 +311,7 @@ def toy_training_digest(seed: int) -> str:
     data_rng = np.random.default_rng(123)  # the same clips for every seed
     audio = (0.1 * data_rng.standard_normal((128, 16000))).astype(np.float32)
     labels = data_rng.integers(0, 8, 128)
-    clean = mfcc(audio, r.feature)
+    clean = log_mel(audio, r.feature)
     data = {"train_audio": audio, "noise": [audio.ravel()], "train_onehot": np.eye(8, dtype=np.float32)[labels],
             "val_feats": clean[:32], "val_labels": labels[:32], "mean": clean.mean(axis=(0, 1)), "teachers": []}
     tf.keras.utils.set_random_seed(seed)

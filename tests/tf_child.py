@@ -1,6 +1,6 @@
 """TensorFlow for tests, in a child process, so the test process keeps the runtime users run.
 
-kws_rpc.runtime picks tf.lite as soon as ``tensorflow`` is in sys.modules. One TensorFlow import in the
+kws_rpc.model.interpreter picks tf.lite as soon as ``tensorflow`` is in sys.modules. One TensorFlow import in the
 pytest process would make every later test run the models through tf.lite instead of ai_edge_litert, the
 interpreter the edge and the server use. A test that needs TensorFlow hands that part to
 ``TfChild.run(fn, *args)``: ``fn`` (a module-level function, imported by name in the child) runs in one

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from kws_rpc.card import ModelCard, file_facts
-from kws_rpc.data import LABELS, load_split
-from kws_rpc.features import mfcc
-from kws_rpc.model import KwsModel
+from kws_rpc.audio.features import log_mel
+from kws_rpc.lab.data import LABELS, load_split
+from kws_rpc.model.card import ModelCard, file_facts
+from kws_rpc.model.kws_model import KwsModel
 from trainers.recipes import Recipe
 
 log = logging.getLogger("trainers.export")
@@ -50,7 +50,7 @@ def strip_names(content: bytes) -> bytes:
 
 def _features(split: str, root: Path, r: Recipe) -> tuple[np.ndarray, np.ndarray]:
     audio, labels, _ = load_split(split, root)
-    return mfcc(audio, r.feature), labels
+    return log_mel(audio, r.feature), labels
 
 
 def export(model: tf.keras.Model, r: Recipe, calibration: np.ndarray, root: Path, out_dir: Path,

@@ -31,10 +31,10 @@ import trainers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads
 
 import numpy as np
 
-from kws_rpc.card import ModelCard, file_facts
-from kws_rpc.data import LABELS, find_dataset, load_split
-from kws_rpc.features import mfcc
-from kws_rpc.model import KwsModel
+from kws_rpc.audio.features import log_mel
+from kws_rpc.lab.data import LABELS, find_dataset, load_split
+from kws_rpc.model.card import ModelCard, file_facts
+from kws_rpc.model.kws_model import KwsModel
 
 log = logging.getLogger("trainers.kfold")
 MEMBERS = ("big", "member_cnn", "member_dscnn")  # the shipped ensemble's float recipes
@@ -113,8 +113,8 @@ def run_job(member: str, k: int, fold: np.ndarray, seed: int, root: Path, out: P
         **file_facts(content))
     card.save(path.with_suffix(".json"))
     runtime = KwsModel(path)
-    oof = runtime.predict(mfcc(audio[held], r.feature))
-    test_probs = runtime.predict(mfcc(test[0], r.feature))
+    oof = runtime.predict(log_mel(audio[held], r.feature))
+    test_probs = runtime.predict(log_mel(test[0], r.feature))
     card.metrics = {"heldout_accuracy": round(float((oof.argmax(-1) == labels[held]).mean()), 5),
                     "test_accuracy": round(float((test_probs.argmax(-1) == test[1]).mean()), 5)}
     card.save(path.with_suffix(".json"))

@@ -12,7 +12,7 @@ speech) as two ONNX files: a 32-bin log-mel front end and the embedding (one 96-
 every 8 frames). This probe pads each clip by 300 ms on both sides (11 embeddings a clip), trains a
 small head (two 1-D convolutions over the 11 vectors, max-pooled, dense) on the train split, keeps the
 epoch with the best val accuracy, and reports it against the shipped big with the paired test and error
-overlap of `kws_rpc.compare`, and the log-mean of big, member_cnn, member_dscnn and the probe with the
+overlap of `kws_rpc.lab.compare`, and the log-mean of big, member_cnn, member_dscnn and the probe with the
 probe's temperature chosen on val.
 
 It is a probe, not a member: the server and workers run TFLite on our own features, while this needs
@@ -36,10 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kws_rpc import ensemble, stats
-from kws_rpc.compare import overlap
-from kws_rpc.data import cache_dir, find_dataset, load_noise, load_split
-from kws_rpc.model import KwsModel, softmax
+from kws_rpc.lab import stats
+from kws_rpc.lab.data import cache_dir, find_dataset, load_noise, load_split
+from kws_rpc.lab.stats import overlap
+from kws_rpc.model import ensemble
+from kws_rpc.model.kws_model import KwsModel, softmax
 
 PAD = 4800  # 300 ms of silence on each side: 1.6 s -> 11 embedding windows
 WINDOW, STEP = 76, 8  # the embedding's input frames and its stride (openWakeWord's framing)

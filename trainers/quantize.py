@@ -24,11 +24,11 @@ import trainers  # noqa: F401  (TF environment)
 import numpy as np
 import tensorflow as tf
 
-from kws_rpc.card import file_facts
-from kws_rpc.data import find_dataset, load_split
-from kws_rpc.features import mfcc
-from kws_rpc.model import KwsModel, softmax
-from kws_rpc.stats import mcnemar
+from kws_rpc.audio.features import log_mel
+from kws_rpc.lab.data import find_dataset, load_split
+from kws_rpc.lab.stats import mcnemar
+from kws_rpc.model.card import file_facts
+from kws_rpc.model.kws_model import KwsModel, softmax
 from trainers.export import strip_names
 from trainers.from_tflite import rebuild
 
@@ -38,8 +38,8 @@ CALIBRATION_CLIPS = 500
 
 _TIMER = """
 import sys, time, numpy as np
-from kws_rpc.model import KwsModel
-from kws_rpc.runtime import interpreter_class
+from kws_rpc.model.interpreter import interpreter_class
+from kws_rpc.model.kws_model import KwsModel
 m = KwsModel(sys.argv[1])
 x = np.random.default_rng(0).normal(size=(64, *m.feature_config.shape)).astype(np.float32)
 for i in range(20):
@@ -80,13 +80,13 @@ def quantize(float_path: Path, out: Path, root: Path, seed: int = 0) -> dict:
     keras, _ = rebuild(float_path)
     val_audio, val_y, _ = load_split("val", root)
     test_audio, test_y, _ = load_split("test", root)
-    val, test = mfcc(val_audio, cfg), mfcc(test_audio, cfg)
+    val, test = log_mel(val_audio, cfg), log_mel(test_audio, cfg)
     gap = float(np.abs(softmax(keras.predict(val, batch_size=256, verbose=0)) - ref.predict(val)).max())
     if gap > 1e-3:
         raise RuntimeError(f"the rebuilt Keras model differs from {float_path} by {gap:.2g} in probability")
     train_audio, _, _ = load_split("train", root)
     pick = np.random.default_rng(seed).choice(len(train_audio), CALIBRATION_CLIPS, replace=False)
-    content = convert(keras, mfcc(train_audio[np.sort(pick)], cfg))
+    content = convert(keras, log_mel(train_audio[np.sort(pick)], cfg))
     out.write_bytes(content)
     card = dataclasses.replace(
         ref.card, name=out.stem, quantization="int8", input_dtype="int8", output="logits", metrics={},

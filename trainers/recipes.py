@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from kws_rpc.features import FeatureConfig
+from kws_rpc.audio.features import FeatureConfig
 from trainers.architectures import bcresnet, cnn, dscnn, resnet, tcresnet
 from trainers.augment import AugmentConfig
 
@@ -14,7 +14,7 @@ from trainers.augment import AugmentConfig
 # reference's choice, cost the little model ~2 points at the same size: the weights do not depend on the
 # number of input coefficients, only the compute does.)
 SHARED_FEATURES = FeatureConfig(num_mfcc=0, upper_hz=7600.0)
-# The shared config with each clip's peak levelled to 0.5 first (kws_rpc.features.normalize_peak).
+# The shared config with each clip's peak levelled to 0.5 first (kws_rpc.audio.features.normalize_peak).
 LEVELLED_FEATURES = FeatureConfig(num_mfcc=0, upper_hz=7600.0, peak_normalize=0.5)
 # BC-ResNet's framing (30 ms window, 10 ms hop, 98 frames x 40 log-mel): the little model's (little_h10 beat
 # the 49x40 little on val, 18 / 7, McNemar p = 0.043), and a server candidate's (big_h10).
@@ -44,7 +44,7 @@ class Recipe:
     teachers: tuple[str, ...] = ()  # shipped models whose mean probabilities on the same augmented audio,
     distill_weight: float = 0.0  # ... softened by distill_temperature, are blended into the targets with
     distill_temperature: float = 1.0  # ... this weight (distillation)
-    output: str = "probabilities"  # or "logits": no softmax layer in the .tflite (see kws_rpc.card)
+    output: str = "probabilities"  # or "logits": no softmax layer in the .tflite (see kws_rpc.model.card)
     codec_prob: float = 0.0  # share of training clips whose features go through the mfcc-dct payload's round trip
     init: str = ""  # fine-tune: start from this shipped float model's weights (trainers.from_tflite), not at random
     ema: float = 0.0  # > 0: validate, select and export an exponential moving average of the weights

@@ -58,9 +58,9 @@ def model_diff(shipped: Path, new: Path, data_dir: str | None = None, split: str
     metadata, compared when both files have the same tensors)."""
     import numpy as np
 
-    from kws_rpc.data import find_dataset, load_split
-    from kws_rpc.model import KwsModel
-    from kws_rpc.runtime import make_interpreter
+    from kws_rpc.lab.data import find_dataset, load_split
+    from kws_rpc.model.interpreter import make_interpreter
+    from kws_rpc.model.kws_model import KwsModel
 
     audio, _, _ = load_split(split, find_dataset(data_dir))
     probs = [KwsModel(path).predict_audio(audio) for path in (shipped, new)]

@@ -7,9 +7,9 @@ those votes it
 
 1. reports each member's OOF accuracy and the pairwise error overlap (7,200 clips: about nine times
    the errors val's 800 show, so the overlap is measured, not guessed);
-2. scores every policy by 5-fold cross-fitting on the OOF votes (``kws_rpc.ensemble.cross_fit``: the
+2. scores every policy by 5-fold cross-fitting on the OOF votes (``kws_rpc.model.ensemble_fit.cross_fit``: the
    ``weighted`` combiner is fitted on four fifths and decides the rest) and picks the pooling space;
-3. fits the weights on all 7,200 votes (``kws_rpc.ensemble.fit_weights``);
+3. fits the weights on all 7,200 votes (``kws_rpc.model.ensemble_fit.fit_weights``);
 4. applies them to the shipped members' votes on test (and val, for reference: val clips are in the
    OOF pool, the shipped members never trained on them) with exact McNemar tests against big alone
    and against the weights fitted on val's 800 clips that the manifest holds.
@@ -29,9 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from kws_rpc import ensemble
-from kws_rpc.compare import Predictions, file_sha256, fmt_p, overlap, pair_test, pct
-from kws_rpc.data import find_dataset
+from kws_rpc.lab import ensemble_fit
+from kws_rpc.lab.data import find_dataset
+from kws_rpc.lab.predictions import Predictions, file_sha256
+from kws_rpc.lab.stats import fmt_p, overlap, pair_test, pct
+from kws_rpc.model import ensemble
 
 log = logging.getLogger("trainers.stack")
 
@@ -74,7 +76,7 @@ def evaluate(members: list[str], probs: dict[str, np.ndarray], y: np.ndarray,
     """Accuracy of every policy (and each fitted weighting) on one split, paired against ``ref`` alone."""
     base = probs[ref].argmax(-1) == y
     rows: dict[str, Any] = {m: {"accuracy": float((probs[m].argmax(-1) == y).mean())} for m in members}
-    correct_of = ensemble.correct_by_policy(members, probs, y, fitted)
+    correct_of = ensemble_fit.correct_by_policy(members, probs, y, fitted)
     for name, c in correct_of.items():
         rows[name] = {"accuracy": float(c.mean()), "errors": int((~c).sum()),
                       f"vs_{ref}": pair_test(c, base, resamples, seed)}
@@ -164,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     p, y = data["probs"], data["labels"]
     clips, voters = list(p), [members] * len(y)
     correct = {m: p[:, j].argmax(-1) == y for j, m in enumerate(members)}
-    cf = ensemble.cross_fit(clips, y, voters, folds=args.folds, seed=args.seed, keep_predictions=True)
-    choice = ensemble.best_policy(cf["oof_accuracy"])
+    cf = ensemble_fit.cross_fit(clips, y, voters, folds=args.folds, seed=args.seed, keep_predictions=True)
+    choice = ensemble_fit.best_policy(cf["oof_accuracy"])
     # Paired tests on the OOF votes: each policy's decisions (weighted: cross-fitted) against each member.
     decisions = {policy: ensemble.decide_all(policy, clips, voters) for policy in ensemble.POLICIES}
     decisions["weighted"] = cf["weighted"][cf["space"]]["predictions"]
@@ -173,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         d.pop("predictions")
     oof_pairs = {policy: {m: pair_test(pred == y, correct[m], args.bootstrap, args.seed) for m in members}
                  for policy, pred in decisions.items()}
-    w = ensemble.fit_weights(p, y, members, cf["space"])
+    w = ensemble_fit.fit_weights(p, y, members, cf["space"])
     meta = data["meta"]
     shas = {m: file_sha256(paths[m]) for m in members}
     oof_w = ensemble.Weights(w.weights, w.space, {
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "oof_accuracy": cf["oof_accuracy"], "oof_choice": choice, "fold_seed": meta["seed"],
         "members_sha256": shas, "command": "python -m trainers.stack " + " ".join(sys.argv[1:] if argv is None else argv)})
     fitted = {"weighted_oof": oof_w}
-    # The weights fitted on val's 800 clips (kws_rpc.compare --write-manifest), for comparison: the
+    # The weights fitted on val's 800 clips (kws_rpc.lab.compare --write-manifest), for comparison: the
     # manifest's "weighted" entry until the OOF weights replace it, then its "weighted_val" entry.
     old = body.get("weighted_val") or body.get("weighted")
     if old and old.get("fitted", {}).get("split") == "val":

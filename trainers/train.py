@@ -21,9 +21,9 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from kws_rpc.data import LABELS, find_dataset, load_noise, load_split
-from kws_rpc.features import FeatureConfig, mfcc, normalize_peak
-from kws_rpc.model import KwsModel
+from kws_rpc.audio.features import FeatureConfig, log_mel, normalize_peak
+from kws_rpc.lab.data import LABELS, find_dataset, load_noise, load_split
+from kws_rpc.model.kws_model import KwsModel
 from trainers.architectures import REGISTRY
 from trainers.augment import augment_audio, mixup, spec_augment
 from trainers.export import export
@@ -90,7 +90,7 @@ def _fit(model: tf.keras.Model, r: Recipe, epochs: int, data: dict, rng: np.rand
     for epoch in bar:
         audio = augment_audio(data["train_audio"], data["noise"], rng, r.augment)
         audio, targets = mixup(audio, data["train_onehot"], rng, r.augment)
-        clean_feats = feats = mfcc(audio, r.feature)
+        clean_feats = feats = log_mel(audio, r.feature)
         if r.codec_prob:
             feats = codec_round_trip(feats, r.feature, np.flatnonzero(rng.random(len(feats)) < r.codec_prob))
         feats = spec_augment(feats, rng, r.augment, data["mean"])
@@ -113,10 +113,10 @@ def _fit(model: tf.keras.Model, r: Recipe, epochs: int, data: dict, rng: np.rand
 
 def codec_round_trip(feats: np.ndarray, cfg: FeatureConfig, which: np.ndarray | range) -> np.ndarray:
     """A copy of feats with the clips ``which`` replaced by what the server decodes from the edge's
-    mfcc-dct request for them (edge.transports.features_request, 300 B at most), so the model learns
+    mfcc-dct request for them (kws_rpc.wire.encodings.features_request, 300 B at most), so the model learns
     the codec's loss as one more augmentation."""
-    from edge.transports import features_request
-    from kws_rpc.codec import tensor_from_proto
+    from kws_rpc.wire.codec import tensor_from_proto
+    from kws_rpc.wire.encodings import features_request
 
     feats = feats.copy()
     for i in which:
@@ -161,11 +161,11 @@ def fit_recipe(r: Recipe, root: Path, epochs: int | None = None, teacher_dir: Pa
     if r.feature.peak_normalize:  # level the clean clips before noise is added (features level them again)
         train_audio = normalize_peak(train_audio, r.feature.peak_normalize)
     val_audio, val_labels = val_set if val_set is not None else load_split("val", root)[:2]
-    clean = mfcc(train_audio, r.feature)
+    clean = log_mel(train_audio, r.feature)
     data = {
         "train_audio": train_audio, "noise": load_noise(root),
         "train_onehot": np.eye(len(LABELS), dtype=np.float32)[train_labels],
-        "val_feats": mfcc(val_audio, r.feature), "val_labels": val_labels,
+        "val_feats": log_mel(val_audio, r.feature), "val_labels": val_labels,
         "mean": clean.mean(axis=(0, 1)), "var": clean.var(axis=(0, 1)),
         "teachers": [KwsModel(teacher_dir / f"{t}.tflite") for t in r.teachers],
     }

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kws_rpc.audio import decode_wav
-from kws_rpc.model import KwsModel
+from kws_rpc.audio.wav import decode_wav
+from kws_rpc.model.kws_model import KwsModel
 
 
 class V2Kws:

@@ -1,4 +1,4 @@
-"""The broker options every MQTT command takes (kws-worker, python -m edge.coop), in one place.
+"""The broker options every MQTT command takes (kws-worker, kws-coop), in one place.
 
 Secrets are better kept off the command line (``ps`` shows it): ``--password-file`` or the environment
 (``KWS_MQTT_PASSWORD``) work too. Every option also reads a ``KWS_MQTT_*`` environment variable.

@@ -14,9 +14,9 @@ import json
 
 import numpy as np
 
-from kws.v1 import kws_pb2 as pb
-from kws_rpc.codec import audio_to_proto, config_from_proto, config_to_proto, tensor_to_proto
-from kws_rpc.features import FeatureConfig
+from kws_rpc.audio.features import FeatureConfig
+from kws_rpc.proto.kws.v1 import kws_pb2 as pb
+from kws_rpc.wire.codec import audio_to_proto, config_from_proto, config_to_proto, tensor_to_proto
 
 
 def shared_config(statuses: list[pb.WorkerStatus]) -> FeatureConfig | None:
@@ -32,13 +32,15 @@ def _config_wire(config: FeatureConfig) -> pb.FeatureConfig:
     return config_to_proto(config)  # one per config, not one per clip (dataclasses.asdict is slow)
 
 
-def features_request(request_id: str, feats: np.ndarray, config: FeatureConfig,
+def features_message(request_id: str, feats: np.ndarray, config: FeatureConfig,
                      dtype: int = pb.FLOAT16) -> bytes:
+    """A clip's message on the clips topic: a serialized PredictRequest carrying its features."""
     return pb.PredictRequest(request_id=request_id, features=pb.Features(
         tensor=tensor_to_proto(feats, dtype), config=_config_wire(config))).SerializeToString()
 
 
-def audio_request(request_id: str, audio: np.ndarray, sample_rate: int) -> bytes:
+def audio_message(request_id: str, audio: np.ndarray, sample_rate: int) -> bytes:
+    """A clip's message on the clips topic: a serialized PredictRequest carrying its PCM samples."""
     return pb.PredictRequest(request_id=request_id, audio=audio_to_proto(audio, sample_rate)).SerializeToString()
 
 

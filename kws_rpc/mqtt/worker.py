@@ -10,8 +10,8 @@ restart). The worker answers each request id once: a repeat gets the cached vote
 second inference (the last ``VOTE_CACHE`` answers are kept).
 
 ``kws-worker --model models/member_cnn.tflite --broker mqtt://127.0.0.1:1883``. There is deliberately no
-built-in broker: a worker must not own the broker's lifetime. Use a real broker, ``python -m
-kws_rpc.mqtt.broker``, or ``python -m edge.coop`` without ``--broker`` for the all-in-one demo.
+built-in broker: a worker must not own the broker's lifetime. Use a real broker, ``kws-broker``
+(the embedded one), or ``make coop`` for the all-in-one demo.
 """
 
 from __future__ import annotations
@@ -28,16 +28,16 @@ import time
 
 import paho.mqtt.client as mqtt
 
-from kws.v1 import kws_pb2 as pb
-from kws_rpc import handlers
-from kws_rpc.codec import metadata_to_proto, parse
-from kws_rpc.core import InferenceCore
 from kws_rpc.errors import KwsError, clip, quote
-from kws_rpc.model import KwsModel
+from kws_rpc.model.core import InferenceCore
+from kws_rpc.model.kws_model import KwsModel
+from kws_rpc.model.threads import pin_native_threads, responsive_network_thread
 from kws_rpc.mqtt.connection import BrokerSettings, connect, make_client, negotiate
 from kws_rpc.mqtt.options import add_broker_arguments, broker_settings
 from kws_rpc.mqtt.topics import Topics, check_segment
-from kws_rpc.threads import pin_native_threads, responsive_network_thread
+from kws_rpc.proto.kws.v1 import kws_pb2 as pb
+from kws_rpc.wire import handlers
+from kws_rpc.wire.codec import metadata_to_proto, parse
 
 log = logging.getLogger("kws_rpc.mqtt.worker")  # not __name__: run with -m, that is __main__
 VOTE_CACHE = 8192  # answered request ids remembered for repeats (~100 B each)
@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="kws MQTT inference worker (one model, one vote per clip).")
     p.add_argument("--model", required=True, help="a .tflite with its .json card, e.g. models/member_cnn.tflite")
     p.add_argument("--broker", required=True, help="mqtt://host:port or mqtts://host:port "
-                   "(no built-in broker: run one, or `python -m kws_rpc.mqtt.broker`)")
+                   "(no built-in broker: run one, or `kws-broker`)")
     p.add_argument("--deployment", default="default", help="topic namespace: kws/<deployment>/...")
     p.add_argument("--worker-id", default="", help="default: the MQTT user name, else <model name>@<hostname>")
     p.add_argument("--replica", default="", help="run as one replica of --worker-id (a name unique among them, "

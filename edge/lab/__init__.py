@@ -1,0 +1,1 @@
+"""The Pi's lab: the cascade run over a data set split, threshold calibration, request sizes."""

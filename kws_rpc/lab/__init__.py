@@ -1,0 +1,1 @@
+"""Work on the data set: loading it, evaluating and comparing models, statistics."""

@@ -1,0 +1,1 @@
+"""The model runtime: a TFLite model with its card, the transport-free inference core, the vote."""

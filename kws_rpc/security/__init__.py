@@ -1,0 +1,1 @@
+"""Bearer tokens and rate limits, TLS configuration, the development certificates."""

@@ -1,0 +1,73 @@
+"""The gRPC side of ``kws_rpc.security.auth``: a server interceptor that checks the ``authorization`` metadata and
+the rate limit before a call reaches its servicer.
+
+Health (``grpc.health.v1``) is always open; reflection needs a token only with ``protect_introspection``
+and is not rate limited. A refused call ends with UNAUTHENTICATED or RESOURCE_EXHAUSTED, the
+``kws-error`` trailer naming the domain error (as the servicer does) and, for the rate limit, a
+``retry-after`` trailer in seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from kws_rpc.errors import KwsError, RateLimited
+from kws_rpc.security.auth import Guard
+from kws_rpc.serving.metrics import Metrics
+from kws_rpc.wire.service import ERROR_KEY
+
+log = logging.getLogger(__name__)
+
+OPEN_SERVICES = frozenset({"grpc.health.v1.Health"})
+INTROSPECTION = frozenset({"grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection"})
+RETRY_AFTER_KEY = "retry-after"
+
+
+class GuardInterceptor(grpc.ServerInterceptor):
+    def __init__(self, guard: Guard, metrics: Metrics | None = None) -> None:
+        self.guard, self.metrics = guard, metrics
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        service, _, method = details.method.lstrip("/").partition("/")
+        if handler is None or service in OPEN_SERVICES:
+            return handler
+        if service in INTROSPECTION:
+            if not (self.guard.config.tokens is not None and self.guard.config.protect_introspection):
+                return handler
+            return _wrap(handler, lambda ctx: self._check(ctx, method, limited=False))
+        return _wrap(handler, lambda ctx: self._check(ctx, method, limited=True))
+
+    def _check(self, context: grpc.ServicerContext, method: str, limited: bool) -> None:
+        auth = next((v for k, v in context.invocation_metadata() if k == "authorization"), None)
+        try:
+            self.guard.admit(auth, context.peer(), limited=limited)
+        except KwsError as e:
+            trailers = [(ERROR_KEY, type(e).__name__)]
+            if isinstance(e, RateLimited):
+                trailers.append((RETRY_AFTER_KEY, f"{e.retry_after_s:.3f}"))
+                log.debug("%s from %s: %s", method, context.peer(), e)
+            else:
+                log.info("%s from %s refused: %s", method, context.peer(), type(e).__name__)
+            if self.metrics is not None:
+                self.metrics.requests.labels(method, e.grpc_code).inc()
+                self.metrics.errors.labels(method, type(e).__name__).inc()
+            context.set_trailing_metadata(tuple(trailers))
+            context.abort(grpc.StatusCode[e.grpc_code], str(e))
+
+
+def _wrap(handler: Any, check: Callable[[grpc.ServicerContext], None]) -> Any:
+    """The same handler, with ``check`` run first in whichever of its four behaviours is set."""
+    def guarded(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        def call(request: Any, context: grpc.ServicerContext) -> Any:
+            check(context)
+            return behaviour(request, context)
+        return call
+
+    kind = {(False, False): "unary_unary", (False, True): "unary_stream", (True, False): "stream_unary",
+            (True, True): "stream_stream"}[(handler.request_streaming, handler.response_streaming)]
+    return handler._replace(**{kind: guarded(getattr(handler, kind))})

@@ -1,0 +1,78 @@
+"""The HTTP side of ``kws_rpc.security.auth``: an ASGI middleware for the gateway and a WSGI wrapper for /metrics.
+
+``/healthz`` and ``/readyz`` are always open. ``/docs``, ``/openapi.json`` (and /metrics) need a token
+only with ``protect_introspection`` and are not rate limited; every other path needs a token when auth is
+on and counts against the client's rate limit. Refusals answer the gateway's JSON error shape: 401 with
+``WWW-Authenticate: Bearer`` or 429 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from kws_rpc.errors import KwsError, RateLimited
+from kws_rpc.security.auth import Guard, retry_after_header
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+INTROSPECTION_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/metrics"})
+
+
+def _refusal(e: KwsError) -> tuple[int, list[tuple[str, str]], bytes]:
+    body = json.dumps({"error": {"code": e.http_status, "status": e.grpc_code, "message": str(e)}}).encode()
+    headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
+    if isinstance(e, RateLimited):
+        headers.append(("retry-after", retry_after_header(e.retry_after_s)))
+    elif e.http_status == 401:
+        headers.append(("www-authenticate", "Bearer"))
+    return e.http_status, headers, body
+
+
+def _check(guard: Guard, path: str, authorization: str | None, peer: str) -> KwsError | None:
+    if path in OPEN_PATHS:
+        return None
+    introspection = path in INTROSPECTION_PATHS
+    try:
+        guard.admit(authorization, peer, needs_token=not introspection or guard.config.protect_introspection,
+                    limited=not introspection)
+    except KwsError as e:
+        return e
+    return None
+
+
+class GuardMiddleware:
+    """Pure ASGI (no BaseHTTPMiddleware): a refusal is answered before the body is read."""
+
+    def __init__(self, app: Any, guard: Guard) -> None:
+        self.app, self.guard = app, guard
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        auth = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"authorization"), None)
+        client = scope.get("client")
+        error = _check(self.guard, scope.get("path", ""), auth, client[0] if client else "")
+        if error is None:
+            await self.app(scope, receive, send)
+            return
+        status, headers, body = _refusal(error)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(k.encode(), v.encode()) for k, v in headers]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def wsgi_guard(app: Callable[..., Iterable[bytes]], guard: Guard) -> Callable[..., Iterable[bytes]]:
+    """The same checks around a WSGI app (prometheus_client's /metrics)."""
+    reasons = {401: "Unauthorized", 429: "Too Many Requests"}
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        error = _check(guard, "/metrics", environ.get("HTTP_AUTHORIZATION"), environ.get("REMOTE_ADDR", ""))
+        if error is None:
+            return app(environ, start_response)
+        status, headers, body = _refusal(error)
+        start_response(f"{status} {reasons.get(status, 'Error')}", headers)
+        return [body]
+
+    return guarded

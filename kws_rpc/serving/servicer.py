@@ -1,0 +1,97 @@
+"""The gRPC adapter: wire messages in, ``InferenceCore`` calls, wire messages out.
+
+The work is done by plain functions, ``kws_rpc.wire.handlers.predict`` and ``metadata`` (testable without
+gRPC, and shared with the gateway's in-process backend and the MQTT worker); the servicer adds error
+translation, trailing metadata and metrics. Requests arrive as raw bytes (see ``add_to_server``) so that a malformed proto
+is INVALID_ARGUMENT with a reason, rather than gRPC's own "Exception deserializing request!" INTERNAL.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+from kws_rpc.errors import MAX_MESSAGE_CHARS, KwsError, clip, quote
+from kws_rpc.model.core import InferenceCore
+from kws_rpc.proto.kws.v1 import kws_pb2 as pb
+from kws_rpc.proto.kws.v1 import kws_pb2_grpc as pb_grpc
+from kws_rpc.serving.metrics import Metrics
+from kws_rpc.wire import codec
+from kws_rpc.wire.handlers import metadata, predict
+from kws_rpc.wire.service import ERROR_KEY, SERVICE
+
+log = logging.getLogger(__name__)
+
+
+M = TypeVar("M", bound=Message)
+T = TypeVar("T")
+
+
+def _message(kind: type[M], request: M | bytes) -> M:
+    return codec.parse(kind, request) if isinstance(request, bytes) else request
+
+
+class KwsServicer(pb_grpc.KeywordSpottingServicer):
+    """Accepts parsed messages (generated registration) or raw bytes (``add_to_server``)."""
+
+    def __init__(self, core: InferenceCore, metrics: Metrics | None = None) -> None:
+        self.core = core
+        self.metrics = metrics or Metrics()
+
+    def Predict(self, request: pb.PredictRequest | bytes, context: grpc.ServicerContext) -> pb.PredictResponse:
+        return self._guard("Predict", context, lambda: predict(self.core, _message(pb.PredictRequest, request)))
+
+    def PredictStream(self, request_iterator: Iterable[pb.PredictRequest | bytes],
+                      context: grpc.ServicerContext) -> Iterator[pb.PredictResponse]:
+        """Answers in order. A bad item ends the call with its status; the message names the item's
+        position and request_id, and the answers already sent stand."""
+        for i, raw in enumerate(request_iterator):
+            yield self._guard("PredictStream", context, lambda: self._stream_item(i, raw))
+
+    def GetModelMetadata(self, request: pb.ModelMetadataRequest | bytes,
+                         context: grpc.ServicerContext) -> pb.ModelMetadata:
+        return self._guard("GetModelMetadata", context,
+                           lambda: metadata(self.core, _message(pb.ModelMetadataRequest, request)))
+
+    def _stream_item(self, index: int, raw: pb.PredictRequest | bytes) -> pb.PredictResponse:
+        request_id = ""
+        try:
+            req = _message(pb.PredictRequest, raw)
+            request_id = req.request_id
+            return predict(self.core, req)
+        except KwsError as e:
+            raise type(e)(f"stream item {index} (request_id {quote(request_id, 40)}): {e}") from None
+
+    def _guard(self, method: str, context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
+        with self.metrics.call(method) as record:
+            try:
+                return fn()
+            except KwsError as e:
+                record.fail(e.grpc_code, type(e).__name__)
+                message = clip(str(e), MAX_MESSAGE_CHARS)  # bounded even if a value slipped in whole
+                log.info("%s -> %s: %s", method, e.grpc_code, message)
+                context.set_trailing_metadata(((ERROR_KEY, type(e).__name__),))
+                context.abort(grpc.StatusCode[e.grpc_code], message)
+            except Exception:
+                record.fail("INTERNAL", "unexpected")
+                log.exception("%s failed unexpectedly", method)
+                context.abort(grpc.StatusCode.INTERNAL, "internal server error; the server log has details")
+        raise AssertionError("unreachable: context.abort raises")
+
+
+def add_to_server(servicer: KwsServicer, server: grpc.Server) -> None:
+    """Registers the service like the generated helper, but with requests left as bytes."""
+    handlers = {
+        "Predict": grpc.unary_unary_rpc_method_handler(
+            servicer.Predict, response_serializer=pb.PredictResponse.SerializeToString),
+        "PredictStream": grpc.stream_stream_rpc_method_handler(
+            servicer.PredictStream, response_serializer=pb.PredictResponse.SerializeToString),
+        "GetModelMetadata": grpc.unary_unary_rpc_method_handler(
+            servicer.GetModelMetadata, response_serializer=pb.ModelMetadata.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)

@@ -1,0 +1,1 @@
+"""What crosses the wire: proto, tensor and SenML codecs, the proto-to-core dispatch, gRPC channels."""
