@@ -111,7 +111,7 @@ BIG = Recipe(
 # Hard labels with label smoothing: the server ensemble knows no silence or unknown to distil from.
 LITTLE_LISTEN = dataclasses.replace(
     LITTLE, name="little_listen", labels=LISTEN_LABELS, listen=ListenConfig(), teachers=(), distill_weight=0.0,
-    augment=AugmentConfig(), epochs=90, seed=1,
+    augment=AugmentConfig(), epochs=100, seed=1,
     description="Listening edge model: little's DS-CNN (48 filters, 5 depthwise-separable blocks) on 98x40 log-mel "
                 "(30 ms window, 10 ms hop) with 10 outputs (8 keywords, _silence_, _unknown_), trained with hard "
                 "labels (smoothing 0.1) on keyword clips mixed with room noise at 0-30 dB SNR, synthetic and "
