@@ -57,24 +57,30 @@ def is_listening(model: KwsModel) -> bool:
     return len(model.labels) > len(LABELS)
 
 
-def answers(model: KwsModel, audio: np.ndarray) -> np.ndarray:
-    return model.predict(model.features(audio)).argmax(-1)
+def answers(model: KwsModel, audio: np.ndarray, reject_offset: float = 0.0) -> np.ndarray:
+    """Top answers; a listening model's two reject outputs may be handicapped by ``reject_offset``
+    (subtracted from their log-probabilities: a decision threshold, the model is unchanged)."""
+    logp = np.log(np.maximum(model.predict(model.features(audio)), 1e-30))
+    logp[:, len(LABELS):] -= reject_offset
+    return logp.argmax(-1)
 
 
-def noise_accuracy(model: KwsModel, sets: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, dict]:
+def noise_accuracy(model: KwsModel, sets: dict[str, np.ndarray], labels: np.ndarray,
+                   reject_offset: float = 0.0) -> dict[str, dict]:
     """Per SNR: accuracy and the per-clip correctness (for paired tests)."""
     out = {}
     for key, audio in sets.items():
-        right = answers(model, audio) == labels
+        right = answers(model, audio, reject_offset) == labels
         out[key] = {"accuracy": float(right.mean()), "correct": right}
     return out
 
 
-def rejection(model: KwsModel, sets: dict[str, tuple[np.ndarray, list[str]]]) -> dict[str, dict]:
+def rejection(model: KwsModel, sets: dict[str, tuple[np.ndarray, list[str]]],
+              reject_offset: float = 0.0) -> dict[str, dict]:
     """Share of silence and unknown clips answered _silence_ or _unknown_, overall and by kind."""
     out = {}
     for name, (audio, kinds) in sets.items():
-        rejected = answers(model, audio) >= len(LABELS)
+        rejected = answers(model, audio, reject_offset) >= len(LABELS)
         k = np.asarray(kinds)
         out[name] = {"rate": float(rejected.mean()), "clips": int(len(k)),
                      "by_kind": {kind: float(rejected[k == kind].mean()) for kind in dict.fromkeys(kinds)}}
@@ -95,7 +101,7 @@ def render(rows: dict[str, dict[str, dict]], rejections: dict[str, dict]) -> str
 
 
 def compare(models_dir: Path, root: Path, pairs: list[tuple[str, str]], splits: tuple[str, ...] = ("val", "test"),
-            seed: int = SEED) -> dict:
+            seed: int = SEED, reject_offset: float = 0.0) -> dict:
     """Per split: every named model's accuracy at each SNR, its rejection rates if it listens, and the
     exact McNemar test of each pair (new, old) on the same clean and noisy clips."""
     from kws_rpc.data import load_split
@@ -103,14 +109,14 @@ def compare(models_dir: Path, root: Path, pairs: list[tuple[str, str]], splits: 
 
     names = list(dict.fromkeys(n for pair in pairs for n in pair))
     models = {n: KwsModel(models_dir / f"{n}.tflite") for n in names}
-    out: dict = {"seed": seed, "splits": {}}
+    out: dict = {"seed": seed, "reject_offset": reject_offset, "splits": {}}
     for split in splits:
         audio, labels, _ = load_split(split, root)
         sets = noisy_sets(root, split, audio, seed=seed)
-        acc = {n: noise_accuracy(m, sets, labels) for n, m in models.items()}
+        acc = {n: noise_accuracy(m, sets, labels, reject_offset) for n, m in models.items()}
         listening = [n for n, m in models.items() if is_listening(m)]
         rej_sets = rejection_sets(root, split, audio, labels, seed) if listening else {}
-        rej = {n: rejection(models[n], rej_sets) for n in listening}
+        rej = {n: rejection(models[n], rej_sets, reject_offset) for n in listening}
         tests = {f"{a} vs {b}": {k: mcnemar(acc[a][k]["correct"], acc[b][k]["correct"]).as_dict() for k in sets}
                  for a, b in pairs}
         for per in acc.values():
@@ -133,9 +139,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data-dir", help="folder holding mini_speech_commands/ (default: $KWS_DATA_DIR, ./data, ...)")
     ap.add_argument("--pair", action="append", required=True, metavar="NEW:OLD", help="models to compare (repeat)")
     ap.add_argument("--out", default="results/listen_compare.json", help="where the JSON goes (default: %(default)s)")
+    ap.add_argument("--split", action="append", choices=["val", "test"], help="default: val and test")
+    ap.add_argument("--reject-offset", type=float, default=0.0,
+                    help="subtracted from the log-probability of _silence_ and _unknown_ (default 0: argmax)")
     args = ap.parse_args(argv)
     pairs = [tuple(p.split(":")) for p in args.pair]
-    res = compare(Path(args.models), find_dataset(args.data_dir), pairs)  # type: ignore[arg-type]
+    res = compare(Path(args.models), find_dataset(args.data_dir), pairs,  # type: ignore[arg-type]
+                  tuple(args.split or ("val", "test")), reject_offset=args.reject_offset)
     for split, r in res["splits"].items():
         print(f"\n{split} ({r['clips']} keyword clips, seed {res['seed']})")
         print(render(r["accuracy"], r["rejection"]))

@@ -81,3 +81,20 @@ def test_coloured_noise_has_unit_rms_and_its_slope(kind: str) -> None:
         assert 0.5 < low / high < 2
     elif kind in ("pink", "brown"):
         assert low / high > 10
+
+
+def test_evaluation_noise_is_the_test_portion_at_the_asked_snr(dataset_root, test_audio) -> None:
+    """kws_rpc.noisy_eval mixes the test split's clips with the test portion, deterministically."""
+    from kws_rpc import noisy_eval
+
+    audio = test_audio[0][:40]
+    a = noisy_eval.noisy_sets(dataset_root, "test", audio)
+    b = noisy_eval.noisy_sets(dataset_root, "test", audio)
+    assert list(a) == ["clean", "20dB", "10dB", "5dB", "0dB"]
+    assert all(np.array_equal(a[k], b[k]) for k in a) and a["clean"] is audio
+    checked = 0
+    for clip, mixed in zip(audio, a["10dB"]):
+        if np.abs(mixed).max() < 0.999:  # not rescaled: the added noise is mixed - clip
+            assert noise.snr_db(clip, mixed - clip) == pytest.approx(10.0, abs=0.01)
+            checked += 1
+    assert checked >= 30
