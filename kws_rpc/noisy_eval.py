@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from kws_rpc.data import LABELS, load_noise
-from kws_rpc.listen import silence_clips, unknown_set
+from kws_rpc.listen import load_synth, silence_clips, unknown_set
 from kws_rpc.model import KwsModel
 from kws_rpc.noise import mix_batch, portions
 
@@ -117,12 +117,17 @@ def compare(models_dir: Path, root: Path, pairs: list[tuple[str, str]], splits: 
         listening = [n for n, m in models.items() if is_listening(m)]
         rej_sets = rejection_sets(root, split, audio, labels, seed) if listening else {}
         rej = {n: rejection(models[n], rej_sets, reject_offset) for n in listening}
+        synth, rows = load_synth(root, split, keywords=True)  # is a synthetic voice heard as a keyword?
+        synth_y = np.array([LABELS.index(r["word"]) for r in rows], dtype=int)
+        synthetic = {n: float((answers(m, synth, reject_offset) == synth_y).mean()) if len(rows) else None
+                     for n, m in models.items()}
         tests = {f"{a} vs {b}": {k: mcnemar(acc[a][k]["correct"], acc[b][k]["correct"]).as_dict() for k in sets}
                  for a, b in pairs}
         for per in acc.values():
             for v in per.values():
                 v["correct_clips"] = int(v.pop("correct").sum())
-        out["splits"][split] = {"clips": int(len(labels)), "accuracy": acc, "rejection": rej, "mcnemar": tests}
+        out["splits"][split] = {"clips": int(len(labels)), "accuracy": acc, "rejection": rej, "mcnemar": tests,
+                              "synthetic_keywords": {"clips": len(rows), "accuracy": synthetic}}
     return out
 
 
@@ -151,6 +156,10 @@ def main(argv: list[str] | None = None) -> None:
         print(render(r["accuracy"], r["rejection"]))
         for name, per in r["mcnemar"].items():
             print(f"McNemar {name}: " + ", ".join(f"{k} b={v['b']} c={v['c']} p={v['p']:.3g}" for k, v in per.items()))
+        sk = r["synthetic_keywords"]
+        if sk["clips"]:
+            print(f"synthetic keyword renditions ({sk['clips']}): "
+                  + ", ".join(f"{n} {100 * a:.1f}%" for n, a in sk["accuracy"].items()))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1) + "\n")
