@@ -66,7 +66,7 @@ def export(model: tf.keras.Model, r: Recipe, calibration: np.ndarray, root: Path
             name=r.name, version=VERSION, architecture=r.architecture, params=_jsonable(r.params),
             num_parameters=int(model.count_params()), feature=r.feature,
             input_shape=[1, *r.feature.shape], input_dtype="int8" if r.quantization == "int8" else "float32",
-            labels=list(LABELS), quantization=r.quantization, metrics={}, train_command=command,
+            labels=list(r.labels), quantization=r.quantization, metrics={}, train_command=command,
             description=r.description, output=r.output,
             training={**training, "nonzero_weights": nonzero, "quantization_granularity": granularity},
             **file_facts(content),

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,7 +39,22 @@ def build_model(r: Recipe, mean: np.ndarray, var: np.ndarray) -> tf.keras.Model:
     x = tf.keras.layers.Normalization(axis=-1, mean=mean, variance=var, name="norm")(inp)
     x = tf.keras.layers.Reshape((*r.feature.shape, 1), name="hw1")(x)
     arch = REGISTRY[r.architecture]
-    return tf.keras.Model(inp, arch.build(r.params, x, len(LABELS)), name=r.name)
+    return tf.keras.Model(inp, arch.build(r.params, x, len(r.labels)), name=r.name)
+
+
+def widen_head(model: tf.keras.Model, n: int, rng: np.random.Generator) -> tf.keras.Model:
+    """The model with its last Dense layer grown to n outputs: the old outputs keep their weights, the new
+    ones start from small random weights and the old outputs' mean bias."""
+    head = model.layers[-1]
+    if not isinstance(head, tf.keras.layers.Dense):
+        raise ValueError(f"{model.name}: the last layer is {type(head).__name__}, not Dense")
+    w, b = head.get_weights()
+    new = tf.keras.layers.Dense(n, name="f_wide")
+    out = new(head.input)
+    extra = n - w.shape[1]
+    new.set_weights([np.concatenate([w, rng.normal(0, w.std(), (w.shape[0], extra)).astype(np.float32)], 1),
+                     np.concatenate([b, np.full(extra, b.mean(), np.float32)])])
+    return tf.keras.Model(model.input, out, name=model.name)
 
 
 def _prunable(layer: tf.keras.layers.Layer) -> bool:
@@ -88,8 +104,11 @@ def _fit(model: tf.keras.Model, r: Recipe, epochs: int, data: dict, rng: np.rand
     callbacks = [*(callbacks or []), *([average] if average else [])]
     bar = tqdm(range(epochs), desc=desc, unit="epoch")
     for epoch in bar:
-        audio = augment_audio(data["train_audio"], data["noise"], rng, r.augment)
-        audio, targets = mixup(audio, data["train_onehot"], rng, r.augment)
+        if data.get("listen") is not None:  # a fresh draw of keywords, unknowns and silence, noise mixed in
+            audio, targets = data["listen"].epoch(rng)
+        else:
+            audio, targets = augment_audio(data["train_audio"], data["noise"], rng, r.augment), data["train_onehot"]
+        audio, targets = mixup(audio, targets, rng, r.augment)
         clean_feats = feats = log_mel(audio, r.feature)
         if r.codec_prob:
             feats = codec_round_trip(feats, r.feature, np.flatnonzero(rng.random(len(feats)) < r.codec_prob))
@@ -162,13 +181,21 @@ def fit_recipe(r: Recipe, root: Path, epochs: int | None = None, teacher_dir: Pa
         train_audio = normalize_peak(train_audio, r.feature.peak_normalize)
     val_audio, val_labels = val_set if val_set is not None else load_split("val", root)[:2]
     clean = log_mel(train_audio, r.feature)
+    if r.labels[: len(LABELS)] != LABELS:
+        raise ValueError(f"{r.name}: the first labels must be the keywords in kws_rpc.model.card.LABELS order")
     data = {
         "train_audio": train_audio, "noise": load_noise(root),
-        "train_onehot": np.eye(len(LABELS), dtype=np.float32)[train_labels],
+        "train_onehot": np.eye(len(r.labels), dtype=np.float32)[train_labels],
         "val_feats": log_mel(val_audio, r.feature), "val_labels": val_labels,
         "mean": clean.mean(axis=(0, 1)), "var": clean.var(axis=(0, 1)),
         "teachers": [KwsModel(teacher_dir / f"{t}.tflite") for t in r.teachers],
     }
+    if r.listen is not None:
+        from trainers.listen import ListenData, selection_set
+
+        data["listen"] = ListenData(root, r.listen, r.augment, train_audio, train_labels)
+        sel_audio, data["val_labels"] = selection_set(root, r.listen, val_audio, val_labels)
+        data["val_feats"] = log_mel(sel_audio, r.feature)
     if r.codec_prob:  # select on exact and mfcc-dct-decoded val features alike (1,600 items)
         coded = codec_round_trip(data["val_feats"], r.feature, range(len(val_labels)))
         data["val_feats"] = np.concatenate([data["val_feats"], coded])
@@ -179,6 +206,8 @@ def fit_recipe(r: Recipe, root: Path, epochs: int | None = None, teacher_dir: Pa
         from trainers.from_tflite import rebuild
 
         model = rebuild(teacher_dir / f"{r.init}.tflite")[0]
+        if model.output_shape[-1] != len(r.labels):
+            model = widen_head(model, len(r.labels), rng)
     else:
         model = build_model(r, data["mean"], data["var"])
     callbacks, select_from = [], 0
@@ -192,6 +221,8 @@ def fit_recipe(r: Recipe, root: Path, epochs: int | None = None, teacher_dir: Pa
         import tensorflow_model_optimization as tfmot
 
         model = tfmot.sparsity.keras.strip_pruning(model)
+    if r.listen is not None:  # int8 calibration on what the model will hear: noisy words, unknowns, silence
+        clean = log_mel(data["listen"].epoch(np.random.default_rng(r.seed + 1))[0], r.feature)
     return model, clean, history
 
 
@@ -200,6 +231,9 @@ def train(r: Recipe, root: Path, out_dir: Path, epochs: int | None = None, teach
     epochs = epochs or r.epochs
     model, clean, history = fit_recipe(r, root, epochs, teacher_dir)
     seconds = time.time() - t0
+    backup = Path(tempfile.gettempdir()) / f"{r.name}.weights.h5"  # a failed export need not cost the run
+    model.save_weights(str(backup))
+    log.info("%s: trained weights kept in %s until exported", r.name, backup)
     training = {
         "seed": r.seed, "epochs": epochs, "batch_size": r.batch_size, "lr": r.lr,
         "label_smoothing": r.label_smoothing, "augment": dataclasses.asdict(r.augment),
@@ -209,7 +243,11 @@ def train(r: Recipe, root: Path, out_dir: Path, epochs: int | None = None, teach
         "prune_ramp_epochs": list(r.prune_ramp) if r.prune_sparsity else None,
         "val_history": [round(a, 4) for a in history],
         "train_seconds": round(seconds, 1), "train_split": "kws_train_split.txt (6400 clips)",
-        "selection": "best val accuracy (kws_val_split.txt)"
+        **({"listen": dataclasses.asdict(r.listen), "epoch_seconds": round(seconds / epochs, 1),
+            "selection_set": "trainers.listen.selection_set (val: clean, 10 dB, 0 dB, unknown, silence)"}
+           if r.listen is not None else {}),
+        "selection": ("best accuracy on the listening selection set (val only)" if r.listen is not None
+                      else "best val accuracy (kws_val_split.txt)")
                      + (" among epochs at full sparsity" if r.prune_sparsity else ""),
     }
     command = "python -m trainers.train " + shlex.join(sys.argv[1:]) if sys.argv[1:] else f"python -m trainers.train {r.name}"

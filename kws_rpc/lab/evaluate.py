@@ -1,7 +1,10 @@
 """`make eval`: evaluates every shipped model on the fixed test split, from a real run.
 
-Prints a table (accuracy, size, zlib size, per-clip latency of features + inference at batch 1) and the
-offline majority vote of the ensemble named in models/ensemble.json; writes the same as JSON, to
+Prints a table (accuracy, size, zlib size, per-clip latency of features + inference at batch 1), the
+offline majority vote of the ensemble named in models/ensemble.json, and every model's keyword accuracy
+with the split's portion of the background noise mixed in at 20, 10, 5 and 0 dB SNR, with, for the
+10-label listening models, the share of silence and unknown clips they reject (kws_rpc.lab.noisy_eval);
+writes the same as JSON ("noise" and "rejection" keys), to
 results/eval.json unless --out says otherwise (``make eval-commit`` refreshes the committed
 bench/results/eval.json).
 """
@@ -21,6 +24,7 @@ from kws_rpc.lab.data import find_dataset, load_split
 from kws_rpc.lab.ensemble_fit import stack_models
 from kws_rpc.model.ensemble import decide_all
 from kws_rpc.model.kws_model import KwsModel
+from kws_rpc.lab import noisy_eval
 
 log = logging.getLogger("kws.eval")
 
@@ -68,12 +72,15 @@ def render_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run(models_dir: Path, root: Path, split: str, latency_clips: int) -> dict:
+def run(models_dir: Path, root: Path, split: str, latency_clips: int, noise: bool = True) -> dict:
     audio, labels, _ = load_split(split, root, progress=True)
     rows = []
-    for path in tqdm(shipped_models(models_dir), desc=f"evaluating on {split}", unit="model"):
-        rows.append(evaluate_model(KwsModel(path), audio, labels, latency_clips))
+    models = [KwsModel(p) for p in shipped_models(models_dir)]
+    for model in tqdm(models, desc=f"evaluating on {split}", unit="model"):
+        rows.append(evaluate_model(model, audio, labels, latency_clips))
     result: dict = {"split": split, "clips": len(labels), "models": rows}
+    if noise:
+        result.update(evaluate_noise(models, root, split, audio, labels))
     manifest = models_dir / "ensemble.json"
     if manifest.is_file():
         members = json.loads(manifest.read_text())["members"]
@@ -87,6 +94,20 @@ def run(models_dir: Path, root: Path, split: str, latency_clips: int) -> dict:
     return result
 
 
+def evaluate_noise(models: list[KwsModel], root: Path, split: str, audio, labels) -> dict:
+    """'noise': per model and SNR the keyword accuracy; 'rejection': per listening model the silence and
+    unknown rejection rates (see kws_rpc.lab.noisy_eval)."""
+    sets = noisy_eval.noisy_sets(root, split, audio)
+    listening = [m for m in models if noisy_eval.is_listening(m)]
+    rej_sets = noisy_eval.rejection_sets(root, split, audio, labels) if listening else {}
+    noise, rejection = {}, {}
+    for m in tqdm(models, desc=f"noise and rejection on {split}", unit="model"):
+        noise[m.name] = noisy_eval.noise_accuracy(m, sets, labels)
+        if m in listening:
+            rejection[m.name] = noisy_eval.rejection(m, rej_sets)
+    return {"noise": noise, "rejection": rejection, "noise_seed": noisy_eval.SEED}
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="models", help="folder of shipped .tflite files with cards")
@@ -95,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--split", default="test", choices=["test", "val"], help="split to report (default: test)")
     ap.add_argument("--latency-clips", type=int, default=200, help="clips timed one by one per model")
     ap.add_argument("--out", default="results/eval.json", help="where the JSON goes (default: %(default)s)")
+    ap.add_argument("--no-noise", dest="noise", action="store_false",
+                    help="skip the noisy-clip accuracy and the silence/unknown rejection")
     return ap
 
 
@@ -102,12 +125,18 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     root = find_dataset(args.data_dir, allow_download=args.download)
-    result = run(Path(args.models), root, args.split, args.latency_clips)
+    result = run(Path(args.models), root, args.split, args.latency_clips, args.noise)
     print()
     print(render_table(result["models"]))
     if "ensemble" in result:
         e = result["ensemble"]
         print(f"\nensemble {'+'.join(e['members'])}, {e['policy']}: {100 * e['accuracy']:.3f}%")
+    if result.get("noise"):
+        print()
+        print(noisy_eval.render(result["noise"], result["rejection"]))
+        for per_snr in result["noise"].values():
+            for v in per_snr.values():
+                v.pop("correct")
     for r in result["models"]:
         r.pop("probabilities")
     out = Path(args.out)
