@@ -37,10 +37,17 @@ def step(title: str) -> None:
     print(f"\n=== {title}", flush=True)
 
 
+BIN = Path(sys.executable).parent  # the venv's console scripts: what a user types
+
+
+def command(args: list[str]) -> list[str]:
+    """kws-* commands run as the venv's console scripts; anything else (a lab module) with -m."""
+    return [str(BIN / args[0]), *args[1:]] if args[0].startswith("kws-") else [sys.executable, *args]
+
+
 def run(*args: str) -> None:
-    cmd = [sys.executable, *args]
-    print("$ python " + " ".join(args), flush=True)
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    print("$ " + (" ".join(args) if args[0].startswith("kws-") else "python " + " ".join(args)), flush=True)
+    subprocess.run(command(list(args)), cwd=ROOT, check=True)
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -62,14 +69,14 @@ def commands(limit: int | None, grpc_port: int, http_port: int) -> dict[str, lis
     """The python command line of each step (after ``python``); every report they write is under results/."""
     n = ["--limit", str(limit)] if limit else []
     return {
-        "eval": ["-m", "kws_rpc.lab.evaluate", "--latency-clips", "100", "--out", "results/eval.json"],
-        "server": ["-m", "kws_rpc.serving.server", "--model", "models/big_int8.tflite", "--port", str(grpc_port),
+        "eval": ["kws-eval", "--latency-clips", "100", "--out", "results/eval.json"],
+        "server": ["kws-server", "--model", "models/big_int8.tflite", "--port", str(grpc_port),
                    "--gateway-port", str(http_port), "--log-level", "WARNING"],
-        "client-rest": ["-m", "edge.lab.evaluate", "--transport", "rest", "--url", f"http://127.0.0.1:{http_port}/",
+        "client-rest": ["kws-edge", "eval", "--transport", "rest", "--url", f"http://127.0.0.1:{http_port}/",
                         "--report", "results/edge_rest.json", *n],
-        "client-rest-adpcm": ["-m", "edge.lab.evaluate", "--transport", "rest", "--wav", "ima-adpcm",
+        "client-rest-adpcm": ["kws-edge", "eval", "--transport", "rest", "--wav", "ima-adpcm",
                               "--url", f"http://127.0.0.1:{http_port}/", "--report", "results/edge_rest_adpcm.json", *n],
-        "client-grpc": ["-m", "edge.lab.evaluate", "--transport", "grpc", "--encoding", "logmel-q5z",
+        "client-grpc": ["kws-edge", "eval", "--transport", "grpc", "--encoding", "logmel-q5z",
                         "--grpc", f"127.0.0.1:{grpc_port}", "--report", "results/edge_grpc_logmel-q5z.json", *n],
         "coop": ["-m", "kws_rpc.lab.coop_demo", "--split", "test", "--report", "results/coop_report.json", *n],
     }
@@ -88,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         run(*cmd["eval"])
 
     step(f"2/4 gRPC server (big model) on 127.0.0.1:{grpc_port}, REST gateway on 127.0.0.1:{http_port}")
-    server = subprocess.Popen([sys.executable, *cmd["server"]], cwd=ROOT)
+    server = subprocess.Popen(command(cmd["server"]), cwd=ROOT)
     try:
         wait_ready(f"http://127.0.0.1:{http_port}/readyz", server)
         step("3/4 edge cascade: little on every clip, big when unsure")
