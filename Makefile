@@ -79,8 +79,8 @@ certs: certs/ca.pem  ## dev CA, server and client certificates in certs/ (gitign
 certs/ca.pem:
 	$(MAKE) venv && $(BIN)/kws-certs --out certs $(ARGS)
 
-server: venv  ## gRPC :50051 + REST gateway :8080 on models/big_int8.tflite (Ctrl-C stops gracefully)
-	$(BIN)/kws-server --model models/big_int8.tflite --port 50051 --gateway-port 8080
+server: venv  ## gRPC :50051 + REST gateway :8080: big_int8 (the default: clips, the spec body) and big_listen_int8 (verifies what kws-edge listen is unsure of); Ctrl-C stops gracefully
+	$(BIN)/kws-server --model models/big_int8.tflite --model models/big_listen_int8.tflite --port 50051 --gateway-port 8080
 
 .PHONY: bench-server bench-server-commit
 bench-server: venv  ## server throughput/latency: 1-2 processes, gRPC q5z/WAV and REST, 1-128 clients -> results/bench_server.json

@@ -41,12 +41,12 @@ def _classify(argv: list[str], prog: str) -> int:
     return classify.main(argv, prog)
 
 
-@command("listen", "listen to a microphone, stdin or a WAV file and print each keyword as it is heard")
-def _listen(argv: list[str], prog: str) -> int:
+def listen_parser(prog: str = "kws-edge listen") -> "argparse.ArgumentParser":
+    """kws-edge listen's flags: edge.listen's, and the broker's for --mqtt (another layer's)."""
     import socket
 
     from edge import listen
-    from kws_rpc.mqtt.options import add_broker_arguments, broker_settings
+    from kws_rpc.mqtt.options import add_broker_arguments
 
     ap = listen.parser(prog)
     ap.add_argument("--mqtt", default=None, metavar="URL",
@@ -54,6 +54,15 @@ def _listen(argv: list[str], prog: str) -> int:
                          "kws/<--mqtt-device>/events, QoS 1")
     ap.add_argument("--mqtt-device", default=socket.gethostname(), help="the device in the topic (default: the host name)")
     add_broker_arguments(ap, prefix="mqtt-")
+    return ap
+
+
+@command("listen", "listen to a microphone, stdin or a WAV file and print each keyword as it is heard")
+def _listen(argv: list[str], prog: str) -> int:
+    from edge import listen
+    from kws_rpc.mqtt.options import broker_settings
+
+    ap = listen_parser(prog)
     a = ap.parse_args(argv)
     publisher = None
     if a.mqtt:

@@ -151,7 +151,7 @@ def add_listen_args(ap: argparse.ArgumentParser) -> None:
 
 
 def run(a: argparse.Namespace, little: KwsModel, detector: DetectorConfig, verify: Verify | None = None,
-        verifier_name: str = "big", publish: Callable[[dict[str, Any]], None] | None = None,
+        verifier_name: str = "big_listen_int8", publish: Callable[[dict[str, Any]], None] | None = None,
         out: TextIO = sys.stdout) -> int:
     """Listens until the input ends, --duration, or SIGTERM/SIGINT; returns the exit status."""
     rate = little.feature_config.sample_rate
@@ -237,8 +237,15 @@ def parser(prog: str) -> argparse.ArgumentParser:
     ap.add_argument("--models", type=Path, default=None,
                     help="folder of the shipped models (default $KWS_MODELS_DIR, else the installed ones)")
     ap.add_argument("--model", type=Path, default=None, help="the little .tflite (default: little_listen, else little)")
-    ap.add_argument("--verify", choices=["none", "grpc", "rest"], default="none",
-                    help="ask the server about unsure detections over gRPC (--grpc) or REST (--url) (default %(default)s)")
+    ap.add_argument("--verify", choices=["none", "grpc"], default="none",
+                    help="ask the server's --verify-model about unsure detections over gRPC (--grpc, with "
+                         "--tls-* and --token as for kws-edge eval) (default %(default)s)")
+    ap.add_argument("--verify-model", default="big_listen_int8",
+                    help="the served model that verifies: one that can reject, with _silence_ and _unknown_ "
+                         "outputs (default %(default)s; make server serves it)")
+    ap.add_argument("--verify-encoding", default="logmel-q5z",
+                    help="how the window travels: wav, or log-mel features computed here (default %(default)s, "
+                         "about 800 bytes a request)")
     add_remote_args(ap, timeout_s=1.0, device_flag="--device-id")
     ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return ap
@@ -249,7 +256,6 @@ def start(a: argparse.Namespace, ap: argparse.ArgumentParser,
     """Runs `kws-edge listen` with parsed flags; ``publisher`` makes the event publisher, if any (it is
     called with no arguments, then with each event, and closed at the end: its close() returns how many
     events were lost)."""
-    from edge.cascade import remote
     from kws_rpc.model.shipped import models_dir
 
     logging.basicConfig(level=a.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -261,11 +267,17 @@ def start(a: argparse.Namespace, ap: argparse.ArgumentParser,
     except (OSError, ValueError) as e:
         ap.exit(2, f"{ap.prog}: error: {e}\n")
     verify = None
-    if a.verify != "none":
-        verify = remote("rest-spec" if a.verify == "rest" else "grpc-wav", a).ask
+    if a.verify == "grpc":
+        from edge.cascade import server_credentials
+        from edge.transports import GrpcTransport, RetryPolicy
+
+        client_tls, token = server_credentials(a, ap.prog)
+        # one attempt, no waiting: a late verification is worth less than the next detection
+        policy = RetryPolicy(timeout_s=a.timeout, retries=0, open_after=3, cooldown_s=10.0)
+        verify = GrpcTransport(a.grpc, a.verify_encoding, policy, client_tls, token, model=a.verify_model).ask
     log.info("listening with %s (%d labels) every %d ms; detector %s", little.name, len(little.labels),
              detector.hop_ms, dataclasses.asdict(detector))
-    status = run(a, little, detector, verify, publish=publish)
+    status = run(a, little, detector, verify, verifier_name=a.verify_model, publish=publish)
     if publish is not None and publish.close():
         status = status or 1
     return status

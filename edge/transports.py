@@ -203,13 +203,15 @@ class GrpcTransport:
     server's GetModelMetadata says, with the same ``kws_rpc.audio.features.log_mel`` the server uses."""
 
     def __init__(self, target: str, encoding: str = "wav", policy: RetryPolicy = RetryPolicy(),
-                 tls: ClientTls | None = None, token: str | None = None) -> None:
+                 tls: ClientTls | None = None, token: str | None = None, model: str = "") -> None:
+        """``model``: the served model to ask by name ("" = the server's default)."""
         import grpc
 
         from kws_rpc.proto.kws.v1 import kws_pb2_grpc
 
         self._grpc = grpc
         self.target, self.encoding = target, encodings.encoding(encoding)  # ValueError if unknown
+        self.model = model
         from kws_rpc.wire.channels import open_channel
 
         # one server, an ip:port list or dns:///name:port: balanced with round_robin, health-checked
@@ -235,7 +237,7 @@ class GrpcTransport:
 
     def _fetch_config(self) -> str:
         try:
-            meta = self._stub.GetModelMetadata(pb.ModelMetadataRequest(), timeout=self._caller.policy.timeout_s,
+            meta = self._stub.GetModelMetadata(pb.ModelMetadataRequest(model=self.model), timeout=self._caller.policy.timeout_s,
                                                metadata=self._metadata)
         except self._grpc.RpcError as e:
             raise self._rpc_error(e) from None
@@ -251,6 +253,7 @@ class GrpcTransport:
             if self.config is None:
                 return first
         request = build_request(audio, self.encoding, clip_id, self.config)
+        request.model = self.model
 
         def attempt() -> str:
             try:

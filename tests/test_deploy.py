@@ -31,6 +31,7 @@ def secrets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (etc / "mqtt").mkdir()
     for w in ("w0", "w1", "w2"):
         (etc / "mqtt" / f"{w}.pass").write_text(f"{w}-password\n")
+    (etc / "edge.mqtt-password").write_text("edge-password\n")
     return etc
 
 
@@ -72,12 +73,23 @@ def check_command(argv: list[str], env: dict[str, str], monkeypatch: pytest.Monk
         assert s.tls and s.tls_ca and Path(s.tls_ca).is_file() and s.password and s.username == a.worker_id
     elif cmd == "kws-edge":
         from edge import cli
-        from edge.lab import evaluate
 
         assert args and args[0] in cli.COMMANDS, args
-        assert args[0] == "eval", args  # the one subcommand deployed: the cascade run
-        config = evaluate.config_from_args(evaluate.parse_args(args[1:]))
-        assert config is not None
+        if args[0] == "eval":
+            from edge.lab import evaluate
+
+            assert evaluate.config_from_args(evaluate.parse_args(args[1:])) is not None
+        else:  # the deployed listener: every setting its parser takes, the server's TLS and the broker's
+            assert args[0] == "listen", args
+            from edge.cascade import server_credentials
+            from kws_rpc.mqtt.options import broker_settings
+
+            a = cli.listen_parser().parse_args(args[1:])
+            assert a.input == "mic" and a.verify == "grpc"
+            client_tls, token = server_credentials(a, "kws-edge listen")
+            assert client_tls is not None and client_tls.cert and token, "the Pi asks the server over mutual TLS with a token"
+            s = broker_settings(a.mqtt, a)
+            assert s.tls and s.tls_ca and Path(s.tls_ca).is_file() and s.username and s.password
     else:
         raise AssertionError(f"unknown command {cmd}")
     return cmd

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import os
 import shutil
 import socket
@@ -312,3 +313,39 @@ def test_a_broker_that_is_down_costs_the_events_publication_not_the_events(tmp_p
     r = run_listen("--input", str(write_wav(tmp_path / "s.wav", audio)), "--mqtt", f"mqtt://127.0.0.1:{port}")
     assert r.returncode == 1 and events(r)
     assert f"{len(events(r))} of {len(events(r))} events were not acknowledged by the broker" in r.stderr.decode()
+
+
+def test_unsure_detections_are_verified_by_the_servers_listening_model(tmp_path: Path, keyword_stream) -> None:
+    from tests.support.server_process import ServerProcess
+
+    listening = REPO / "models" / "big_listen_int8.tflite"
+    if not listening.is_file():
+        pytest.skip("no listening big model shipped")
+    audio, _ = keyword_stream
+    server = ServerProcess(REPO / "models" / "big_int8.tflite", "--model", str(listening))
+    try:
+        r = run_listen("--input", str(write_wav(tmp_path / "s.wav", audio)), "--verify", "grpc",
+                       "--grpc", server.target)
+    finally:
+        server.stop()
+    err = r.stderr.decode()
+    assert r.returncode == 0, err[-2000:]
+    found = events(r)
+    assert found and {e["decided_by"] for e in found} == {"big_listen_int8"}  # every detection was unsure
+    assert all(e["t"] >= e["detected_t"] for e in found)
+    assert re.search(r"(\d+) verified: (\d+) confirmed", err) and "0 failed" in err and "bytes sent" in err
+
+
+def test_a_server_that_is_down_costs_the_verification_not_the_audio(tmp_path: Path, keyword_stream) -> None:
+    audio, _ = keyword_stream
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    plain = run_listen("--input", str(write_wav(tmp_path / "s.wav", audio)))
+    r = run_listen("--input", str(tmp_path / "s.wav"), "--verify", "grpc", "--grpc", f"127.0.0.1:{port}",
+                   "--timeout", "0.3")
+    assert r.returncode == 1
+    found = events(r)
+    assert [(e["label"], e["detected_t"]) for e in found] == [(e["label"], e["t"]) for e in events(plain)]
+    assert {e["decided_by"] for e in found} == {"little"} and all(e.get("verify_error") for e in found)
+    assert f"{len(found)} failed (emitted as the little decided)" in r.stderr.decode()

@@ -202,8 +202,9 @@ def make_app(config: GatewayConfig, guard: Guard | None = None, backend: Any = N
         try:
             check_label_order(config.spec_labels, labels, p.model)
             reply = spec_reply(p.label, config.spec_labels, base)
-        except ValueError as e:  # a backend model this gateway's order was not checked against at startup
-            raise KwsError(f"gateway misconfigured: {e}") from None
+        except ValueError as e:  # a model whose labels the spec's label order cannot index
+            raise InvalidInput(f"the spec body's reply cannot name this model's answer ({e}); ask it at "
+                               "/v1/predict, or start the server with a --spec-labels order that names its labels") from None
         return {**reply, "label": p.label, "score": p.probabilities[p.index], "margin": p.margin,
                 "probabilities": dict(zip(labels, p.probabilities)), "model": p.model,
                 "model_version": p.model_version, "request_id": rid}

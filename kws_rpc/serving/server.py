@@ -86,7 +86,9 @@ def load_core(config: ServerConfig, metrics: Metrics) -> InferenceCore:
         models[m.name] = m
         log.info("loaded model %s v%s (%s, %d labels, input %s) from %s", m.name, m.card.version,
                  m.card.architecture, len(m.labels), m.card.feature.shape, path)
-        if config.gateway_port is not None:  # refuse now, not at the first request to /
+        # refuse now, not at the first request to /: the default model answers the spec body. Other models
+        # (the listening ones, with _silence_ and _unknown_) serve /v1/predict and gRPC; / checks them per call.
+        if config.gateway_port is not None and len(models) == 1:
             check_label_order(config.spec_labels, m.labels, m.name)
     batcher = None
     if config.batching:
