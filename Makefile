@@ -127,6 +127,10 @@ kfold: venv data  ## retrain each ensemble member on 2 of 3 folds of train+val, 
 stack: venv data  ## fit the weighted policy on make kfold's out-of-fold votes into models/ensemble.json; report it on test
 	$(PYTHON) -m trainers.stack --kfold $(KFOLD) --write-manifest $(ARGS)
 
+.PHONY: bench-stream
+bench-stream: venv data  ## the Pi listening to long streams: hits at 20/10/0 dB, false accepts per hour over hours of keyword-free audio, latency, CPU, bytes to the server; settings chosen on val streams, reported on test -> results/bench_stream.{json,png}
+	$(PYTHON) -m bench.bench_stream $(ARGS)
+
 .PHONY: bench-peers
 PEERS := .venv-peers-kserve .venv-peers-mlserver
 .venv-peers-%/bin/activate: requirements/peers-%.txt

@@ -253,8 +253,7 @@ def plot(path: Path, curves: dict[str, list[tuple[float, float]]]) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, pts in curves.items():
-        pts = sorted(pts)
+    for name, pts in curves.items():  # in threshold order: the curve a detector setting moves along
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=name)
     ax.set_xscale("symlog", linthresh=0.1)
     ax.set_xlabel("false accepts per hour (keyword-free test audio)")
@@ -262,6 +261,7 @@ def plot(path: Path, curves: dict[str, list[tuple[float, float]]]) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
 
 

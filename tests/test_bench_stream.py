@@ -1,0 +1,27 @@
+"""The streaming benchmark's bookkeeping: streams are deterministic by seed, and events are matched to
+keywords as documented (right label, wrong label, false accept, latency from the clip's end)."""
+
+import numpy as np
+
+from bench.bench_stream import keyword_stream, score
+
+
+def test_an_event_is_matched_to_the_clip_it_falls_in_or_just_after() -> None:
+    keywords = [(1.0, 2.0, "yes"), (4.0, 5.0, "no")]
+    events = [(1.9, "yes"), (2.2, "yes"), (5.5, "go"), (8.0, "up")]
+    s = score(events, keywords)
+    assert (s["hits"], s["wrong"], s["false"]) == (1, 1, 2)  # a second event on one clip is a false accept
+    assert s["latency"] == [1.9 - 2.0]
+
+
+def test_keyword_streams_are_a_function_of_the_seed() -> None:
+    rng = np.random.default_rng(0)
+    clips = rng.uniform(-0.5, 0.5, (5, 16000)).astype(np.float32)
+    labels = np.arange(5)
+    noise = [rng.standard_normal(48000).astype(np.float32)]
+    a = keyword_stream(clips, labels, noise, 0.1, 10.0, np.random.default_rng(7))
+    b = keyword_stream(clips, labels, noise, 0.1, 10.0, np.random.default_rng(7))
+    np.testing.assert_array_equal(a.audio, b.audio)
+    assert a.keywords == b.keywords and len(a.keywords) == 5
+    starts = [k[0] for k in a.keywords]
+    assert starts == sorted(starts) and all(e - s == 1.0 for s, e, _ in a.keywords)
