@@ -236,6 +236,17 @@ def choose(rows: list[tuple[DetectorConfig, dict]], max_fa: float, max_bytes: fl
     return max(ok, key=lambda cr: (cr[1]["10dB"]["hit_pct"], cr[1]["20dB"]["hit_pct"], -cr[1]["keyword_free"]["fa_per_hour"]))
 
 
+def write_detector(path: Path, model: str, chosen: dict[str, DetectorConfig]) -> None:
+    """Adds the model's chosen settings to a detector file (other models' entries stay)."""
+    import json
+
+    doc = json.loads(path.read_text()) if path.is_file() else {}
+    doc.setdefault("models", {})[model] = dataclasses.asdict(chosen["little"])
+    doc.setdefault("verified", {})[model] = dataclasses.asdict(chosen["little + big"])
+    doc["chosen_by"] = "make bench-stream (val streams): the most hits at 10 dB within the false-accept and byte budgets"
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
 def real_time_factor(little: KwsModel, stream: Stream, cfg: DetectorConfig, seconds: float = 300.0) -> float:
     """CPU seconds per second of audio of features + little, as `kws-edge listen` runs them (one hop at a time)."""
     lis, x = Listener(little, cfg), stream.audio[: int(seconds * RATE)]
@@ -281,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", type=Path, default=RESULTS / "bench_stream.json")
+    ap.add_argument("--write-detector", type=Path, default=None, metavar="JSON",
+                    help="install the settings chosen on val for this little (models/listen.json is what "
+                         "kws-edge listen reads by default)")
     a = ap.parse_args(argv)
     root = find_dataset(a.data_dir)
     little, big = KwsModel(a.little), KwsModel(a.big)
@@ -298,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
             verified = [(c, evaluate(heard, little.labels, c, big, a.encoding)) for c in tqdm(verified_grid, desc="val: little + big", file=sys.stderr)]
             chosen["little"], _ = choose(alone, a.max_fa, None)
             chosen["little + big"], _ = choose(verified, a.max_fa_verified, a.max_bytes)
+            if a.write_detector is not None:
+                write_detector(a.write_detector, little.name, chosen)
             continue
         for name, cfg in chosen.items():
             row = evaluate(heard, little.labels, cfg, big if "big" in name else None, a.encoding)

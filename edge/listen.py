@@ -222,10 +222,12 @@ def default_little(models: Path) -> Path:
 
 
 def load_detector(a: argparse.Namespace, little: KwsModel, models: Path) -> DetectorConfig:
+    """--detector, else the settings make bench-stream chose for this little (with or without a verifier)."""
+    verified = getattr(a, "verify", "none") != "none"
     if a.detector is not None:
-        return DetectorConfig.load(a.detector, little.name)
+        return DetectorConfig.load(a.detector, little.name, verified)
     shipped = models / "listen.json"
-    return DetectorConfig.load(shipped, little.name) if shipped.is_file() else DetectorConfig()
+    return DetectorConfig.load(shipped, little.name, verified) if shipped.is_file() else DetectorConfig()
 
 
 def parser(prog: str) -> argparse.ArgumentParser:

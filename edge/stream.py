@@ -75,16 +75,22 @@ class DetectorConfig:
             raise ValueError("threshold must be in (0, 1]")
 
     @classmethod
-    def load(cls, path: str | Path, model: str | None = None) -> "DetectorConfig":
-        """From a JSON file: {"detector": {...}} or, per model, {"models": {"little": {...}}}."""
+    def load(cls, path: str | Path, model: str | None = None, verified: bool = False) -> "DetectorConfig":
+        """From a JSON file: {"detector": {...}} or, per model, {"models": {"little": {...}}} and, for a
+        little whose unsure detections the server verifies, {"verified": {"little": {...}}}."""
         doc = json.loads(Path(path).read_text())
-        entry: Any = doc.get("models", {}).get(model) if model else None
-        entry = entry if entry is not None else doc.get("detector", doc)
+        entry: Any = None
+        if model and verified:
+            entry = doc.get("verified", {}).get(model)
+        if entry is None and model:
+            entry = doc.get("models", {}).get(model)
+        if entry is None:  # a per-model file without this model: its "detector" defaults; else a flat file
+            entry = doc.get("detector", {} if {"models", "verified"} & set(doc) else doc)
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(entry) - names
+        unknown = set(entry) - names - {"chosen_by"}
         if unknown:
             raise ValueError(f"{path}: unknown detector settings {sorted(unknown)} (known: {sorted(names)})")
-        return cls(**entry)
+        return cls(**{k: v for k, v in entry.items() if k in names})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -349,3 +349,15 @@ def test_a_server_that_is_down_costs_the_verification_not_the_audio(tmp_path: Pa
     assert [(e["label"], e["detected_t"]) for e in found] == [(e["label"], e["t"]) for e in events(plain)]
     assert {e["decided_by"] for e in found} == {"little"} and all(e.get("verify_error") for e in found)
     assert f"{len(found)} failed (emitted as the little decided)" in r.stderr.decode()
+
+
+def test_detector_settings_per_model_and_for_a_verified_little(tmp_path: Path) -> None:
+    path = tmp_path / "listen.json"
+    path.write_text(json.dumps({"models": {"little": {"threshold": 0.7}},
+                                "verified": {"little": {"threshold": 0.4, "sure": 0.9}}}))
+    assert DetectorConfig.load(path, "little").threshold == 0.7
+    assert DetectorConfig.load(path, "little", verified=True) == DetectorConfig(threshold=0.4, sure=0.9)
+    assert DetectorConfig.load(path, "other") == DetectorConfig()  # no entry: the defaults
+    path.write_text(json.dumps({"models": {"little": {"treshold": 0.7}}}))
+    with pytest.raises(ValueError, match="unknown detector settings"):
+        DetectorConfig.load(path, "little")
