@@ -128,11 +128,16 @@ def test_demo_writes_only_under_results() -> None:
     assert spec is not None and spec.loader is not None
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
+    scripts = {"kws-eval": ("kws_rpc.lab.evaluate", 1), "kws-edge": ("edge.lab.evaluate", 2)}  # + "eval"
     for step, cmd in demo.commands(5, 50051, 8080).items():
-        assert cmd[0] == "-m", step
-        if cmd[1] == "kws_rpc.serving.server":  # writes nothing
+        if cmd[0] == "kws-server":  # writes nothing
             continue
-        outputs = WRITES[cmd[1]](cmd[2:])
+        if cmd[0] == "-m":
+            module, args = cmd[1], cmd[2:]
+        else:
+            module, skip = scripts[cmd[0]]
+            args = cmd[skip:]
+        outputs = WRITES[module](args)
         assert outputs and all(under_results(p) for p in outputs), (step, outputs)
 
 
