@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.common import RESULTS, format_table, write_results
-from edge.stream import Detector, DetectorConfig, FrameStream, Listener, hop_probabilities
+from edge.stream import Detector, DetectorConfig, FrameStream, Listener, hop_probabilities, is_keyword
 from kws_rpc.wire.encodings import build_request
 from kws_rpc.lab.data import LABELS, find_dataset, load_noise, load_split
 from kws_rpc.lab.listen_data import load_synth, reversed_clips
@@ -146,7 +146,7 @@ def detections(heard: Heard, labels: list[str], cfg: DetectorConfig, big: KwsMod
         if big is not None and score < cfg.sure:
             label, size = verdict(big, heard, k, encoding)
             asks, sent = asks + 1, sent + size
-            if label.startswith("_"):
+            if not is_keyword(label):
                 continue
         out.append((float(heard.times[k]), label))
     return out, asks, sent

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.sources import SourceError, SourceStats, wav_file
+from edge.stream import is_keyword
 from kws_rpc.audio.wav import pad_or_trim
 from kws_rpc.model.kws_model import KwsModel
 
@@ -53,7 +54,7 @@ def classify_audio(model: KwsModel, audio: np.ndarray) -> tuple[str, float, floa
         ends.append(len(audio))
     probs = np.concatenate([model.predict_audio(np.stack([audio[e - clip : e] for e in ends[i : i + 64]]))
                             for i in range(0, len(ends), 64)])
-    keyword = np.array([not lb.startswith("_") for lb in model.labels])
+    keyword = np.array([is_keyword(lb) for lb in model.labels])
     best = int(np.argmax(probs[:, keyword].max(axis=1)))  # the window most likely to hold a keyword
     top = int(np.argmax(probs[best]))
     return model.labels[top], float(probs[best, top]), ends[best] / rate

@@ -27,7 +27,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from edge.sources import SourceError, SourceStats, microphone, raw_stream, wav_file
-from edge.stream import Detection, DetectorConfig, Listener
+from edge.stream import Detection, DetectorConfig, Listener, is_keyword
 from kws_rpc.model.kws_model import KwsModel
 
 log = logging.getLogger("kws.edge.listen")
@@ -67,14 +67,11 @@ class EventSink:
 class Session:
     """One listening run: a Listener, an optional verifier on a worker thread, and the counters."""
 
-    def __init__(self, listener: Listener, sink: EventSink, verify: Verify | None, verifier_name: str,
-                 rejection: Callable[[str], bool] = lambda label: label.startswith("_")) -> None:
+    def __init__(self, listener: Listener, sink: EventSink, verify: Verify | None, verifier_name: str) -> None:
         self.listener, self.sink, self.verify, self.verifier_name = listener, sink, verify, verifier_name
-        self.rejection = rejection
         self.stats = ListenStats()
+        # close() waits for the verifications in flight (shutdown(wait=True))
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kws-verify") if verify else None
-        self._pending: list[concurrent.futures.Future[None]] = []
-        self._started = time.monotonic()
 
     def feed(self, block: np.ndarray) -> None:
         for d in self.listener.push(block):
@@ -84,8 +81,7 @@ class Session:
                 self._emit(d, d.label, "little", d.t)
             else:
                 self.stats.asked += 1
-                self._pending = [f for f in self._pending if not f.done()]
-                self._pending.append(self._pool.submit(self._verify, d, time.monotonic()))
+                self._pool.submit(self._verify, d, time.monotonic())
 
     def _verify(self, d: Detection, asked_at: float) -> None:
         try:
@@ -99,7 +95,7 @@ class Session:
         if answer is None or answer.label is None:
             self.stats.verify_failed += 1
             self._emit(d, d.label, "little", d.t + waited, verify_error=getattr(answer, "error", "") or "failed")
-        elif self.rejection(answer.label):
+        elif not is_keyword(answer.label):
             self.stats.rejected += 1
             log.info("%s at %.2f s (%.2f) rejected by %s as %s", d.label, d.t, d.score, self.verifier_name,
                      answer.label)

@@ -24,6 +24,11 @@ import numpy as np
 from kws_rpc.audio.features import FeatureConfig, log_mel
 
 
+def is_keyword(label: str) -> bool:
+    """False for a model's rejection outputs (``_silence_``, ``_unknown_``), which never fire."""
+    return not label.startswith("_")
+
+
 class FrameStream:
     """Log-mel (or MFCC) frames of a stream: ``push`` samples, get the frames they complete."""
 
@@ -107,7 +112,7 @@ class Detector:
 
     def __init__(self, labels: list[str], cfg: DetectorConfig) -> None:
         self.labels, self.cfg = list(labels), cfg
-        self._keyword = np.array([not lb.startswith("_") for lb in labels])
+        self._keyword = np.array([is_keyword(lb) for lb in labels])
         self._recent: collections.deque[np.ndarray] = collections.deque(maxlen=cfg.smooth)
         self._streak_label, self._streak = -1, 0
         self._last_t = -np.inf
