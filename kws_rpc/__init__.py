@@ -6,7 +6,7 @@ Layout, by role (docs/architecture.md has the whole map):
     audio/      WAV (PCM16, IMA ADPCM) in and out, and the log-mel features models take
     model/      the model runtime: a TFLite model with its card, the inference core, batching, the vote
     wire/       what crosses the wire: proto and tensor codecs, SenML, encodings, the proto-to-core dispatch
-    proto/      generated from protos/ by ``make protos`` (proto package ``kws.v1``)
+    proto/      generated from protos/ by ``make protos`` (proto packages ``kws.v1`` and ``inference``, the V2 protocol)
     security/   bearer tokens and rate limits, TLS settings, development certificates
     serving/    the gRPC server, the REST gateway, limits, metrics, the supervisor
     mqtt/       cooperative inference: topics, the worker, the client (participant), the embedded broker

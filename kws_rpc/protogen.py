@@ -1,9 +1,10 @@
-"""`make protos`: regenerates kws_rpc/proto/kws/v1/*_pb2*.py from protos/ with grpcio-tools.
+"""`make protos`: regenerates kws_rpc/proto/{kws/v1,inference}/*_pb2*.py from protos/ with grpcio-tools.
 
 The generated code is committed (an edge install needs no grpcio-tools); tests/test_protos.py
 regenerates into a temporary folder and fails if the committed files are stale. The proto package stays
-``kws.v1`` (so gRPC method paths are ``/kws.v1.KeywordSpotting/...``); only the Python package that holds
-the generated modules is ``kws_rpc.proto``, so protoc's absolute ``from kws.v1 import`` lines are rewritten.
+``kws.v1`` (so gRPC method paths are ``/kws.v1.KeywordSpotting/...``), and the Open Inference Protocol's
+stays ``inference``; only the Python package that holds the generated modules is ``kws_rpc.proto``, so
+protoc's absolute ``from kws.v1 import`` (``from inference import``) lines are rewritten.
 """
 
 from __future__ import annotations
