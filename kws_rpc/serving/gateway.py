@@ -16,6 +16,7 @@ Endpoints (OpenAPI at /docs):
   ``request_id``.
 - ``POST /v1/predict`` and ``GET /v1/models/{name}``: the proto messages in proto3 JSON mapping.
 - ``/healthz`` (this process is alive) and ``/readyz`` (the backend reports SERVING): always open.
+- ``/v2/...``: the Open Inference Protocol (KServe V2), ``kws_rpc.serving.v2_rest``, with its own error body.
 With a token file, every other path needs ``Authorization: Bearer <token>`` (401 otherwise; /docs and
 /openapi.json only with --auth-introspection), and each client has a rate limit (429 with Retry-After).
 Every failure answers ``{"error": {"code": http_status, "status": grpc_status_name, "message": ...}}``,
@@ -65,6 +66,7 @@ from kws_rpc.serving.grpc_backend import Backend
 from kws_rpc.serving.http_auth import GuardMiddleware
 from kws_rpc.serving.http_limits import uvicorn_options
 from kws_rpc.serving.limits import Limits, add_limit_args, limits_from_args
+from kws_rpc.serving import v2_rest
 from kws_rpc.wire.handlers import spec_request
 from kws_rpc.wire.senml import COURSE_LABELS, check_label_order, parse_label_order, spec_reply, validate_label_order
 
@@ -237,6 +239,7 @@ def make_app(config: GatewayConfig, guard: Guard | None = None, backend: Any = N
             raise Unavailable(f"gRPC backend {backend.target} is not serving")
         return {"status": "SERVING", "backend": backend.target}
 
+    v2_rest.add_routes(app, backend, lambda r: read_body(r, config.max_body_bytes, config.limits.http_body_timeout_s))
     return app
 
 

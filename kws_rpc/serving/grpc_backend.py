@@ -11,6 +11,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kws_rpc import errors
 from kws_rpc.errors import KwsError
+from kws_rpc.proto.inference import grpc_service_pb2 as v2
+from kws_rpc.proto.inference import grpc_service_pb2_grpc as v2_grpc
 from kws_rpc.proto.kws.v1 import kws_pb2 as pb
 from kws_rpc.proto.kws.v1 import kws_pb2_grpc as pb_grpc
 from kws_rpc.wire.channels import open_channel
@@ -58,6 +60,7 @@ class Backend:
         self.channel = open_channel(target, credentials)  # one server, a list, or dns:/// (round_robin)
         self.stub = pb_grpc.KeywordSpottingStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
+        self.v2 = v2_grpc.GRPCInferenceServiceStub(self.channel)  # the Open Inference Protocol (V2)
         self._labels: dict[tuple[str, str], list[str]] = {}
 
     async def call(self, method: Any, request: Any, timeout: float | None = None, auth: str | None = None) -> Any:
@@ -90,6 +93,18 @@ class Backend:
 
     async def metadata(self, req: pb.ModelMetadataRequest, auth: str | None = None) -> pb.ModelMetadata:
         return await self.call(self.stub.GetModelMetadata, req, auth=auth)
+
+    async def v2_infer(self, req: v2.ModelInferRequest, auth: str | None = None) -> v2.ModelInferResponse:
+        return await self.call(self.v2.ModelInfer, req, auth=auth)
+
+    async def v2_model_metadata(self, req: v2.ModelMetadataRequest, auth: str | None = None) -> v2.ModelMetadataResponse:
+        return await self.call(self.v2.ModelMetadata, req, auth=auth)
+
+    async def v2_model_ready(self, req: v2.ModelReadyRequest, auth: str | None = None) -> v2.ModelReadyResponse:
+        return await self.call(self.v2.ModelReady, req, auth=auth)
+
+    async def v2_server_metadata(self, auth: str | None = None) -> v2.ServerMetadataResponse:
+        return await self.call(self.v2.ServerMetadata, v2.ServerMetadataRequest(), auth=auth)
 
     def close(self) -> None:
         self.channel.close()

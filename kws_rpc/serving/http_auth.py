@@ -1,9 +1,10 @@
 """The HTTP side of ``kws_rpc.security.auth``: an ASGI middleware for the gateway and a WSGI wrapper for /metrics.
 
-``/healthz`` and ``/readyz`` are always open. ``/docs``, ``/openapi.json`` (and /metrics) need a token
-only with ``protect_introspection`` and are not rate limited; every other path needs a token when auth is
-on and counts against the client's rate limit. Refusals answer the gateway's JSON error shape: 401 with
-``WWW-Authenticate: Bearer`` or 429 with ``Retry-After``.
+``/healthz``, ``/readyz`` and the V2 health routes are always open. ``/docs``, ``/openapi.json`` (and
+/metrics) need a token only with ``protect_introspection`` and are not rate limited; every other path needs
+a token when auth is on and counts against the client's rate limit. Refusals answer the gateway's JSON error shape (on /v2
+paths, the V2 protocol's ``{"error": message}``): 401 with ``WWW-Authenticate: Bearer`` or 429 with
+``Retry-After``.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ from typing import Any
 
 from kws_rpc.errors import KwsError, RateLimited
 from kws_rpc.security.auth import Guard, retry_after_header
+from kws_rpc.serving import v2_rest
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", *v2_rest.OPEN_PATHS})
 INTROSPECTION_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/metrics"})
 
 
-def _refusal(e: KwsError) -> tuple[int, list[tuple[str, str]], bytes]:
-    body = json.dumps({"error": {"code": e.http_status, "status": e.grpc_code, "message": str(e)}}).encode()
+def _refusal(e: KwsError, path: str = "") -> tuple[int, list[tuple[str, str]], bytes]:
+    error = v2_rest.error_body(e) if v2_rest.is_v2(path) else {
+        "error": {"code": e.http_status, "status": e.grpc_code, "message": str(e)}}
+    body = json.dumps(error).encode()
     headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
     if isinstance(e, RateLimited):
         headers.append(("retry-after", retry_after_header(e.retry_after_s)))
@@ -57,7 +61,7 @@ class GuardMiddleware:
         if error is None:
             await self.app(scope, receive, send)
             return
-        status, headers, body = _refusal(error)
+        status, headers, body = _refusal(error, scope.get("path", ""))
         await send({"type": "http.response.start", "status": status,
                     "headers": [(k.encode(), v.encode()) for k, v in headers]})
         await send({"type": "http.response.body", "body": body})

@@ -3,7 +3,9 @@
 KServe's one data plane for REST and gRPC: ``kws-server --gateway-port`` serves REST by calling
 ``kws_rpc.wire.handlers`` directly, with no loopback gRPC hop (serialize, send, parse, and back). A gateway
 run on its own talks gRPC to a remote server instead (``kws_rpc.serving.grpc_backend.Backend``); the two offer
-the same methods: ``predict``, ``metadata``, ``labels``, ``ready``, ``close`` and ``target``.
+the same methods: ``predict``, ``metadata``, ``labels``, ``ready``, ``close`` and ``target``, and those of
+the Open Inference Protocol (``kws_rpc.wire.v2``): ``v2_infer``, ``v2_model_metadata``, ``v2_model_ready``,
+``v2_server_metadata``.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from typing import Any, TypeVar
 
 from kws_rpc.errors import KwsError
 from kws_rpc.model.core import InferenceCore
+from kws_rpc.proto.inference import grpc_service_pb2 as v2
 from kws_rpc.proto.kws.v1 import kws_pb2 as pb
 from kws_rpc.serving.metrics import Metrics
-from kws_rpc.wire import handlers
+from kws_rpc.wire import handlers, v2 as v2_handlers
 
 T = TypeVar("T")
 
@@ -50,6 +53,18 @@ class LocalBackend:
 
     async def labels(self, model: str, version: str, auth: str | None = None) -> list[str]:
         return list(self.core.model(model).labels)
+
+    async def v2_infer(self, req: v2.ModelInferRequest, auth: str | None = None) -> v2.ModelInferResponse:
+        return await self._run("ModelInfer", v2_handlers.infer, self.core, req)
+
+    async def v2_model_metadata(self, req: v2.ModelMetadataRequest, auth: str | None = None) -> v2.ModelMetadataResponse:
+        return await self._run("ModelMetadata", v2_handlers.model_metadata, self.core, req)
+
+    async def v2_model_ready(self, req: v2.ModelReadyRequest, auth: str | None = None) -> v2.ModelReadyResponse:
+        return await self._run("ModelReady", v2_handlers.model_ready, self.core, req, self._ready())
+
+    async def v2_server_metadata(self, auth: str | None = None) -> v2.ServerMetadataResponse:
+        return v2_handlers.server_metadata()
 
     async def ready(self) -> bool:
         return self._ready()
