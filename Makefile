@@ -142,6 +142,18 @@ PEERS := .venv-peers-kserve .venv-peers-mlserver
 bench-peers: venv $(addsuffix /bin/activate,$(PEERS))  ## kws against KServe and MLServer on big_int8: req/s, p50/p99, CPU per request vs the floor (~15 min) -> results/bench_peers.json
 	$(PYTHON) -m bench.bench_peers $(ARGS)
 
+# tests/test_v2.py's client: NVIDIA's tritonclient (it pins protobuf < 7) in an environment of its own, from its lock
+# alone; kws is not installed there (its scripts in tests/support/ import only tritonclient and numpy).
+.PHONY: venv-triton
+TRITON_VENV ?= .venv-triton
+$(TRITON_VENV)/bin/activate: requirements/triton-client.txt
+	$(PY) -m venv --clear $(TRITON_VENV)
+	$(TRITON_VENV)/bin/$(PIP_LOCKED) -r $<
+	$(TRITON_VENV)/bin/pip check
+	touch $@
+
+venv-triton: $(TRITON_VENV)/bin/activate  ## create .venv-triton from requirements/triton-client.txt: tritonclient[http,grpc], for tests/test_v2.py
+
 .PHONY: bench-coop bench-coop-commit
 bench-coop: venv data  ## 800 test clips, 3 and 5 workers, amqtt and mosquitto -> results/bench_coop.json
 	$(PYTHON) -m bench.bench_coop $(ARGS)

@@ -58,6 +58,7 @@ ENVS = (
     Env("tools", (), ("tools.in",), "uv, which make lock itself runs"),
     Env("peers-kserve", (), ("peers-kserve.in", "build.in"), "make bench-peers: KServe 0.21"),
     Env("peers-mlserver", (), ("peers-mlserver.in", "build.in"), "make bench-peers: MLServer 1.7"),
+    Env("triton-client", (), ("triton-client.in",), "tests/test_v2.py: tritonclient 2.73 (make .venv-triton)"),
 )
 
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^ ;\\]+)(?:\s*;\s*([^\\]+?))?\s*\\?$", re.M)
