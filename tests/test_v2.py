@@ -37,6 +37,7 @@ from kws_rpc.proto.kws.v1 import kws_pb2_grpc as pb_grpc
 from kws_rpc.security.auth import AuthConfig, TokenStore
 from kws_rpc.security.certs import make_dev_pki
 from kws_rpc.security.tls import ServerTls
+from kws_rpc.serving.gateway import GatewayConfig, GatewayServer
 from kws_rpc.serving.metrics import Metrics
 from kws_rpc.serving.server import ServerConfig, ServerHandle, serve
 from kws_rpc.serving.v2_servicer import SERVICE, V2Servicer, add_to_server
@@ -253,10 +254,25 @@ def test_handlers_typed_contents_give_typed_outputs(server: ServerHandle, model:
 
 # --- bad inputs ---------------------------------------------------------------------------------------------
 
-def test_bad_rest_requests_are_4xx_with_a_message(server: ServerHandle, model: KwsModel,
+@pytest.fixture(scope="module")
+def remote_gateway(v2_grpc_server: AioV2Server) -> Iterator[GatewayServer]:
+    """kws-gateway on its own: its V2 routes reach the V2 servicer over gRPC (grpc_backend.Backend)."""
+    gateway = GatewayServer(GatewayConfig(v2_grpc_server.target, port=0, log_level="warning"), grace_s=1)
+    yield gateway
+    gateway.stop()
+
+
+@pytest.mark.parametrize("backend", ["in-process", "grpc"])
+def test_bad_rest_requests_are_4xx_with_a_message(backend: str, request: pytest.FixtureRequest, model: KwsModel,
                                                   clip_wavs: dict[str, bytes]) -> None:
-    assert server.gateway is not None
-    url = server.gateway.url
+    """Through the co-hosted gateway (in-process backend) and a standalone one (gRPC backend): the domain
+    error crosses gRPC in the kws-error trailer and keeps its HTTP status."""
+    if backend == "grpc":
+        url = request.getfixturevalue("remote_gateway").url
+    else:
+        gateway = request.getfixturevalue("server").gateway
+        assert gateway is not None
+        url = gateway.url
     cases = v2_bad_inputs.rest_cases(model.name, clip_wavs["yes"], model.card.feature.shape)
     assert len(cases) >= 40
     wrong = {}
@@ -270,10 +286,12 @@ def test_bad_rest_requests_are_4xx_with_a_message(server: ServerHandle, model: K
             if r.status_code not in REFUSED_HTTP or not isinstance(message, str) or not message:
                 wrong[name] = (r.status_code, r.text[:300])
     assert not wrong, wrong
-    good = {"inputs": [{"name": "wav", "shape": [1], "datatype": "BYTES",
-                        "data": [base64.b64encode(clip_wavs["yes"]).decode()]}]}
+    good = {"id": "after", "inputs": [{"name": "wav", "shape": [1], "datatype": "BYTES",
+                                       "data": [base64.b64encode(clip_wavs["yes"]).decode()]}]}
     r = requests.post(url + f"/v2/models/{model.name}/infer", json=good, timeout=10)
-    assert r.status_code == 200 and r.json()["outputs"][1]["data"] == ["yes"], r.text
+    assert r.status_code == 200 and r.json()["id"] == "after" and r.json()["outputs"][1]["data"] == ["yes"], r.text
+    r = requests.get(url + f"/v2/models/{model.name}/versions/{model.card.version}", timeout=10)
+    assert r.status_code == 200 and r.json()["inputs"][0]["shape"] == [-1, *model.card.feature.shape], r.text
 
 
 def test_bad_grpc_requests_are_invalid_argument_or_not_found(v2_grpc_server: AioV2Server, model: KwsModel,

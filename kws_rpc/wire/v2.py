@@ -162,7 +162,7 @@ def _input(m: KwsModel, req: v2.ModelInferRequest) -> tuple[str, list[np.ndarray
     for t in req.inputs:
         check_datatype(t.name, t.datatype)
     if len(names) > 1:
-        raise InvalidInput(f"inputs {[quote(n, 40) for n in names]}: send exactly one, {FEATURES!r} or {WAV!r}")
+        raise InvalidInput(f"inputs {', '.join(quote(n, 40) for n in names)}: send exactly one, {FEATURES!r} or {WAV!r}")
     t = req.inputs[0]
     raw = None
     if req.raw_input_contents:

@@ -28,7 +28,7 @@ import numpy as np
 from kws_rpc.errors import InvalidInput, quote
 from kws_rpc.proto.inference import grpc_service_pb2 as v2
 from kws_rpc.wire import safejson
-from kws_rpc.wire.v2 import check_datatype, join_bytes, split_bytes
+from kws_rpc.wire.v2 import check_datatype, element_count, join_bytes, split_bytes
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MAX_DIM = 2**63 - 1  # a shape dimension is an int64
@@ -104,12 +104,15 @@ def _leaves(data: Any) -> Iterator[Any]:
         yield data
 
 
-def _json_data(name: str, datatype: str, data: Any) -> bytes:
+def _json_data(name: str, datatype: str, shape: list[int], data: Any) -> bytes:
     """An input's JSON ``data`` as the raw contents its datatype has in the proto."""
     values = list(_leaves(data))
     if datatype == "FP32":
         if not all(type(v) in (int, float) for v in values):
             raise InvalidInput(f"input {name}: FP32 data must be numbers")
+        if len(values) != element_count(name, shape):
+            raise InvalidInput(f"input {name}: shape {shape} holds {element_count(name, shape)} values, but its data "
+                               f"has {len(values)}")
         with np.errstate(over="ignore"):  # past float32's range: inf, which the model refuses with a message
             return np.asarray(values, dtype="<f4").tobytes()
     if not all(isinstance(v, str) for v in values):
@@ -126,14 +129,17 @@ def parse_infer(body: bytes, header_length: str | None, model: str, version: str
     try:
         doc = _object(safejson.loads(head), "the request")
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidInput(f"the request is not JSON ({e}): send a V2 inference request object") from None
+        hint = f"; binary tensor data needs the {HEADER_LENGTH} header" if header_length is None else ""
+        raise InvalidInput(f"the request is not JSON ({e}): send a V2 inference request object{hint}") from None
     req = v2.ModelInferRequest(model_name=model, model_version=version, id=_string(doc, "id", "the request", ""))
     params = _parameters(doc.get("parameters"), "the request")
     binary_default = params.pop("binary_data_output", False)
     req.parameters.update(_to_proto(params))
     inputs = doc.get("inputs")
-    if not isinstance(inputs, list) or not inputs:
+    if not inputs:
         raise InvalidInput("the request has no inputs: send 'inputs': [{'name', 'shape', 'datatype', 'data'}]")
+    if not isinstance(inputs, list):
+        raise InvalidInput(f"'inputs' must be a list of input objects, not {type(inputs).__name__}")
     used = 0
     for t in inputs:
         t = _object(t, "each input")
@@ -146,7 +152,7 @@ def parse_infer(body: bytes, header_length: str | None, model: str, version: str
         if size is None:
             if "data" not in t:
                 raise InvalidInput(f"input {name} has neither data nor parameters.binary_data_size")
-            raw = _json_data(name, datatype, t["data"])
+            raw = _json_data(name, datatype, shape, t["data"])
         else:
             if blobs is None:
                 raise InvalidInput(f"input {name} declares binary_data_size, but the request has no {HEADER_LENGTH} "
