@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -220,6 +222,24 @@ def test_tritonclient_over_tls_with_a_token(triton_python: Path, secure_server: 
     assert requests.get(url + "/v2/health/ready", verify=pki["ca.pem"], timeout=10).status_code == 200
     r = requests.get(url + f"/v2/models/{model.name}", verify=pki["ca.pem"], timeout=10)
     assert r.status_code == 401 and isinstance(r.json()["error"], str), r.text
+
+
+def test_readme_recipe_runs(triton_python: Path, server: ServerHandle, model: KwsModel) -> None:
+    """The README's curl and tritonclient lines (the blocks after <!-- v2-recipe -->), verbatim but for the
+    port (and the model, when KWS_TEST_MODEL names another)."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    text = (REPO / "README.md").read_text()
+    shell, python = re.findall(r"```(?:bash|python)\n(.*?)```", text[text.index("<!-- v2-recipe -->"):], re.S)[:2]
+    assert server.gateway is not None
+    here = {"localhost:8080": server.gateway.url.removeprefix("http://"), "big_int8": model.name}
+    for old, new in here.items():
+        shell, python = shell.replace(old, new), python.replace(old, new)
+    r = subprocess.run(["bash", "-c", shell], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and json.loads(r.stdout)["outputs"] == [
+        {"name": "label", "datatype": "BYTES", "shape": [1], "data": ["yes"]}], r.stdout + r.stderr
+    r = subprocess.run([str(triton_python), "-c", python], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "[b'yes']", r.stdout + r.stderr
 
 
 # --- the transport-free handlers ---------------------------------------------------------------------------
