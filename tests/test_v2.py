@@ -4,7 +4,7 @@ test clips whose labels must be kws.v1 Predict's; and the bad-input corpus of te
 REST and gRPC, each a 4xx / INVALID_ARGUMENT / NOT_FOUND with a message, the server serving afterwards.
 
 tritonclient pins protobuf < 7, so it runs in .venv-triton (``make venv-triton``, from
-requirements/triton-client.txt), built here when missing, as a subprocess running
+requirements/triton-client.txt; run here, it builds the venv when missing), as a subprocess running
 tests/support/triton_client_check.py.
 """
 
@@ -59,19 +59,14 @@ REFUSED_GRPC = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
 
 @pytest.fixture(scope="session")
 def triton_python() -> Path:
-    """.venv-triton's python, the venv built from its lock if missing or older than the lock (as make does)."""
-    python, stamp = TRITON_VENV / "bin" / "python", TRITON_VENV / "bin" / "activate"
-    if stamp.is_file() and stamp.stat().st_mtime >= TRITON_LOCK.stat().st_mtime:
-        return python
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(TRITON_VENV)], check=True, timeout=300)
-    r = subprocess.run([str(TRITON_VENV / "bin" / "pip"), "install", "-q", "--require-hashes", "--no-deps", "-r",
-                        str(TRITON_LOCK)], capture_output=True, text=True, timeout=900)
+    """.venv-triton's python; ``make venv-triton`` builds the venv from its lock when it is missing or older
+    than the lock (pip --require-hashes --no-deps)."""
+    r = subprocess.run(["make", "-s", "venv-triton"], cwd=REPO, capture_output=True, text=True, timeout=900)
     if r.returncode != 0:
         if any(word in r.stdout + r.stderr for word in OFFLINE):
             pytest.skip(f"the package registry is unreachable, so .venv-triton cannot be built: {r.stderr[-300:]}")
-        pytest.fail(f"pip could not install {TRITON_LOCK.name} into .venv-triton:\n{r.stderr[-2000:]}")
-    stamp.touch()
-    return python
+        pytest.fail(f"make venv-triton could not install {TRITON_LOCK.name}:\n{r.stderr[-2000:]}")
+    return TRITON_VENV / "bin" / "python"
 
 
 class AioV2Server:
