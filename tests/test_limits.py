@@ -28,10 +28,6 @@ def wav_request(wav: bytes, rid: str = "r") -> pb.PredictRequest:
     return pb.PredictRequest(request_id=rid, audio=pb.Audio(wav=wav))
 
 
-def readers() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("kws-stream-reader")]
-
-
 def wait_until(condition: object, timeout_s: float = 20.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -64,10 +60,9 @@ def test_streams_are_capped_and_idle_ones_ended(served_model_path: Path, clip_wa
                     next(call)
                 assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, e.value.details()
                 assert f"no request for {IDLE_S:g} s" in e.value.details()
-            # their slots are free again, and their reader threads gone
+            # their slots are free again
             reqs = [wav_request(clip_wavs["no"], f"n{i}") for i in range(3)]
             assert [r.request_id for r in stub.PredictStream(iter(reqs), timeout=10)] == ["n0", "n1", "n2"]
-            assert wait_until(lambda: not readers()), readers()
     finally:
         release.set()
         handle.stop(grace=1)
@@ -97,7 +92,6 @@ def test_a_cancelled_stream_frees_its_slot(served_model_path: Path, clip_wavs: d
 
             # the server learns of the cancel asynchronously: the slot frees within a moment, not in 60 s
             assert wait_until(admitted, 10)
-            assert wait_until(lambda: not readers()), readers()
     finally:
         release.set()
         handle.stop(grace=1)
@@ -185,8 +179,6 @@ def test_client_disconnect_is_not_a_server_error(gateway: GatewayServer, caplog:
 
 
 def test_limits_config_and_flags(served_model_path: Path) -> None:
-    with pytest.raises(ValueError, match="must be below --grpc-threads"):
-        ServerConfig(models=(served_model_path,), grpc_threads=8, limits=Limits(max_streams=8))
     with pytest.raises(ValueError, match="--stream-idle-s must be positive"):
         Limits(stream_idle_s=0)
     config = parse_args(["--model", str(served_model_path), "--max-streams", "4", "--max-inflight", "100",
@@ -194,4 +186,4 @@ def test_limits_config_and_flags(served_model_path: Path) -> None:
     assert config.limits == Limits(max_streams=4, max_inflight=100, stream_idle_s=5, call_timeout_s=2,
                                    http_body_timeout_s=3)
     with pytest.raises(SystemExit):
-        parse_args(["--model", str(served_model_path), "--max-streams", "64"])
+        parse_args(["--model", str(served_model_path), "--max-streams", "0"])

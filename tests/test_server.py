@@ -3,6 +3,7 @@ message limits and graceful shutdown (in-process and through SIGTERM)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import re
@@ -211,10 +212,11 @@ def test_graceful_shutdown_finishes_in_flight(served_model_path: Path, clip_wavs
         stopping.wait(60)
         return predict(feats)
 
-    def stop_and_tell(grace: float | None) -> threading.Event:
-        done = grpc_stop(grace)
+    async def stop_and_tell(grace: float | None) -> None:
+        stopped = asyncio.ensure_future(grpc_stop(grace))
+        await asyncio.sleep(0.2)  # the server has begun stopping: new calls are refused from here on
         stopping.set()
-        return done
+        await stopped
 
     monkeypatch.setattr(model, "predict", held_predict)
     monkeypatch.setattr(handle.server, "stop", stop_and_tell)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import functools
 import hmac
 import ipaddress
 import math
@@ -145,6 +146,7 @@ def peer_host(peer: str) -> str:
     return peer
 
 
+@functools.lru_cache(maxsize=1024)  # asked once per call; clients are few
 def is_loopback(host: str) -> bool:
     if host in ("localhost", "unix"):
         return True

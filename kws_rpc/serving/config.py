@@ -26,7 +26,7 @@ class ServerConfig:
     max_delay_ms: float = 2.0  # longest a request waits for companions
     workers: int = 1  # micro-batcher threads
     max_queue: int = 1024  # waiting requests beyond this are RESOURCE_EXHAUSTED
-    grpc_threads: int = 64  # concurrent RPCs in progress
+    grpc_threads: int = 64  # batching on: calls waiting for their batch at once (off: calls run on the event loop)
     max_message_bytes: int = 4 << 20
     metrics_port: int | None = None  # None = no /metrics endpoint; 0 = a free port
     gateway_port: int | None = None  # None = no REST gateway; 0 = a free port
@@ -42,7 +42,6 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         validate_label_order(self.spec_labels)
-        self.limits.check_threads(self.grpc_threads)
 
     @property
     def batching(self) -> bool:
@@ -63,7 +62,8 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     ap.add_argument("--max-queue", type=int, default=d.max_queue,
                     help="queued requests before new ones get RESOURCE_EXHAUSTED (default %(default)s)")
     ap.add_argument("--grpc-threads", type=int, default=d.grpc_threads,
-                    help="threads handling gRPC calls concurrently (default %(default)s)")
+                    help="with batching on (--max-batch-size above 1), calls that wait for their batch at once "
+                         "(default %(default)s); with batching off, calls run on the event loop and need no threads")
     ap.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes,
                     help="largest gRPC message accepted (default %(default)s bytes)")
     ap.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here")
@@ -87,7 +87,6 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     try:
         spec_labels = parse_label_order(a.spec_labels)
         limits = limits_from_args(a)
-        limits.check_threads(a.grpc_threads)
         security = {"tls": tls.server_tls_from_args(a), "auth": auth.auth_config_from_args(a), "insecure": a.insecure}
     except ValueError as e:
         ap.error(str(e))

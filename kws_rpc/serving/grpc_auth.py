@@ -10,7 +10,7 @@ and is not rate limited. A refused call ends with UNAUTHENTICATED or RESOURCE_EX
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -27,12 +27,19 @@ INTROSPECTION = frozenset({"grpc.reflection.v1alpha.ServerReflection", "grpc.ref
 RETRY_AFTER_KEY = "retry-after"
 
 
-class GuardInterceptor(grpc.ServerInterceptor):
+class GuardInterceptor(grpc.aio.ServerInterceptor):
+    """Installed only when there is something to check (``needed``): an open server pays nothing."""
+
     def __init__(self, guard: Guard, metrics: Metrics | None = None) -> None:
         self.guard, self.metrics = guard, metrics
 
-    def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(details)
+    @staticmethod
+    def needed(guard: Guard) -> bool:
+        return guard.config.tokens is not None or guard.limiter is not None
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
+                                details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
         service, _, method = details.method.lstrip("/").partition("/")
         if handler is None or service in OPEN_SERVICES:
             return handler
@@ -42,8 +49,8 @@ class GuardInterceptor(grpc.ServerInterceptor):
             return _wrap(handler, lambda ctx: self._check(ctx, method, limited=False))
         return _wrap(handler, lambda ctx: self._check(ctx, method, limited=True))
 
-    def _check(self, context: grpc.ServicerContext, method: str, limited: bool) -> None:
-        auth = next((v for k, v in context.invocation_metadata() if k == "authorization"), None)
+    async def _check(self, context: grpc.aio.ServicerContext, method: str, limited: bool) -> None:
+        auth = next((v for k, v in context.invocation_metadata() or () if k == "authorization"), None)
         try:
             self.guard.admit(auth, context.peer(), limited=limited)
         except KwsError as e:
@@ -57,16 +64,30 @@ class GuardInterceptor(grpc.ServerInterceptor):
                 self.metrics.requests.labels(method, e.grpc_code).inc()
                 self.metrics.errors.labels(method, type(e).__name__).inc()
             context.set_trailing_metadata(tuple(trailers))
-            context.abort(grpc.StatusCode[e.grpc_code], str(e))
+            await context.abort(grpc.StatusCode[e.grpc_code], str(e))
 
 
-def _wrap(handler: Any, check: Callable[[grpc.ServicerContext], None]) -> Any:
-    """The same handler, with ``check`` run first in whichever of its four behaviours is set."""
-    def guarded(behaviour: Callable[..., Any]) -> Callable[..., Any]:
-        def call(request: Any, context: grpc.ServicerContext) -> Any:
-            check(context)
-            return behaviour(request, context)
-        return call
+def _wrap(handler: Any, check: Callable[[grpc.aio.ServicerContext], Awaitable[None]]) -> Any:
+    """The same handler, with ``check`` awaited first in whichever of its four behaviours is set."""
+    if handler.response_streaming:
+        def guarded_stream(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+            async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                await check(context)
+                replies = behaviour(request, context)
+                if hasattr(replies, "__aiter__"):  # an async generator; else a coroutine that writes itself
+                    async for reply in replies:
+                        yield reply
+                else:
+                    await replies
+            return call
+        guarded = guarded_stream
+    else:
+        def guarded_unary(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+            async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await check(context)
+                return await behaviour(request, context)
+            return call
+        guarded = guarded_unary
 
     kind = {(False, False): "unary_unary", (False, True): "unary_stream", (True, False): "stream_unary",
             (True, True): "stream_stream"}[(handler.request_streaming, handler.response_streaming)]

@@ -1,8 +1,8 @@
 """Resource bounds against slow, idle or greedy clients: one typed config with the documented defaults,
 shared by the gRPC server (``kws_rpc.serving.grpc_limits``) and the REST gateway (``kws_rpc.serving.http_limits``).
 
-The defaults keep the measured attacks out: 64 idle ``PredictStream`` calls used to hold all 64 gRPC
-threads (a fresh Predict then timed out); 300 half-sent HTTP bodies used to be held open forever.
+The defaults keep the measured attacks out: idle ``PredictStream`` calls pile up (each holds a slot of
+``--max-inflight`` and its buffers until it ends); 300 half-sent HTTP bodies used to be held open forever.
 No transport is imported here.
 """
 
@@ -15,8 +15,8 @@ import dataclasses
 @dataclasses.dataclass(frozen=True)
 class Limits:
     # gRPC
-    max_streams: int = 16  # streaming calls open at once (each holds a thread); more: RESOURCE_EXHAUSTED at once
-    max_inflight: int = 256  # gRPC calls of any kind at once, running or waiting for a thread; more: RESOURCE_EXHAUSTED
+    max_streams: int = 16  # streaming calls open at once; more: RESOURCE_EXHAUSTED at once
+    max_inflight: int = 256  # gRPC calls of any kind at once, running or queued; more: RESOURCE_EXHAUSTED
     stream_idle_s: float = 30.0  # a stream with no request for this long ends with DEADLINE_EXCEEDED
     call_timeout_s: float = 10.0  # batching on: the longest a prediction waits for its batch; DEADLINE_EXCEEDED
     # HTTP (the gateway)
@@ -29,12 +29,6 @@ class Limits:
             if not getattr(self, f.name) > 0:
                 raise ValueError(f"--{f.name.replace('_', '-')} must be positive, got {getattr(self, f.name)}")
 
-    def check_threads(self, grpc_threads: int) -> None:
-        """Streams must leave threads for unary calls: each open stream holds one of ``grpc_threads``."""
-        if self.max_streams >= grpc_threads:
-            raise ValueError(f"--max-streams {self.max_streams} must be below --grpc-threads {grpc_threads}: "
-                             "open streams would hold every thread and starve unary calls")
-
 
 def add_limit_args(ap: argparse.ArgumentParser, grpc: bool = True, http: bool = True) -> None:
     d = Limits()
@@ -42,7 +36,7 @@ def add_limit_args(ap: argparse.ArgumentParser, grpc: bool = True, http: bool = 
     if grpc:
         g.add_argument("--max-streams", type=int, default=d.max_streams,
                        help="streaming calls open at once; more are refused with RESOURCE_EXHAUSTED "
-                            "(default %(default)s; keep it well below --grpc-threads)")
+                            "(default %(default)s)")
         g.add_argument("--max-inflight", type=int, default=d.max_inflight,
                        help="gRPC calls at once, running or queued; more are refused (default %(default)s)")
         g.add_argument("--stream-idle-s", type=float, default=d.stream_idle_s,

@@ -3,16 +3,23 @@
 ``serve(config)`` wires everything and returns a handle (tests start it in-process on port 0);
 ``main()`` builds the config from the command line (``kws_rpc.serving.config``) and stops gracefully on
 SIGTERM/SIGINT; ``--processes N`` hands over to ``kws_rpc.serving.supervisor``.
+
+The gRPC server is ``grpc.aio`` on an event loop of its own thread (``EventLoopThread``), so the handle
+stays synchronous for its callers; the REST gateway runs uvicorn on another. A call costs no pool
+thread and no hand-off between threads (see ``kws_rpc.serving.servicer`` for where the model runs).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import sys
 import threading
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -28,7 +35,7 @@ from kws_rpc.serving import lifeline, ports
 from kws_rpc.serving.config import ServerConfig, parse_args
 from kws_rpc.serving.gateway import GatewayConfig, GatewayServer
 from kws_rpc.serving.grpc_auth import GuardInterceptor
-from kws_rpc.serving.grpc_limits import StreamLimiter
+from kws_rpc.serving.grpc_limits import StreamGate
 from kws_rpc.serving.http_auth import wsgi_guard
 from kws_rpc.serving.local_backend import LocalBackend
 from kws_rpc.serving.metrics import Metrics
@@ -37,19 +44,41 @@ from kws_rpc.wire.senml import check_label_order
 from kws_rpc.wire.service import SERVICE
 
 log = logging.getLogger("kws_rpc.serving.server")
+T = TypeVar("T")
+
+
+class EventLoopThread:
+    """An asyncio event loop running in a daemon thread; ``run`` waits for a coroutine on it."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        if not self._thread.is_alive():
+            self.loop.close()
 
 
 class ServerHandle:
     """A running server; ``stop`` is idempotent."""
 
-    def __init__(self, config: ServerConfig, server: grpc.Server, port: int, core: InferenceCore,
-                 health_servicer: health.HealthServicer, metrics: Metrics, metrics_port: int | None,
-                 gateway: GatewayServer | None, serving: threading.Event) -> None:
+    def __init__(self, config: ServerConfig, server: grpc.aio.Server, port: int, core: InferenceCore,
+                 health_servicer: health.aio.HealthServicer, metrics: Metrics, metrics_port: int | None,
+                 gateway: GatewayServer | None, serving: threading.Event, loop: EventLoopThread,
+                 offload: ThreadPoolExecutor | None) -> None:
         self.config, self.server, self.port, self.core = config, server, port, core
         self.health, self.metrics, self.metrics_port, self.gateway = health_servicer, metrics, metrics_port, gateway
         self.target = f"{_loopback(config.host)}:{port}"
         self.serving = serving  # what /readyz and gRPC health report
+        self.loop, self._offload = loop, offload
         self._stopped = threading.Event()
+        self._terminated = threading.Event()
 
     def stop(self, grace: float | None = None) -> None:
         if self._stopped.is_set():
@@ -57,20 +86,24 @@ class ServerHandle:
         self._stopped.set()
         grace = self.config.grace_s if grace is None else grace
         log.info("shutting down: refusing new calls, %.1f s for calls in flight", grace)
-        self.health.enter_graceful_shutdown()
         self.serving.clear()
         self.metrics.ready.set(0)
         try:
+            self.loop.run(self.health.enter_graceful_shutdown(), 5)
             if self.gateway is not None:
                 self.gateway.stop(timeout=grace + 1)
         finally:
-            self.server.stop(grace).wait()
+            self.loop.run(self.server.stop(grace))
+            if self._offload is not None:
+                self._offload.shutdown(wait=False)
             self.core.close()
             self.metrics.stop()
+            self.loop.close()
+            self._terminated.set()
             log.info("stopped")
 
     def wait(self) -> None:
-        self.server.wait_for_termination()
+        self._terminated.wait()
 
 
 def _loopback(host: str) -> str:
@@ -97,8 +130,32 @@ def load_core(config: ServerConfig, metrics: Metrics) -> InferenceCore:
     return InferenceCore(models, default=next(iter(models)), batcher=batcher, timeout_s=config.limits.call_timeout_s)
 
 
-def stream_limiter(config: ServerConfig, metrics: Metrics) -> StreamLimiter:
-    return StreamLimiter(config.limits.max_streams, config.limits.stream_idle_s, metrics)
+def stream_gate(config: ServerConfig, metrics: Metrics) -> StreamGate:
+    def count(method: str, code: str, error: str) -> None:
+        metrics.requests.labels(method, code).inc()
+        metrics.errors.labels(method, error).inc()
+
+    return StreamGate(config.limits.max_streams, config.limits.stream_idle_s, count)
+
+
+async def _start_grpc(config: ServerConfig, core: InferenceCore, metrics: Metrics, guard: Guard,
+                      offload: ThreadPoolExecutor | None) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """Builds and starts the grpc.aio server; runs on the server's event loop."""
+    opts = [("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes), ("grpc.so_reuseport", int(config.reuse_port))]
+    interceptors = [GuardInterceptor(guard, metrics)] if GuardInterceptor.needed(guard) else []
+    server = grpc.aio.server(options=opts, interceptors=interceptors,
+                             maximum_concurrent_rpcs=config.limits.max_inflight)
+    add_to_server(KwsServicer(core, metrics, stream_gate(config, metrics), offload), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    address = f"{config.host}:{config.port}"
+    port = (server.add_secure_port(address, config.tls.grpc_credentials()) if config.tls is not None
+            else server.add_insecure_port(address))
+    await server.start()
+    return server, port, health_servicer
 
 
 def serve(config: ServerConfig) -> ServerHandle:
@@ -111,21 +168,17 @@ def serve(config: ServerConfig) -> ServerHandle:
     metrics = Metrics()
     core = load_core(config, metrics)
     guard = Guard(config.auth)
-    opts = [("grpc.max_receive_message_length", config.max_message_bytes),
-            ("grpc.max_send_message_length", config.max_message_bytes), ("grpc.so_reuseport", int(config.reuse_port))]
-    server = grpc.server(ThreadPoolExecutor(config.grpc_threads, thread_name_prefix="kws-grpc"), options=opts,
-                         interceptors=[GuardInterceptor(guard, metrics), stream_limiter(config, metrics)],
-                         maximum_concurrent_rpcs=config.limits.max_inflight)
-    add_to_server(KwsServicer(core, metrics), server)
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
-    address = f"{config.host}:{config.port}"
-    port = (server.add_secure_port(address, config.tls.grpc_credentials()) if config.tls is not None
-            else server.add_insecure_port(address))
+    # with batching on, calls wait for their batch in these threads, not on the event loop
+    offload = (ThreadPoolExecutor(config.grpc_threads, thread_name_prefix="kws-batch-wait") if core.batcher
+               else None)
+    loop = EventLoopThread("kws-grpc")
+    try:
+        server, port, health_servicer = loop.run(_start_grpc(config, core, metrics, guard, offload))
+    except BaseException:
+        loop.close()
+        core.close()
+        raise
     serving = threading.Event()
-    server.start()
     gateway = metrics_port = None
     try:
         if config.metrics_port is not None:
@@ -142,12 +195,17 @@ def serve(config: ServerConfig) -> ServerHandle:
                                                   reuse_port=config.reuse_port),
                                     grace_s=config.grace_s, guard=guard, backend=local)
     except BaseException:
-        server.stop(0)
+        loop.run(server.stop(0))
+        loop.close()
         core.close()
         metrics.stop()
         raise
-    for name in ("", SERVICE):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def report_serving() -> None:
+        for name in ("", SERVICE):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    loop.run(report_serving())
     metrics.ready.set(1)
     serving.set()
     log.info("serving %s on grpc %s:%d (batching %s), gateway %s, metrics %s; %s", sorted(core.models),
@@ -156,7 +214,8 @@ def serve(config: ServerConfig) -> ServerHandle:
              gateway.url if gateway else "off",
              f"{'https' if config.tls else 'http'}://{config.host}:{metrics_port}/metrics"
              if metrics_port is not None else "off", tls.describe(config.tls, config.auth))
-    return ServerHandle(config, server, port, core, health_servicer, metrics, metrics_port, gateway, serving)
+    return ServerHandle(config, server, port, core, health_servicer, metrics, metrics_port, gateway, serving, loop,
+                        offload)
 
 
 def main(argv: list[str] | None = None) -> None:
