@@ -5,19 +5,18 @@ REST and gRPC, each a 4xx / INVALID_ARGUMENT / NOT_FOUND with a message, the ser
 
 tritonclient pins protobuf < 7, so it runs in .venv-triton (``make venv-triton``, from
 requirements/triton-client.txt; run here, it builds the venv when missing), as a subprocess running
-tests/support/triton_client_check.py.
+tests/support/triton_client_check.py. The gRPC side is the server's own: inference.GRPCInferenceService
+beside kws.v1.KeywordSpotting.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import re
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,11 @@ import grpc
 import numpy as np
 import pytest
 import requests
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import v2_bad_inputs
 from kws_rpc.audio.wav import decode_wav, encode_wav
 from kws_rpc.errors import InvalidInput, UnknownModel
-from kws_rpc.model.core import InferenceCore
 from kws_rpc.model.kws_model import KwsModel
 from kws_rpc.proto.inference import grpc_service_pb2 as v2
 from kws_rpc.proto.inference import grpc_service_pb2_grpc as v2_grpc
@@ -40,9 +39,8 @@ from kws_rpc.security.auth import AuthConfig, TokenStore
 from kws_rpc.security.certs import make_dev_pki
 from kws_rpc.security.tls import ServerTls
 from kws_rpc.serving.gateway import GatewayConfig, GatewayServer
-from kws_rpc.serving.metrics import Metrics
 from kws_rpc.serving.server import ServerConfig, ServerHandle, serve
-from kws_rpc.serving.v2_servicer import SERVICE, V2Servicer, add_to_server
+from kws_rpc.serving.v2_servicer import SERVICE
 from kws_rpc.wire import v2 as handlers
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,43 +67,11 @@ def triton_python() -> Path:
     return TRITON_VENV / "bin" / "python"
 
 
-class AioV2Server:
-    """The V2 servicer on a grpc.aio server of its own (its own event loop, on a thread), on ``core``."""
-
-    def __init__(self, core: InferenceCore, tls: ServerTls | None = None) -> None:
-        self.metrics = Metrics()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="v2-aio", daemon=True)
-        self.thread.start()
-        self.port = asyncio.run_coroutine_threadsafe(self._start(core, tls), self.loop).result(10)
-        self.target = f"127.0.0.1:{self.port}"
-
-    async def _start(self, core: InferenceCore, tls: ServerTls | None) -> int:
-        self.server = grpc.aio.server()
-        add_to_server(V2Servicer(core, self.metrics), self.server)
-        port = (self.server.add_secure_port("127.0.0.1:0", tls.grpc_credentials()) if tls
-                else self.server.add_insecure_port("127.0.0.1:0"))
-        await self.server.start()
-        return port
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(0), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
 @pytest.fixture(scope="module")
 def server(served_model_path: Path) -> Iterator[ServerHandle]:
     handle = serve(ServerConfig(models=(served_model_path,), gateway_port=0, max_delay_ms=2, log_level="WARNING"))
     yield handle
     handle.stop(grace=1)
-
-
-@pytest.fixture(scope="module")
-def v2_grpc_server(server: ServerHandle) -> Iterator[AioV2Server]:
-    aio = AioV2Server(server.core)
-    yield aio
-    aio.stop()
 
 
 @pytest.fixture(scope="module")
@@ -170,17 +136,15 @@ def check_answers(out: dict[str, Any], model: KwsModel, expected: list[str]) -> 
         assert len(labels) == CLIPS and not wrong, f"{way}: clips {wrong} differ from kws.v1 Predict's labels"
 
 
-def test_tritonclient_http_and_grpc(triton_python: Path, server: ServerHandle, v2_grpc_server: AioV2Server,
-                                    model: KwsModel, clips: tuple[Path, Path, list[bytes]]) -> None:
+def test_tritonclient_http_and_grpc(triton_python: Path, server: ServerHandle, model: KwsModel,
+                                    clips: tuple[Path, Path, list[bytes]]) -> None:
     expected = v1_labels(server.target, clips[2])
     assert server.gateway is not None
-    out = run_check(triton_python, server.gateway.url.removeprefix("http://"), v2_grpc_server.target, model, clips)
+    out = run_check(triton_python, server.gateway.url.removeprefix("http://"), server.target, model, clips)
     check_answers(out, model, expected)
-    def calls(metrics: Metrics) -> float | None:
-        return metrics.registry.get_sample_value("kws_requests_total", {"method": "ModelInfer", "code": "OK"})
-
-    assert calls(server.metrics) == 4 * CLIPS // 10  # the REST calls, through the in-process backend
-    assert calls(v2_grpc_server.metrics) == 2 * CLIPS // 10
+    # 4 ways over REST (through the in-process backend) and 2 over gRPC, 10 clips a request
+    ok = server.metrics.registry.get_sample_value("kws_requests_total", {"method": "ModelInfer", "code": "OK"})
+    assert ok == 6 * CLIPS // 10, ok
 
 
 @pytest.fixture(scope="module")
@@ -192,31 +156,35 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def secure_server(pki: dict[str, Path], served_model_path: Path) -> Iterator[tuple[ServerHandle, AioV2Server]]:
-    tls = ServerTls(pki["server.pem"], pki["server.key"])
+def secure_server(pki: dict[str, Path], served_model_path: Path) -> Iterator[ServerHandle]:
     handle = serve(ServerConfig(models=(served_model_path,), gateway_port=0, max_delay_ms=2, log_level="WARNING",
-                                tls=tls, auth=AuthConfig(TokenStore.load(pki["tokens"]))))
-    aio = AioV2Server(handle.core, tls)
-    yield handle, aio
-    aio.stop()
+                                tls=ServerTls(pki["server.pem"], pki["server.key"]),
+                                auth=AuthConfig(TokenStore.load(pki["tokens"]))))
+    yield handle
     handle.stop(grace=1)
 
 
-def test_tritonclient_over_tls_with_a_token(triton_python: Path, secure_server: tuple[ServerHandle, AioV2Server],
-                                            pki: dict[str, Path], model: KwsModel,
-                                            clips: tuple[Path, Path, list[bytes]]) -> None:
-    handle, aio = secure_server
+def test_tritonclient_over_tls_with_a_token(triton_python: Path, secure_server: ServerHandle, pki: dict[str, Path],
+                                            model: KwsModel, clips: tuple[Path, Path, list[bytes]]) -> None:
+    handle = secure_server
     assert handle.gateway is not None
     url = handle.gateway.url
     credentials = grpc.ssl_channel_credentials(pki["ca.pem"].read_bytes())
     expected = v1_labels(handle.target, clips[2], credentials, TOKEN)
-    out = run_check(triton_python, url.removeprefix("https://"), aio.target.replace("127.0.0.1", "localhost"), model,
-                    clips, "--ca", str(pki["ca.pem"]), "--token", TOKEN)
+    out = run_check(triton_python, url.removeprefix("https://"), handle.target, model, clips,
+                    "--ca", str(pki["ca.pem"]), "--token", TOKEN)
     check_answers(out, model, expected)
     # the probes' routes are open; the others need the token, and refuse in the V2 error shape
     assert requests.get(url + "/v2/health/ready", verify=pki["ca.pem"], timeout=10).status_code == 200
     r = requests.get(url + f"/v2/models/{model.name}", verify=pki["ca.pem"], timeout=10)
     assert r.status_code == 401 and isinstance(r.json()["error"], str), r.text
+    with grpc.secure_channel(handle.target, credentials) as ch:  # gRPC: V2 needs the token as kws.v1 does
+        stub = v2_grpc.GRPCInferenceServiceStub(ch)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.ModelMetadata(v2.ModelMetadataRequest(name=model.name), timeout=10)
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        md = (("authorization", f"Bearer {TOKEN}"),)
+        assert stub.ModelMetadata(v2.ModelMetadataRequest(name=model.name), timeout=10, metadata=md).name == model.name
 
 
 def test_readme_recipe_runs(triton_python: Path, server: ServerHandle, model: KwsModel) -> None:
@@ -270,9 +238,9 @@ def test_handlers_typed_contents_give_typed_outputs(server: ServerHandle, model:
 # --- bad inputs ---------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def remote_gateway(v2_grpc_server: AioV2Server) -> Iterator[GatewayServer]:
-    """kws-gateway on its own: its V2 routes reach the V2 servicer over gRPC (grpc_backend.Backend)."""
-    gateway = GatewayServer(GatewayConfig(v2_grpc_server.target, port=0, log_level="warning"), grace_s=1)
+def remote_gateway(server: ServerHandle) -> Iterator[GatewayServer]:
+    """kws-gateway on its own: its V2 routes reach the server's V2 servicer over gRPC (grpc_backend.Backend)."""
+    gateway = GatewayServer(GatewayConfig(server.target, port=0, log_level="warning"), grace_s=1)
     yield gateway
     gateway.stop()
 
@@ -309,12 +277,12 @@ def test_bad_rest_requests_are_4xx_with_a_message(backend: str, request: pytest.
     assert r.status_code == 200 and r.json()["inputs"][0]["shape"] == [-1, *model.card.feature.shape], r.text
 
 
-def test_bad_grpc_requests_are_invalid_argument_or_not_found(v2_grpc_server: AioV2Server, model: KwsModel,
+def test_bad_grpc_requests_are_invalid_argument_or_not_found(server: ServerHandle, model: KwsModel,
                                                              clip_wavs: dict[str, bytes]) -> None:
     cases = v2_bad_inputs.grpc_cases(model.name, clip_wavs["yes"], model.card.feature.shape)
     assert len(cases) >= 30
     wrong = {}
-    with grpc.insecure_channel(v2_grpc_server.target) as ch:
+    with grpc.insecure_channel(server.target) as ch:
         for name, (method, data) in cases.items():
             try:
                 ch.unary_unary(f"/{SERVICE}/{method}")(data, timeout=30)
@@ -331,3 +299,25 @@ def test_bad_grpc_requests_are_invalid_argument_or_not_found(v2_grpc_server: Aio
             name="wav", datatype="BYTES", shape=[1])], raw_input_contents=[handlers.join_bytes([clip_wavs["no"]])])
         reply = stub.ModelInfer(req, timeout=10)
         assert handlers.split_bytes(reply.raw_output_contents[1], "label") == [b"no"]
+        health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=10)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_batching_server(served_model_path: Path, model: KwsModel, clip_wavs: dict[str, bytes]) -> None:
+    """With the micro-batcher on, V2 calls wait for their batch off the event loop, as kws.v1's do."""
+    handle = serve(ServerConfig(models=(served_model_path,), gateway_port=0, max_batch_size=8, max_delay_ms=2,
+                                log_level="WARNING"))
+    try:
+        words = ["down", "left", "stop"]
+        req = v2.ModelInferRequest(model_name=model.name, inputs=[v2.ModelInferRequest.InferInputTensor(
+            name="wav", datatype="BYTES", shape=[3])], raw_input_contents=[handlers.join_bytes([clip_wavs[w] for w in words])])
+        with grpc.insecure_channel(handle.target) as ch:
+            reply = v2_grpc.GRPCInferenceServiceStub(ch).ModelInfer(req, timeout=10)
+        assert handlers.split_bytes(reply.raw_output_contents[1], "label") == [w.encode() for w in words]
+        assert handle.gateway is not None
+        body = {"inputs": [{"name": "wav", "shape": [3], "datatype": "BYTES",
+                            "data": [base64.b64encode(clip_wavs[w]).decode() for w in words]}]}
+        r = requests.post(handle.gateway.url + f"/v2/models/{model.name}/infer", json=body, timeout=10)
+        assert r.status_code == 200 and r.json()["outputs"][1]["data"] == words, r.text
+    finally:
+        handle.stop(grace=1)

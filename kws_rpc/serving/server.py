@@ -31,7 +31,7 @@ from kws_rpc.model.kws_model import KwsModel
 from kws_rpc.model.threads import pin_native_threads
 from kws_rpc.security import tls
 from kws_rpc.security.auth import Guard
-from kws_rpc.serving import lifeline, ports
+from kws_rpc.serving import lifeline, ports, v2_servicer
 from kws_rpc.serving.config import ServerConfig, parse_args
 from kws_rpc.serving.gateway import GatewayConfig, GatewayServer
 from kws_rpc.serving.grpc_auth import GuardInterceptor
@@ -139,7 +139,8 @@ def stream_gate(config: ServerConfig, metrics: Metrics) -> StreamGate:
 
 
 async def _start_grpc(config: ServerConfig, core: InferenceCore, metrics: Metrics, guard: Guard,
-                      offload: ThreadPoolExecutor | None) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+                      offload: ThreadPoolExecutor | None,
+                      serving: threading.Event) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Builds and starts the grpc.aio server; runs on the server's event loop."""
     opts = [("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes), ("grpc.so_reuseport", int(config.reuse_port))]
@@ -147,10 +148,12 @@ async def _start_grpc(config: ServerConfig, core: InferenceCore, metrics: Metric
     server = grpc.aio.server(options=opts, interceptors=interceptors,
                              maximum_concurrent_rpcs=config.limits.max_inflight)
     add_to_server(KwsServicer(core, metrics, stream_gate(config, metrics), offload), server)
+    v2_servicer.add_to_server(v2_servicer.V2Servicer(core, metrics, serving.is_set, offload), server)  # KServe V2
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+        (SERVICE, v2_servicer.SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server)
     address = f"{config.host}:{config.port}"
     port = (server.add_secure_port(address, config.tls.grpc_credentials()) if config.tls is not None
             else server.add_insecure_port(address))
@@ -172,13 +175,13 @@ def serve(config: ServerConfig) -> ServerHandle:
     offload = (ThreadPoolExecutor(config.grpc_threads, thread_name_prefix="kws-batch-wait") if core.batcher
                else None)
     loop = EventLoopThread("kws-grpc")
+    serving = threading.Event()
     try:
-        server, port, health_servicer = loop.run(_start_grpc(config, core, metrics, guard, offload))
+        server, port, health_servicer = loop.run(_start_grpc(config, core, metrics, guard, offload, serving))
     except BaseException:
         loop.close()
         core.close()
         raise
-    serving = threading.Event()
     gateway = metrics_port = None
     try:
         if config.metrics_port is not None:
@@ -202,7 +205,7 @@ def serve(config: ServerConfig) -> ServerHandle:
         raise
 
     async def report_serving() -> None:
-        for name in ("", SERVICE):
+        for name in ("", SERVICE, v2_servicer.SERVICE):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     loop.run(report_serving())

@@ -38,7 +38,8 @@ M = TypeVar("M", bound=Message)
 T = TypeVar("T")
 
 
-def _message(kind: type[M], request: M | bytes) -> M:
+def message(kind: type[M], request: M | bytes) -> M:
+    """``request`` parsed as ``kind`` when it came as raw bytes (a malformed one: InvalidInput)."""
     return codec.parse(kind, request) if isinstance(request, bytes) else request
 
 
@@ -56,7 +57,7 @@ class KwsServicer:
         self.offload = offload
 
     async def Predict(self, request: pb.PredictRequest | bytes, context: grpc.aio.ServicerContext) -> pb.PredictResponse:
-        return await self._guard("Predict", context, lambda: predict(self.core, _message(pb.PredictRequest, request)))
+        return await self._guard("Predict", context, lambda: predict(self.core, message(pb.PredictRequest, request)))
 
     async def PredictStream(self, request_iterator: AsyncIterator[pb.PredictRequest | bytes],
                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.PredictResponse]:
@@ -81,34 +82,42 @@ class KwsServicer:
     async def GetModelMetadata(self, request: pb.ModelMetadataRequest | bytes,
                                context: grpc.aio.ServicerContext) -> pb.ModelMetadata:
         return await self._guard("GetModelMetadata", context,
-                                 lambda: metadata(self.core, _message(pb.ModelMetadataRequest, request)))
+                                 lambda: metadata(self.core, message(pb.ModelMetadataRequest, request)))
 
     def _stream_item(self, index: int, raw: pb.PredictRequest | bytes) -> pb.PredictResponse:
         request_id = ""
         try:
-            req = _message(pb.PredictRequest, raw)
+            req = message(pb.PredictRequest, raw)
             request_id = req.request_id
             return predict(self.core, req)
         except KwsError as e:
             raise type(e)(f"stream item {index} (request_id {quote(request_id, 40)}): {e}") from None
 
     async def _guard(self, method: str, context: grpc.aio.ServicerContext, fn: Callable[[], T]) -> T:
-        with self.metrics.call(method) as record:
-            try:
-                if self.offload is None:
-                    return fn()
-                return await asyncio.get_running_loop().run_in_executor(self.offload, fn)
-            except KwsError as e:
-                record.fail(e.grpc_code, type(e).__name__)
-                message = clip(str(e), MAX_MESSAGE_CHARS)  # bounded even if a value slipped in whole
-                log.info("%s -> %s: %s", method, e.grpc_code, message)
-                context.set_trailing_metadata(((ERROR_KEY, type(e).__name__),))
-                await context.abort(grpc.StatusCode[e.grpc_code], message)
-            except Exception:
-                record.fail("INTERNAL", "unexpected")
-                log.exception("%s failed unexpectedly", method)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal server error; the server log has details")
-        raise AssertionError("unreachable: context.abort raises")
+        return await guard(method, context, fn, self.metrics, self.offload)
+
+
+async def guard(method: str, context: grpc.aio.ServicerContext, fn: Callable[[], T], metrics: Metrics,
+                offload: ThreadPoolExecutor | None = None) -> T:
+    """Runs ``fn`` (inline, or in ``offload`` when the core batches) as one call of ``method``: timed and
+    counted in ``metrics``, a domain error ending the call with its status and the ``kws-error`` trailer.
+    Every grpc.aio servicer of the server (kws.v1, the V2 protocol's) answers through it."""
+    with metrics.call(method) as record:
+        try:
+            if offload is None:
+                return fn()
+            return await asyncio.get_running_loop().run_in_executor(offload, fn)
+        except KwsError as e:
+            record.fail(e.grpc_code, type(e).__name__)
+            text = clip(str(e), MAX_MESSAGE_CHARS)  # bounded even if a value slipped in whole
+            log.info("%s -> %s: %s", method, e.grpc_code, text)
+            context.set_trailing_metadata(((ERROR_KEY, type(e).__name__),))
+            await context.abort(grpc.StatusCode[e.grpc_code], text)
+        except Exception:
+            record.fail("INTERNAL", "unexpected")
+            log.exception("%s failed unexpectedly", method)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal server error; the server log has details")
+    raise AssertionError("unreachable: context.abort raises")
 
 
 def add_to_server(servicer: KwsServicer, server: grpc.aio.Server) -> None:
