@@ -121,7 +121,8 @@ def mount(pod: Doc, container: Doc, root: Path, etc: Path) -> dict[str, bool]:
     return writable
 
 
-def command_line(pod_name: str, container: Doc, root: Path, mounts: dict[str, bool]) -> tuple[list[str], dict[str, str]]:
+def command_line(pod_name: str, container: Doc, root: Path,
+                 mounts: dict[str, bool]) -> tuple[list[str], dict[str, str]]:
     """The container's argv and environment, $(VAR) expanded as Kubernetes does, mounted paths under root."""
     def local(value: str) -> str:
         inside = any(value == m or value.startswith(m.rstrip("/") + "/") for m in mounts)
@@ -144,9 +145,9 @@ def pod_of(doc: Doc) -> Doc:
     return doc["spec"]["template"]["spec"] if doc["kind"] == "Deployment" else doc["spec"]["predictor"]
 
 
-def start(doc: Doc, etc: Path, root: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Doc, list[str], dict[str, str]]:
-    """The kws container of a Deployment or InferenceService, its argv parsed by kws's parser; returns the
-    container, argv and environment."""
+def parsed(doc: Doc, etc: Path, root: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Doc, list[str], dict[str, str]]:
+    """The kws container of a Deployment or InferenceService, its command line parsed by kws's parser with
+    its volumes mounted under root; returns the container, its argv and its environment."""
     pod = pod_of(doc)
     (container,) = [c for c in pod["containers"] if c["image"].startswith("kws:")]
     mounts = mount(pod, container, root, etc)
@@ -226,7 +227,7 @@ def test_server_processes_fit_the_cpu_limit_and_outlive_their_grace(kind: str, n
     from kws_rpc.serving.server import parse_args
 
     doc = one(kind, name)
-    container, argv, _ = start(doc, etc, tmp_path, monkeypatch)
+    container, argv, _ = parsed(doc, etc, tmp_path, monkeypatch)
     config = parse_args(argv[1:])
     limits, requests_ = container["resources"]["limits"], container["resources"]["requests"]
     assert config.processes == quantity(limits["cpu"]) == quantity(requests_["cpu"])  # one process per core
@@ -272,7 +273,7 @@ def test_inferenceservice_is_a_v2_custom_predictor_on_one_http_port(etc: Path, t
     from kws_rpc.serving.server import parse_args
 
     (isvc,) = find("InferenceService")
-    container, argv, env = start(isvc, etc, tmp_path, monkeypatch)
+    container, argv, env = parsed(isvc, etc, tmp_path, monkeypatch)
     assert container["name"] == "kserve-container"
     assert env["PROTOCOL"] == "v2"  # what KServe reads as a custom predictor's protocol (v1 or v2)
     (port,) = container["ports"]  # KServe routes one port
@@ -287,7 +288,7 @@ def test_probes_answer_on_a_server_started_from_the_manifest(kind: str, name: st
     with its scheme, open without a token: asked as the kubelet asks them, they answer 200."""
     from kws_rpc.serving.server import parse_args, serve
 
-    container, argv, _ = start(one(kind, name), etc, tmp_path, monkeypatch)
+    container, argv, _ = parsed(one(kind, name), etc, tmp_path, monkeypatch)
     config = parse_args(argv[1:])
     by_name = ports(container)
     for probe, path in PROBES.items():
@@ -346,7 +347,7 @@ def test_workers_are_replicas_of_each_member_sharing_its_clips(etc: Path, tmp_pa
     for doc in find("Deployment"):
         if doc["metadata"]["name"].startswith("kws-worker-"):
             pod = pod_of(doc)
-            container, argv, env = start(doc, etc, tmp_path / doc["metadata"]["name"], monkeypatch)
+            container, argv, env = parsed(doc, etc, tmp_path / doc["metadata"]["name"], monkeypatch)
             a = build_parser().parse_args(argv[1:])
             assert doc["spec"]["replicas"] >= 2
             # each replica a name of its own (the pod's), all voting as the member
