@@ -29,7 +29,7 @@ MODELS = REPO / "models"
 FAST_MODULES = {"test_adpcm", "test_architecture", "test_bad_inputs", "test_batching", "test_card", "test_cli",
                 "test_codec", "test_deploy", "test_ensemble", "test_features", "test_gateway", "test_limits",
                 "test_no_tensorflow", "test_protos", "test_runtime", "test_server", "test_stats", "test_docs_commands",
-                "test_lock", "test_listen", "test_bench_peers", "test_bench_stream"}
+                "test_lock", "test_listen", "test_bench_peers", "test_bench_stream", "test_k8s"}
 SLOW_FIXTURES = {"dataset_root", "test_audio", "tf_child"}  # the data set, or a TensorFlow child process
 
 

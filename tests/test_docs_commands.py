@@ -1,5 +1,5 @@
-"""Every kws command the README and docs/ show is one their readers can type: a console script, with flags
-its own parser accepts (parsed by that parser, stopped before anything runs)."""
+"""Every kws command the README, docs/ and deploy/k8s/README.md show is one their readers can type: a
+console script, with flags its own parser accepts (parsed by that parser, stopped before anything runs)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS: dict[str, str] = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "deploy" / "k8s" / "README.md"]
 NOT_PARSED = {"kws-train"}  # its parser lives beside TensorFlow, which stays out of the test process
 
 
