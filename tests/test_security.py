@@ -225,9 +225,12 @@ def test_standalone_gateway_forwards_the_token_over_mtls(secure_server: ServerHa
         body = spec_body(clip_wavs["right"])
         r = requests.put(gw.url + "/", data=body, headers={"Authorization": f"Bearer {EDGE_TOKEN}"}, timeout=10)
         assert r.status_code == 200 and r.json()["label"] == "right"
-        for headers in ({}, {"Authorization": "Bearer \xff\x01 not ascii".encode("latin-1")}):
+        for headers in ({}, {"Authorization": "Bearer \xff not ascii".encode("latin-1")}):
             r = requests.put(gw.url + "/", data=body, headers=headers, timeout=10)
             assert r.status_code == 401 and r.json()["error"]["message"] == UNAUTHENTICATED
+        # a control character is not a header value at all: the HTTP parser answers 400 itself
+        r = requests.put(gw.url + "/", data=body, headers={"Authorization": b"Bearer \x01"}, timeout=10)
+        assert r.status_code == 400
     finally:
         gw.stop()
 
