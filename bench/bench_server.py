@@ -2,8 +2,10 @@
 
 For each server process count (``kws-server --processes N``) it starts the server with its REST gateway
 as a child process, then drives it from separate client processes (bench/load.py) with 1..128
-concurrent clients, each on its own connection: gRPC with 5-bit compressed log-mel (``grpc-q5z``) or the
-WAV file (``grpc-wav``), and the reference SenML body through the gateway (``rest``). Each cell stops
+concurrent clients, each on its own connection: gRPC with 5-bit compressed log-mel (``grpc-q5z``), float32
+log-mel (``grpc-features``) or the WAV file (``grpc-wav``), the same float32 features or WAV over the Open
+Inference Protocol's ModelInfer (``v2-grpc-features``, ``v2-grpc-wav``: raw tensors, as tritonclient sends
+them), and the reference SenML body through the gateway (``rest``). Each cell stops
 after --requests requests or --seconds, whichever comes first. Reports requests/s, p50/p99 latency,
 errors, wrong labels and the RSS of all server processes; writes results/bench_server.json (``make
 bench-server-commit`` refreshes the committed bench/results/server.json). Run as ``python -m
@@ -24,7 +26,9 @@ import psutil
 
 from bench.common import RESULTS, format_table, latency_summary, write_results
 from bench.load import Job, drive
+from kws_rpc.wire import v2 as v2_wire
 from edge.cascade import repo_relative
+from kws_rpc.proto.inference import grpc_service_pb2 as v2
 from kws_rpc.proto.kws.v1 import kws_pb2 as pb
 from kws_rpc.wire.encodings import request_for
 from kws_rpc.wire.senml import spec_body_for_wav
@@ -32,6 +36,9 @@ from tests.support.network import free_port, wait_listening
 
 REPO = Path(__file__).resolve().parent.parent
 CLIPS = REPO / "tests" / "fixtures" / "clips"
+PAYLOADS = ("grpc-wav", "grpc-q5z", "grpc-dct", "grpc-features", "v2-grpc-features", "v2-grpc-wav", "rest",
+            "rest-adpcm")
+V2_INFER = "/inference.GRPCInferenceService/ModelInfer"
 COLUMNS = ["processes", "batching", "payload", "clients", "requests", "req_per_s", "p50_ms", "p99_ms",
            "error_rate", "wrong", "bytes", "rss_mb"]
 
@@ -91,11 +98,18 @@ def request_bodies(model: Path) -> dict[str, list[tuple[str, bytes]]]:
 
     config = KwsModel(model).feature_config
     clips = [(p.stem, p.read_bytes()) for p in sorted(CLIPS.glob("*.wav"))]
-    bodies: dict[str, list[tuple[str, bytes]]] = {"grpc-wav": [], "grpc-q5z": [], "grpc-dct": [], "rest": [],
-                                                  "rest-adpcm": []}
+    m = KwsModel(model)
+    bodies: dict[str, list[tuple[str, bytes]]] = {p: [] for p in PAYLOADS}
     for i, (word, wav) in enumerate(clips):
         audio, _ = decode_wav(wav)
         bodies["grpc-wav"].append((word, pb.PredictRequest(request_id=str(i), audio=pb.Audio(wav=wav)).SerializeToString()))
+        feats = m.features(audio).astype("<f4")
+        bodies["grpc-features"].append((word, request_for("grpc-logmel-f32", audio, str(i), "bench", config)
+                                        .SerializeToString()))
+        bodies["v2-grpc-features"].append((word, v2_infer_request(m.name, str(i), v2_wire.FEATURES, "FP32",
+                                                                  [1, *feats.shape], feats.tobytes())))
+        bodies["v2-grpc-wav"].append((word, v2_infer_request(m.name, str(i), v2_wire.WAV, "BYTES", [1],
+                                                             v2_wire.join_bytes([wav]))))
         q5z = request_for("grpc-logmel-q5z", audio, str(i), "bench", config)
         bodies["grpc-q5z"].append((word, q5z.SerializeToString()))
         bodies["grpc-dct"].append((word, request_for("grpc-logmel-dct", audio, str(i), "bench", config).SerializeToString()))
@@ -104,11 +118,20 @@ def request_bodies(model: Path) -> dict[str, list[tuple[str, bytes]]]:
     return bodies
 
 
+def v2_infer_request(model: str, request_id: str, name: str, datatype: str, shape: list[int], raw: bytes) -> bytes:
+    """A serialized ModelInferRequest with one raw input, as tritonclient builds it."""
+    return v2.ModelInferRequest(model_name=model, id=request_id, raw_input_contents=[raw], inputs=[
+        v2.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=shape)]).SerializeToString()
+
+
 def run_cell(server: ServerProcess, payload: str, bodies: list[tuple[str, bytes]], clients: int, requests: int,
              seconds: float) -> dict[str, Any]:
     transport = "rest" if payload.startswith("rest") else "grpc"
     target = server.gateway_url if transport == "rest" else server.grpc_target
-    job = Job(transport, target, bodies, clients, requests, seconds)
+    if payload.startswith("v2-"):  # labels are not checked: the reply is a ModelInferResponse
+        job = Job(transport, target, bodies, clients, requests, seconds, grpc_method=V2_INFER, check="status")
+    else:
+        job = Job(transport, target, bodies, clients, requests, seconds)
     out = drive(job, processes=1 if transport == "grpc" or clients < 8 else 2)
     done = len(out["latencies"]) + out["errors"]
     return {"requests": done, "seconds": out["elapsed"], "req_per_s": len(out["latencies"]) / out["elapsed"],
@@ -146,10 +169,11 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     ap.add_argument("--concurrency", default="1,8,32,128", help="comma-separated concurrent client counts")
     ap.add_argument("--requests", type=int, default=2000, help="requests per cell (at most)")
     ap.add_argument("--seconds", type=float, default=6.0, help="seconds per cell (at most)")
-    ap.add_argument("--payloads", default="grpc-q5z,grpc-wav,rest",
+    ap.add_argument("--payloads", default="grpc-q5z,grpc-wav,grpc-features,v2-grpc-features,rest",
                     help="grpc-q5z (5-bit log-mel, 791 B), grpc-dct (DCT_RC log-mel, <= 300 B), grpc-wav (the WAV "
-                         "file), rest (the reference SenML body), rest-adpcm (the SenML body with an IMA ADPCM WAV, "
-                         "4x smaller; the server decodes it)")
+                         "file), grpc-features (float32 log-mel, 7.8 kB), v2-grpc-features / v2-grpc-wav (the same "
+                         "over the Open Inference Protocol's ModelInfer, raw tensors), rest (the reference SenML "
+                         "body), rest-adpcm (the SenML body with an IMA ADPCM WAV, 4x smaller; the server decodes it)")
     ap.add_argument("--processes", default="1,2", help="server process counts to measure (kws-server --processes)")
     ap.add_argument("--batching", default="off", help="off, on or off,on (the micro-batcher)")
     ap.add_argument("--max-batch-size", type=int, default=32)
