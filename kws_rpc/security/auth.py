@@ -28,7 +28,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from kws_rpc.errors import RateLimited, Unauthenticated
+from kws_rpc.errors import KwsError, RateLimited, Unauthenticated
 
 ENV_TOKENS, ENV_TOKEN_FILE, ENV_TOKEN = "KWS_TOKENS", "KWS_TOKEN_FILE", "KWS_TOKEN"
 UNAUTHENTICATED = "authentication required: send a valid bearer token (authorization: Bearer <token>)"
@@ -196,6 +196,15 @@ class Guard:
 def retry_after_header(seconds: float) -> str:
     """HTTP's Retry-After is whole seconds: round up, at least 1."""
     return str(max(1, math.ceil(seconds)))
+
+
+def refusal_headers(e: KwsError) -> list[tuple[str, str]]:
+    """The HTTP headers an error answer carries: Retry-After on a rate limit, WWW-Authenticate on a 401."""
+    if isinstance(e, RateLimited):
+        return [("retry-after", retry_after_header(e.retry_after_s))]
+    if e.http_status == 401:
+        return [("www-authenticate", "Bearer")]
+    return []
 
 
 def add_server_args(ap: argparse.ArgumentParser, env: dict[str, str] | None = None) -> None:

@@ -57,10 +57,10 @@ from starlette.requests import ClientDisconnect
 from kws_rpc.proto.kws.v1 import kws_pb2 as pb
 from kws_rpc.security import auth, tls
 from kws_rpc.serving import ports
-from kws_rpc.security.auth import AuthConfig, Guard, retry_after_header
+from kws_rpc.security.auth import AuthConfig, Guard, refusal_headers
 from kws_rpc.wire import safejson
 from kws_rpc.wire.codec import check_base64_fields
-from kws_rpc.errors import (MAX_MESSAGE_CHARS, InvalidInput, KwsError, PayloadTooLarge, RateLimited, RequestTimeout,
+from kws_rpc.errors import (MAX_MESSAGE_CHARS, InvalidInput, KwsError, PayloadTooLarge, RequestTimeout,
                             Unavailable, clip)
 from kws_rpc.security.tls import ClientTls, ServerTls, describe
 from kws_rpc.serving.grpc_backend import Backend
@@ -155,10 +155,7 @@ def make_app(config: GatewayConfig, guard: Guard | None = None, backend: Any = N
         if e.http_status >= 500:
             log.warning("%s: %s", type(e).__name__, e)
         response = error_response(e.http_status, e.grpc_code, str(e))
-        if isinstance(e, RateLimited):  # the gRPC server's own limit, through a standalone gateway
-            response.headers["retry-after"] = retry_after_header(e.retry_after_s)
-        elif e.http_status == 401:
-            response.headers["www-authenticate"] = "Bearer"
+        response.headers.update(refusal_headers(e))  # e.g. the gRPC server's own rate limit, through kws-gateway
         return response
 
     @app.exception_handler(HTTPException)

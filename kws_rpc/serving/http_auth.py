@@ -13,8 +13,8 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from kws_rpc.errors import KwsError, RateLimited
-from kws_rpc.security.auth import Guard, retry_after_header
+from kws_rpc.errors import KwsError
+from kws_rpc.security.auth import Guard, refusal_headers
 from kws_rpc.serving import v2_rest
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", *v2_rest.OPEN_PATHS})
@@ -25,11 +25,7 @@ def _refusal(e: KwsError, path: str = "") -> tuple[int, list[tuple[str, str]], b
     error = v2_rest.error_body(e) if v2_rest.is_v2(path) else {
         "error": {"code": e.http_status, "status": e.grpc_code, "message": str(e)}}
     body = json.dumps(error).encode()
-    headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
-    if isinstance(e, RateLimited):
-        headers.append(("retry-after", retry_after_header(e.retry_after_s)))
-    elif e.http_status == 401:
-        headers.append(("www-authenticate", "Bearer"))
+    headers = [("content-type", "application/json"), ("content-length", str(len(body))), *refusal_headers(e)]
     return e.http_status, headers, body
 
 

@@ -19,9 +19,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from kws_rpc.errors import MAX_MESSAGE_CHARS, KwsError, RateLimited, RequestTimeout, Unavailable, UnknownModel, clip
+from kws_rpc.errors import MAX_MESSAGE_CHARS, KwsError, RequestTimeout, Unavailable, UnknownModel, clip
 from kws_rpc.proto.inference import grpc_service_pb2 as v2
-from kws_rpc.security.auth import retry_after_header
+from kws_rpc.security.auth import refusal_headers
 from kws_rpc.wire import v2_http
 
 log = logging.getLogger(__name__)
@@ -41,12 +41,8 @@ def error_body(e: KwsError) -> dict[str, str]:
 def error_response(e: KwsError) -> JSONResponse:
     if e.http_status >= 500:
         log.warning("%s: %s", type(e).__name__, e)
-    response = JSONResponse(error_body(e), status_code=e.http_status)
-    if isinstance(e, RateLimited):
-        response.headers["retry-after"] = retry_after_header(e.retry_after_s)
-    elif e.http_status == 401:
-        response.headers["www-authenticate"] = "Bearer"
-    elif isinstance(e, RequestTimeout):
+    response = JSONResponse(error_body(e), status_code=e.http_status, headers=dict(refusal_headers(e)))
+    if isinstance(e, RequestTimeout):
         response.headers["connection"] = "close"  # the rest of the body may never come
     return response
 
