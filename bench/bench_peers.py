@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 
-from bench.common import RESULTS, format_table, latency_summary, write_results
+from bench.common import RESULTS, format_table, latency_summary, process_tree, tree_cpu_seconds, tree_rss_mb, write_results
+from bench.floor import floor_ms
 from bench.load import Job, drive
 from kws_rpc.wire.encodings import build_request
 from kws_rpc.audio.wav import decode_wav
@@ -49,6 +49,7 @@ from tests.support.network import free_port, wait_listening
 REPO = Path(__file__).resolve().parent.parent
 CLIPS = REPO / "tests" / "fixtures" / "clips"
 PAYLOADS = ("grpc-wav", "grpc-features", "rest-wav")
+FLOOR = {"grpc-wav": "wav", "grpc-features": "features", "rest-wav": "wav-base64"}  # bench.floor's kinds
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -62,29 +63,18 @@ class Server:
     http_url: str
     workdir: Path | None = None
 
-    def tree(self) -> list[psutil.Process]:
-        ps = psutil.Process(self.proc.pid)
-        return [ps, *ps.children(recursive=True)]
-
     def cpu_seconds(self) -> float:
-        total = 0.0
-        for p in self.tree():
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
-        return total
+        return tree_cpu_seconds(self.proc.pid)
 
     def rss_mb(self) -> float:
-        return sum(p.memory_info().rss for p in self.tree() if p.is_running()) / 2**20
+        return tree_rss_mb(self.proc.pid)
 
     def stop(self) -> None:
         self.proc.terminate()
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
-            for p in self.tree():
+            for p in process_tree(self.proc.pid):
                 p.kill()
             self.proc.wait()
 
@@ -155,27 +145,6 @@ def peer_bodies(model: KwsModel, venv: Path) -> dict[str, list[tuple[str, bytes]
                            env={**os.environ, "PYTHONPATH": str(REPO)})
     raw = json.loads(r.stdout)
     return {p: [(w, base64.b64decode(b) if p.startswith("grpc") else b.encode()) for w, b in raw[p]] for p in PAYLOADS}
-
-
-def floor_ms(model: KwsModel, bodies: dict[str, list[tuple[str, bytes]]], repeats: int = 40) -> dict[str, float]:
-    """CPU per request of what any server must do: decode (+ base64 for JSON), features, predict."""
-    wavs = [p.read_bytes() for p in sorted(CLIPS.glob("*.wav"))]
-    feats = [model.features(decode_wav(w)[0]).astype(np.float32).tobytes() for w in wavs]
-    shape = model.card.feature.shape
-    b64 = [base64.b64encode(w).decode() for w in wavs]
-    steps = {"grpc-wav": lambda i: model.predict(model.features(*decode_wav(wavs[i]))),
-             "grpc-features": lambda i: model.predict(np.frombuffer(feats[i], np.float32).reshape(1, *shape)),
-             "rest-wav": lambda i: model.predict(model.features(*decode_wav(base64.b64decode(b64[i]))))}
-    out = {}
-    for payload, step in steps.items():
-        for i in range(len(wavs)):  # warm
-            step(i)
-        t0 = time.process_time()
-        for _ in range(repeats):
-            for i in range(len(wavs)):
-                step(i)
-        out[payload] = 1000 * (time.process_time() - t0) / (repeats * len(wavs))
-    return out
 
 
 def cell(server: Server, payload: str, bodies: list[tuple[str, bytes]], clients: int, seconds: float) -> dict[str, Any]:
@@ -249,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         bodies["peer"] = peer_bodies(model, venvs["kserve"])
     rows, floors = [], []
     for n in range(a.passes):
-        floors.append(floor_ms(model, bodies["kws"]))
+        floor = floor_ms(model, sorted(CLIPS.glob("*.wav")))
+        floors.append({payload: floor[kind] for payload, kind in FLOOR.items()})
         for kind in servers:
             for procs in map(int, a.processes.split(",")):
                 server = start(kind, procs, a.model, venvs)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 # Where benchmarks write by default (gitignored); the committed figures in bench/results/ are refreshed
 # only by an explicit --out (the Makefile's *-commit targets).
@@ -58,3 +59,31 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], min_wid
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """The process and all its descendants (a supervisor and its server processes, say)."""
+    ps = psutil.Process(pid)
+    return [ps, *ps.children(recursive=True)]
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the process and its descendants so far."""
+    total = 0.0
+    for p in process_tree(pid):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def tree_rss_mb(pid: int) -> float:
+    total = 0
+    for p in process_tree(pid):
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total / 2**20

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from kws_rpc.proto.kws.v1 import kws_pb2 as pb
 
 PREDICT = "/kws.v1.KeywordSpotting/Predict"
+PREDICT_STREAM = "/kws.v1.KeywordSpotting/PredictStream"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +35,7 @@ class Job:
     grpc_method: str = PREDICT  # any unary method: the bodies are sent as they are
     http: tuple[str, str, tuple[tuple[str, str], ...]] = ("PUT", "/", ())  # method, path, headers
     check: str = "kws"  # "kws": the reply's label must be the body's word; "status": only OK / 200 counts
+    stream: bool = False  # gRPC: each client sends its requests one after another on one PredictStream call
 
 
 def _grpc(job: Job) -> dict[str, Any]:
@@ -47,24 +49,44 @@ def _grpc(job: Job) -> dict[str, Any]:
         channels = [grpc.aio.insecure_channel(job.target, options=[("grpc.use_local_subchannel_pool", 1)])
                     for _ in range(job.clients)]
 
+        def take() -> tuple[str, bytes] | None:
+            if time.monotonic() >= deadline or state["next"] >= job.requests:
+                return None
+            state["next"] += 1
+            return job.bodies[(state["next"] - 1) % len(job.bodies)]
+
+        def record(t0: float, word: str, reply: Any) -> None:
+            latencies.append(time.perf_counter() - t0)
+            state["wrong"] += job.check == "kws" and reply.prediction.label != word
+
+        deserialize = pb.PredictResponse.FromString if job.check == "kws" else None
+
         async def client(channel: grpc.aio.Channel) -> None:
-            call = channel.unary_unary(job.grpc_method, response_deserializer=pb.PredictResponse.FromString
-                                       if job.check == "kws" else None)
-            while time.monotonic() < deadline and state["next"] < job.requests:
-                i = state["next"]
-                state["next"] += 1
-                word, body = job.bodies[i % len(job.bodies)]
+            call = channel.unary_unary(job.grpc_method, response_deserializer=deserialize)
+            while (item := take()) is not None:
+                word, body = item
                 t0 = time.perf_counter()
                 try:
                     reply = await call(body, timeout=30)
                 except grpc.aio.AioRpcError:
                     state["errors"] += 1
                     continue
-                latencies.append(time.perf_counter() - t0)
-                state["wrong"] += job.check == "kws" and reply.prediction.label != word
+                record(t0, word, reply)
+
+        async def streaming_client(channel: grpc.aio.Channel) -> None:
+            call = channel.stream_stream(PREDICT_STREAM, response_deserializer=deserialize)(timeout=job.seconds + 30)
+            try:
+                while (item := take()) is not None:
+                    word, body = item
+                    t0 = time.perf_counter()
+                    await call.write(body)
+                    record(t0, word, await call.read())
+                await call.done_writing()
+            except grpc.aio.AioRpcError:
+                state["errors"] += 1  # the stream is over: this client stops
 
         start = time.perf_counter()
-        await asyncio.gather(*(client(c) for c in channels))
+        await asyncio.gather(*((streaming_client if job.stream else client)(c) for c in channels))
         elapsed = time.perf_counter() - start
         for c in channels:
             await c.close()

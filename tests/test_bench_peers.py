@@ -15,3 +15,9 @@ def test_summary_takes_each_servers_best_process_count_and_the_mean_of_passes() 
     (wav, *_) = summarize(rows)
     assert wav["kws req/s (2p)"] == 1000 and wav["kserve req/s (1p)"] == 800
     assert wav["kws / best peer"] == 1000 / 800
+
+
+def test_summary_puts_kws_over_v2_beside_the_peers() -> None:
+    rows = [row("kws", 2, 1000), row("kws-v2", 2, 900), row("kserve", 1, 600), row("mlserver", 2, 750)]
+    (wav, *_) = summarize(rows)
+    assert wav["kws / best peer"] == 1000 / 750 and wav["kws V2 / best peer"] == 900 / 750
