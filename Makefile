@@ -83,7 +83,7 @@ server: venv  ## gRPC :50051 + REST gateway :8080: big_int8 (the default: clips,
 	$(BIN)/kws-server --model models/big_int8.tflite --model models/big_listen_int8.tflite --port 50051 --gateway-port 8080
 
 .PHONY: bench-server bench-server-commit
-bench-server: venv  ## server throughput/latency: 1-2 processes, gRPC q5z/WAV and REST, 1-128 clients -> results/bench_server.json
+bench-server: venv  ## every path (kws.v1 gRPC unary/stream, V2 gRPC, REST spec, /v1/predict, V2 REST): req/s, p50/p99, CPU/request vs floor, 1-128 clients -> results/bench_server.json
 	$(PYTHON) -m bench.bench_server $(ARGS)
 
 bench-server-commit: venv  ## make bench-server, refreshing the committed bench/results/server.json
@@ -131,7 +131,7 @@ stack: venv data  ## fit the weighted policy on make kfold's out-of-fold votes i
 bench-stream: venv data  ## the Pi listening to long streams: hits at 20/10/0 dB, false accepts per hour over hours of keyword-free audio, latency, CPU, bytes to the server; settings chosen on val streams, reported on test -> results/bench_stream.{json,png}
 	$(PYTHON) -m bench.bench_stream $(ARGS)
 
-.PHONY: bench-peers
+.PHONY: bench-peers bench-peers-commit
 PEERS := .venv-peers-kserve .venv-peers-mlserver
 .venv-peers-%/bin/activate: requirements/peers-%.txt
 	$(PY) -m venv --clear .venv-peers-$*
@@ -139,8 +139,11 @@ PEERS := .venv-peers-kserve .venv-peers-mlserver
 	.venv-peers-$*/bin/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-bench-peers: venv $(addsuffix /bin/activate,$(PEERS))  ## kws against KServe and MLServer on big_int8: req/s, p50/p99, CPU per request vs the floor (~15 min) -> results/bench_peers.json
+bench-peers: venv $(addsuffix /bin/activate,$(PEERS))  ## kws against KServe and MLServer on big_int8: req/s, p50/p99, CPU per request vs the floor, kws over V2 too (~28 min) -> results/bench_peers.json + .png
 	$(PYTHON) -m bench.bench_peers $(ARGS)
+
+bench-peers-commit: venv $(addsuffix /bin/activate,$(PEERS))  ## make bench-peers, refreshing the committed bench/results/peers.json and .png
+	$(PYTHON) -m bench.bench_peers $(ARGS) --out bench/results/peers.json
 
 # tests/test_v2.py's client: NVIDIA's tritonclient (it pins protobuf < 7) in an environment of its own, from its lock
 # alone; kws is not installed there (its scripts in tests/support/ import only tritonclient and numpy).

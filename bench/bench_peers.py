@@ -193,6 +193,40 @@ def summarize(rows: list[dict[str, Any]], clients: int = 32) -> list[dict[str, A
     return out
 
 
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Per payload, req/s and server CPU per request against clients, each server at its best process
+    count (at 32 clients), the mean of the passes; the floor dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best = {(r["payload"], k.split(" ")[0]): int(k.rsplit("(", 1)[1][:-2]) for r in summarize(rows)
+            for k in r if k.endswith("p)")}
+    fig, axes = plt.subplots(2, len(PAYLOADS), figsize=(4 * len(PAYLOADS), 6), sharex=True)
+    for col, payload in enumerate(PAYLOADS):
+        for (p, kind), procs in sorted(best.items()):
+            if p != payload:
+                continue
+            mine = [r for r in rows if (r["payload"], r["server"], r["processes"]) == (payload, kind, procs)]
+            clients = sorted({r["clients"] for r in mine})
+            for row, key in enumerate(("req_per_s", "cpu_ms_per_req")):
+                ys = [np.mean([r[key] for r in mine if r["clients"] == c]) for c in clients]
+                axes[row][col].plot(clients, ys, marker="o", label=f"{kind} ({procs}p)")
+        floor = np.mean([r["floor_ms"] for r in rows if r["payload"] == payload])
+        axes[1][col].axhline(floor, color="gray", linestyle="--", label="floor")
+        axes[0][col].set_title(payload)
+        axes[1][col].set_xlabel("concurrent clients")
+        axes[1][col].set_xscale("log", base=2)
+        axes[1][col].legend(fontsize=7)
+    axes[0][0].set_ylabel("requests / s")
+    axes[1][0].set_ylabel("server CPU ms / request")
+    for ax in axes.flat:
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=REPO / "models" / "big_int8.tflite")
@@ -242,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
                                      "kserve": "ModelServer(workers=N, access_log_format=None, enable_latency_logging=False)",
                                      "mlserver": "parallel_workers=N, metrics off, logging WARNING"},
                           "rows": rows, "summary_32_clients": summary})
-    print(f"wrote {a.out}")
+    plot(rows, a.out.with_suffix(".png"))
+    print(f"wrote {a.out} and {a.out.with_suffix('.png')}")
     return 0 if not any(r["errors"] for r in rows) else 1
 
 

@@ -206,11 +206,14 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     ap.add_argument("--concurrency", default="1,8,32,128", help="comma-separated concurrent client counts")
     ap.add_argument("--requests", type=int, default=2000, help="requests per cell (at most)")
     ap.add_argument("--seconds", type=float, default=6.0, help="seconds per cell (at most)")
-    ap.add_argument("--payloads", default="grpc-q5z,grpc-wav,grpc-features,v2-grpc-features,rest",
+    ap.add_argument("--payloads", default="grpc-wav,grpc-q5z,grpc-features,grpc-stream-wav,v2-grpc-features,"
+                                          "v2-grpc-wav,rest,rest-v1,v2-rest-wav,v2-rest-features",
                     help="grpc-q5z (5-bit log-mel, 791 B), grpc-dct (DCT_RC log-mel, <= 300 B), grpc-wav (the WAV "
                          "file), grpc-features (float32 log-mel, 7.8 kB), v2-grpc-features / v2-grpc-wav (the same "
                          "over the Open Inference Protocol's ModelInfer, raw tensors), rest (the reference SenML "
-                         "body), rest-adpcm (the SenML body with an IMA ADPCM WAV, 4x smaller; the server decodes it)")
+                         "body), rest-adpcm (the SenML body with an IMA ADPCM WAV, 4x smaller; the server decodes it), "
+                         "grpc-stream-wav (the WAV on one PredictStream per client), rest-v1 (/v1/predict, proto "
+                         "JSON), v2-rest-wav (V2 JSON, base64 WAV), v2-rest-features (V2 binary tensor extension)")
     ap.add_argument("--processes", default="1,2", help="server process counts to measure (kws-server --processes)")
     ap.add_argument("--batching", default="off", help="off, on or off,on (the micro-batcher)")
     ap.add_argument("--max-batch-size", type=int, default=32)

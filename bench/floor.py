@@ -13,12 +13,15 @@ import numpy as np
 
 from kws_rpc.audio.wav import decode_wav
 from kws_rpc.model.kws_model import KwsModel
+from kws_rpc.model.threads import pin_native_threads
 
 KINDS = ("wav", "wav-base64", "features")  # what a request carries: a WAV, a base64 WAV, float32 features
 
 
 def floor_ms(model: KwsModel, clips: list[Path], repeats: int = 40) -> dict[str, float]:
-    """Milliseconds of CPU per request of each kind, on ``clips`` (one thread, as in a server process)."""
+    """Milliseconds of CPU per request of each kind, on ``clips``, with one BLAS thread as in a server
+    process (a threaded BLAS would count its spinning threads' CPU too)."""
+    pin_native_threads()
     wavs = [p.read_bytes() for p in clips]
     feats = [model.features(decode_wav(w)[0]).astype(np.float32).tobytes() for w in wavs]
     shape = model.card.feature.shape
@@ -28,13 +31,16 @@ def floor_ms(model: KwsModel, clips: list[Path], repeats: int = 40) -> dict[str,
         "wav-base64": lambda i: model.predict(model.features(*decode_wav(base64.b64decode(b64[i])))),
         "features": lambda i: model.predict(np.frombuffer(feats[i], np.float32).reshape(1, *shape)),
     }
-    out = {}
-    for kind, step in steps.items():
-        for i in range(len(wavs)):  # warm
+    for step in steps.values():  # warm every path first
+        for i in range(len(wavs)):
             step(i)
-        t0 = time.process_time()
-        for _ in range(repeats):
-            for i in range(len(wavs)):
-                step(i)
-        out[kind] = 1000 * (time.process_time() - t0) / (repeats * len(wavs))
-    return out
+    times: dict[str, list[float]] = {kind: [] for kind in steps}
+    rounds = 5  # interleaved, the median of each: a slower first stretch or a busy moment does not bias one kind
+    for _ in range(rounds):
+        for kind, step in steps.items():
+            t0 = time.process_time()
+            for _ in range(max(1, repeats // rounds)):
+                for i in range(len(wavs)):
+                    step(i)
+            times[kind].append(1000 * (time.process_time() - t0) / (max(1, repeats // rounds) * len(wavs)))
+    return {kind: float(np.median(t)) for kind, t in times.items()}
