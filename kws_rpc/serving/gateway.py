@@ -117,8 +117,9 @@ async def read_body(request: Request, limit: int, timeout_s: float | None = None
                 raise too_large
 
     try:
-        await asyncio.wait_for(read(), timeout_s)
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(timeout_s):  # no task per request, as wait_for would make
+            await read()
+    except TimeoutError:
         raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s ({len(body)} bytes "
                              "received)") from None
     return bytes(body)
@@ -155,7 +156,7 @@ def make_app(config: GatewayConfig, guard: Guard | None = None, backend: Any = N
         if e.http_status >= 500:
             log.warning("%s: %s", type(e).__name__, e)
         response = error_response(e.http_status, e.grpc_code, str(e))
-        response.headers.update(refusal_headers(e))  # e.g. the gRPC server's own rate limit, through kws-gateway
+        response.headers.update(dict(refusal_headers(e)))  # e.g. the gRPC server's own rate limit, through kws-gateway
         return response
 
     @app.exception_handler(HTTPException)
@@ -201,7 +202,7 @@ def make_app(config: GatewayConfig, guard: Guard | None = None, backend: Any = N
 
     @app.put("/", operation_id="spec_put", **spec_doc)
     @app.post("/", operation_id="spec_post", **spec_doc)
-    async def spec_predict(request: Request, model: str = "") -> dict[str, Any]:
+    async def spec_predict(request: Request, model: str = "") -> JSONResponse:
         body = await read_body(request, config.max_body_bytes, config.limits.http_body_timeout_s)
         rid = request.headers.get("x-request-id") or next_request_id()
         req, base = spec_request(body, model, rid)
@@ -214,9 +215,10 @@ def make_app(config: GatewayConfig, guard: Guard | None = None, backend: Any = N
         except ValueError as e:  # a model whose labels the spec's label order cannot index
             raise InvalidInput(f"the spec body's reply cannot name this model's answer ({e}); ask it at "
                                "/v1/predict, or start the server with a --spec-labels order that names its labels") from None
-        return {**reply, "label": p.label, "score": p.probabilities[p.index], "margin": p.margin,
-                "probabilities": dict(zip(labels, p.probabilities)), "model": p.model,
-                "model_version": p.model_version, "request_id": rid}
+        # a JSONResponse as it is: FastAPI would otherwise walk the dict through jsonable_encoder first
+        return JSONResponse({**reply, "label": p.label, "score": p.probabilities[p.index], "margin": p.margin,
+                             "probabilities": dict(zip(labels, p.probabilities)), "model": p.model,
+                             "model_version": p.model_version, "request_id": rid})
 
     @app.post("/v1/predict", summary="PredictRequest -> PredictResponse (proto3 JSON mapping)")
     async def v1_predict(request: Request) -> dict[str, Any]:
