@@ -37,6 +37,7 @@ import numpy as np
 
 from bench.common import RESULTS, format_table, latency_summary, process_tree, tree_cpu_seconds, tree_rss_mb, write_results
 from bench.floor import floor_ms
+from edge.cascade import repo_relative
 from bench.load import Job, drive
 from kws_rpc.wire.encodings import build_request
 from kws_rpc.audio.wav import decode_wav
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                     server.stop()
     summary = summarize(rows)
     print(format_table(summary, list(dict.fromkeys(k for r in summary for k in r))))
-    write_results(a.out, {"model": str(a.model), "seconds": a.seconds, "passes": a.passes, "floors_ms": floors,
+    write_results(a.out, {"model": repo_relative(a.model), "seconds": a.seconds, "passes": a.passes, "floors_ms": floors,
                           "tuning": {"all": "one BLAS thread (OPENBLAS/OMP/MKL_NUM_THREADS=1)",
                                      "kserve": "ModelServer(workers=N, access_log_format=None, enable_latency_logging=False)",
                                      "mlserver": "parallel_workers=N, metrics off, logging WARNING"},

@@ -156,4 +156,5 @@ def test_only_commit_targets_write_committed_figures() -> None:
     recipes = makefile_recipes()
     committed = re.compile(r"bench/results/|models/cascade\.json")
     writers = {t for t, lines in recipes.items() if any(committed.search(x) for x in lines)}
-    assert writers == {"eval-commit", "calibrate-commit", "bench-server-commit", "bench-coop-commit", "bench-codec-commit"}
+    assert writers == {"eval-commit", "calibrate-commit", "bench-server-commit", "bench-coop-commit", "bench-codec-commit",
+                       "bench-peers-commit"}
