@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -235,9 +236,10 @@ def parser(prog: str) -> argparse.ArgumentParser:
     ap.add_argument("--models", type=Path, default=None,
                     help="folder of the shipped models (default $KWS_MODELS_DIR, else the installed ones)")
     ap.add_argument("--model", type=Path, default=None, help="the little .tflite (default: little_listen, else little)")
-    ap.add_argument("--verify", choices=["none", "grpc"], default="none",
-                    help="ask the server's --verify-model about unsure detections over gRPC (--grpc, with "
-                         "--tls-* and --token as for kws-edge eval) (default %(default)s)")
+    ap.add_argument("--verify", choices=["none", "grpc", "rest"], default="none",
+                    help="ask the server's --verify-model about unsure detections: over gRPC (--grpc, the window "
+                         "as --verify-encoding) or REST (--url, the spec body with the window's WAV, ?model= "
+                         "naming the model); --tls-* and --token as for kws-edge eval (default %(default)s)")
     ap.add_argument("--verify-model", default="big_listen_int8",
                     help="the served model that verifies: one that can reject, with _silence_ and _unknown_ "
                          "outputs (default %(default)s; make server serves it)")
@@ -247,6 +249,13 @@ def parser(prog: str) -> argparse.ArgumentParser:
     add_remote_args(ap, timeout_s=1.0, device_flag="--device-id")
     ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return ap
+
+
+def with_model(url: str, model: str) -> str:
+    """The gateway URL with ``?model=`` naming the model that answers the spec body."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query) + [("model", model)]
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
 def start(a: argparse.Namespace, ap: argparse.ArgumentParser,
@@ -265,14 +274,21 @@ def start(a: argparse.Namespace, ap: argparse.ArgumentParser,
     except (OSError, ValueError) as e:
         ap.exit(2, f"{ap.prog}: error: {e}\n")
     verify = None
-    if a.verify == "grpc":
+    if a.verify != "none":
         from edge.cascade import server_credentials
-        from edge.transports import GrpcTransport, RetryPolicy
+        from edge.transports import GrpcTransport, RestSpecTransport, RetryPolicy
 
         client_tls, token = server_credentials(a, ap.prog)
         # one attempt, no waiting: a late verification is worth less than the next detection
         policy = RetryPolicy(timeout_s=a.timeout, retries=0, open_after=3, cooldown_s=10.0)
-        verify = GrpcTransport(a.grpc, a.verify_encoding, policy, client_tls, token, model=a.verify_model).ask
+        try:
+            if a.verify == "grpc":
+                verify = GrpcTransport(a.grpc, a.verify_encoding, policy, client_tls, token, model=a.verify_model).ask
+            else:
+                verify = RestSpecTransport(with_model(a.url, a.verify_model), a.device, policy, client_tls,
+                                           token).ask
+        except ValueError as e:  # e.g. TLS settings with an http:// URL
+            ap.exit(2, f"{ap.prog}: error: {e}\n")
     log.info("listening with %s (%d labels) every %d ms; detector %s", little.name, len(little.labels),
              detector.hop_ms, dataclasses.asdict(detector))
     status = run(a, little, detector, verify, verifier_name=a.verify_model, publish=publish)

@@ -315,7 +315,11 @@ def test_a_broker_that_is_down_costs_the_events_publication_not_the_events(tmp_p
     assert f"{len(events(r))} of {len(events(r))} events were not acknowledged by the broker" in r.stderr.decode()
 
 
-def test_unsure_detections_are_verified_by_the_servers_listening_model(tmp_path: Path, keyword_stream) -> None:
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+def test_unsure_detections_are_verified_by_the_servers_listening_model(tmp_path: Path, keyword_stream,
+                                                                      transport: str) -> None:
+    """Over gRPC (log-mel features) and over REST (the spec body, ?model= naming the listening model, which
+    the server's default --spec-labels can index)."""
     pytest.importorskip("fastapi", reason="the server extra is not installed (the Pi's install)")
     from tests.support.server_process import ServerProcess
 
@@ -325,8 +329,8 @@ def test_unsure_detections_are_verified_by_the_servers_listening_model(tmp_path:
     audio, _ = keyword_stream
     server = ServerProcess(REPO / "models" / "big_int8.tflite", "--model", str(listening))
     try:
-        r = run_listen("--input", str(write_wav(tmp_path / "s.wav", audio)), "--verify", "grpc",
-                       "--grpc", server.target)
+        where = ["--grpc", server.target] if transport == "grpc" else ["--url", server.url + "/"]
+        r = run_listen("--input", str(write_wav(tmp_path / "s.wav", audio)), "--verify", transport, *where)
     finally:
         server.stop()
     err = r.stderr.decode()
@@ -350,6 +354,13 @@ def test_a_server_that_is_down_costs_the_verification_not_the_audio(tmp_path: Pa
     assert [(e["label"], e["detected_t"]) for e in found] == [(e["label"], e["t"]) for e in events(plain)]
     assert {e["decided_by"] for e in found} == {"little"} and all(e.get("verify_error") for e in found)
     assert f"{len(found)} failed (emitted as the little decided)" in r.stderr.decode()
+
+
+def test_the_verifying_model_is_named_in_the_url() -> None:
+    from edge.listen import with_model
+
+    assert with_model("http://pi:8080/", "big_listen_int8") == "http://pi:8080/?model=big_listen_int8"
+    assert with_model("https://h/?a=1", "m") == "https://h/?a=1&model=m"
 
 
 def test_detector_settings_per_model_and_for_a_verified_little(tmp_path: Path) -> None:

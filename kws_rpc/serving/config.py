@@ -12,7 +12,7 @@ from kws_rpc.security import auth, tls
 from kws_rpc.security.auth import AuthConfig
 from kws_rpc.security.tls import ServerTls
 from kws_rpc.serving.limits import Limits, add_limit_args, limits_from_args
-from kws_rpc.wire.senml import COURSE_LABELS, parse_label_order, validate_label_order
+from kws_rpc.wire.senml import SPEC_LABELS, parse_label_order, validate_label_order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +32,7 @@ class ServerConfig:
     gateway_port: int | None = None  # None = no REST gateway; 0 = a free port
     grace_s: float = 5.0  # how long in-flight calls may finish at shutdown
     log_level: str = "INFO"
-    spec_labels: tuple[str, ...] = COURSE_LABELS  # the gateway's label_idx order; must cover every model
+    spec_labels: tuple[str, ...] = SPEC_LABELS  # the gateway's label_idx order; must cover every model
     tls: ServerTls | None = None  # gRPC, the gateway and /metrics; None = plaintext (loopback, or --insecure)
     auth: AuthConfig = AuthConfig()  # bearer tokens (default none) and the per-client rate limit
     insecure: bool = False  # allow plaintext on a non-loopback host
@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     ap.add_argument("--gateway-port", type=int, default=None, help="also run the REST gateway here")
     ap.add_argument("--spec-labels", default=",".join(d.spec_labels),
                     help="label order that label_idx in the gateway's reply to / indexes; must name every label "
-                         "of every model (default, the course's: %(default)s)")
+                         "of every model (default: the course's order, then the listening models' rejections: %(default)s)")
     ap.add_argument("--grace", type=float, default=d.grace_s, help="seconds for in-flight calls at shutdown")
     ap.add_argument("--processes", type=int, default=None,
                     help="server processes sharing the ports through SO_REUSEPORT, each with one BLAS thread "

@@ -69,7 +69,7 @@ from kws_rpc.serving.http_limits import uvicorn_options
 from kws_rpc.serving.limits import Limits, add_limit_args, limits_from_args
 from kws_rpc.serving import v2_rest
 from kws_rpc.wire.handlers import spec_request
-from kws_rpc.wire.senml import COURSE_LABELS, check_label_order, parse_label_order, spec_reply, validate_label_order
+from kws_rpc.wire.senml import SPEC_LABELS, check_label_order, parse_label_order, spec_reply, validate_label_order
 
 log = logging.getLogger("kws_rpc.serving.gateway")  # not __name__: run with -m, that is __main__
 
@@ -82,7 +82,7 @@ class GatewayConfig:
     max_body_bytes: int = 1 << 20
     timeout_s: float = 10.0  # per forwarded call
     log_level: str = "info"
-    spec_labels: tuple[str, ...] = COURSE_LABELS  # label_idx in the reply to / indexes this order
+    spec_labels: tuple[str, ...] = SPEC_LABELS  # label_idx in the reply to / indexes this order
     tls: ServerTls | None = None  # None = plain HTTP
     auth: AuthConfig = AuthConfig()  # tokens (None = open) and the per-client rate limit
     backend_tls: ClientTls | None = None  # TLS to the gRPC server; None = plaintext
@@ -325,9 +325,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="larger bodies get 413 (default %(default)s)")
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds per forwarded call")
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    ap.add_argument("--spec-labels", default=",".join(COURSE_LABELS),
+    ap.add_argument("--spec-labels", default=",".join(SPEC_LABELS),
                     help="label order that label_idx in the reply to / indexes; must name every label of "
-                         "the model (default, the course's: %(default)s)")
+                         "the model (default: the course's order, then the listening models' rejections: %(default)s)")
     ap.add_argument("--insecure", action="store_true", help="allow plain HTTP on a non-loopback --host")
     tls.add_server_args(ap)
     auth.add_server_args(ap)

@@ -22,6 +22,10 @@ from kws_rpc.wire import safejson
 
 # The label order of the course's reference client and service: label_idx indexes this tuple.
 COURSE_LABELS: tuple[str, ...] = ("down", "stop", "right", "left", "up", "yes", "no", "go")
+# The servers' default --spec-labels: the course's order, then the listening models' rejections, so the
+# spec body reaches those models too (?model=big_listen_int8). The course's client asks the clip model,
+# which answers only the first eight: its indices are the course's.
+SPEC_LABELS: tuple[str, ...] = (*COURSE_LABELS, "_silence_", "_unknown_")
 
 SENML_HINT = 'send {"bn": ..., "bt": ..., "e": [{"n": "audio", "vd": "<base64 of a 16-bit mono WAV>"}]}'
 MAX_BN_CHARS = 256  # bn and bt are echoed in the reply: a device name, a time in seconds
