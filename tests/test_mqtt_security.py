@@ -6,6 +6,7 @@ changes no decision; without it, the test records what the client-side checks st
 from __future__ import annotations
 
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from tests.support.mosquitto import Mosquitto
 from test_mqtt import deployment, member_paths, offline_votes
 
 REPO = Path(__file__).resolve().parent.parent
-USERS = ("coop", "w0", "w1", "w2", "mallory")  # mallory: a valid account with no ACL block
+USERS = ("coop", "w0", "w1", "w2", "mallory", "pi1", "pi2", "home")  # mallory: a valid account with no ACL block
 CLIPS = 16
 
 
@@ -98,6 +99,45 @@ def test_refusals(secure_broker: Mosquitto, pki: dict[str, Path]) -> None:
     with pytest.raises(TimeoutError):  # plaintext on the TLS port never gets a CONNACK
         client.start(wait_s=2)
     client.stop()
+
+
+def test_each_pi_publishes_only_its_own_events(secure_broker: Mosquitto, pki: dict[str, Path]) -> None:
+    """deploy/mosquitto.acl: a listening Pi writes kws/<its user>/events and nothing else there; home reads
+    every Pi's events; an account with no block (mallory) reads none."""
+    import threading
+
+    from kws_rpc.mqtt.connection import make_client
+
+    got: dict[str, list[str]] = {"home": [], "mallory": []}
+    subscribed = {u: threading.Event() for u in got}
+    readers = []
+    for user in got:
+        c = make_client(settings(secure_broker, pki, user), f"{user}-{uuid.uuid4().hex[:6]}", persistent=False)
+        c.on_message = lambda _c, _u, m, user=user: got[user].append(f"{m.topic} {m.payload.decode()}")
+        c.on_subscribe = lambda *_a, user=user: subscribed[user].set()
+        c.connect("127.0.0.1", secure_broker.port)
+        c.loop_start()
+        c.subscribe("kws/+/events", qos=1)
+        readers.append(c)
+    try:
+        assert all(e.wait(5) for e in subscribed.values())
+        for user, topic in (("pi1", "kws/pi1/events"), ("pi1", "kws/pi2/events"), ("pi2", "kws/pi2/events")):
+            c = make_client(settings(secure_broker, pki, user), f"{user}-{uuid.uuid4().hex[:6]}", persistent=False)
+            c.connect("127.0.0.1", secure_broker.port)
+            c.loop_start()
+            c.publish(topic, f"from {user}", qos=1).wait_for_publish(5)
+            c.loop_stop()
+            c.disconnect()
+        deadline = time.monotonic() + 5
+        while len(got["home"]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # a refused publish would have arrived by now
+        assert sorted(got["home"]) == ["kws/pi1/events from pi1", "kws/pi2/events from pi2"]
+        assert got["mallory"] == []
+    finally:
+        for c in readers:
+            c.loop_stop()
+            c.disconnect()
 
 
 class Spoofer:
