@@ -48,7 +48,7 @@ class StreamConfig:
 
     miner: str = "little_listen"  # the shipped model whose keyword scores pick the hard negatives
     threshold: float = 0.3  # a window it scores a keyword at or above this is a hard negative
-    hours: float = 3.0  # keyword-free train streams mined once, before training ...
+    hours: float = 4.0  # keyword-free train streams mined once, before training ...
     snrs: tuple[float, ...] = (20.0, 10.0, 0.0)  # ... in equal parts at these SNRs
     random_share: float = 0.03  # of their other windows, kept as plain stream negatives
     shifted_share: float = 0.5  # of the keyword clips, moved by up to max_shift inside the window
