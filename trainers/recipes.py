@@ -255,6 +255,7 @@ RECIPES: dict[str, Recipe] = {
 }
 
 # What `make train` (`python -m trainers.train --all`) retrains, teachers before the model distilled from
-# them (big_listen starts from big's weights); the other recipes are candidates that lost (their results:
-# docs/models.md).
-SHIPPED: tuple[str, ...] = ("big", "member_cnn", "member_dscnn", "little", "big_listen", "little_listen")
+# them (big_listen starts from big's weights, little_stream from little_listen's): every .tflite in models/.
+# little_stream is there as a candidate listener (docs/listen_models.md), not as any command's default. The
+# other recipes are candidates that lost (their results: docs/models.md).
+SHIPPED: tuple[str, ...] = ("big", "member_cnn", "member_dscnn", "little", "big_listen", "little_listen", "little_stream")
