@@ -57,7 +57,7 @@ $(DATA)/mini_speech_commands/.complete:
 	@if [ -x ../shared/data/unpack.sh ]; then ../shared/data/unpack.sh $(DATA); \
 	else $(MAKE) venv && $(BIN)/kws-data --download --dest $(DATA); fi
 
-train: venv data  ## retrain the shipped models and their int8 siblings (about 4.5 h on 2 cores)
+train: venv data  ## retrain the shipped models and their int8 siblings (about 5 h on 2 cores)
 	$(BIN)/kws-train --all
 	$(PYTHON) -m trainers.quantize models/big.tflite models/member_cnn.tflite models/member_dscnn.tflite models/big_listen.tflite
 

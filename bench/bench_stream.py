@@ -4,7 +4,8 @@ As TensorFlow's Speech Commands streaming test does, the split's keyword clips a
 other with random gaps (here 0.5-2.5 s) in one long stream, and background noise runs under all of it, at
 20, 10 and 0 dB SNR against the loudest 300 ms of the split's median clip (kws_rpc.lab.noise). Beside them,
 hours of audio with no keyword in it: the split's portion of the background recordings and synthetic
-noise, with the split's synthetic non-keyword words every 2-8 s, at 10 dB. Nothing is downloaded; the synthetic words come from `kws-train`'s
+noise, with the split's synthetic non-keyword words every 2-8 s, at 10 dB (kws_rpc.lab.streams builds them,
+for the streaming training windows too). Nothing is downloaded; the synthetic words come from `kws-train`'s
 synthesis cache (trainers.synth).
 
 The little listens as `kws-edge listen` does (edge.stream: a 1 s window every hop; its probabilities are
@@ -17,7 +18,8 @@ which confirms, relabels or rejects them; bytes are those of the gRPC request th
 Settings are chosen on streams built from val (little alone: the most hits at 10 dB with at most
 --max-fa false accepts per hour; little + big: the same at --max-fa-verified and at most --max-bytes per
 hour), and reported on streams built from test. Writes results/bench_stream.json and a curve of misses
-against false accepts per hour (results/bench_stream.png).
+against false accepts per hour (results/bench_stream.png). ``--little`` repeated compares several littles
+on the very same streams; ``--no-big`` leaves out the little + big rows.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import dataclasses
 import itertools
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,73 +38,14 @@ from tqdm import tqdm
 from bench.common import RESULTS, format_table, write_results
 from edge.stream import Detector, DetectorConfig, FrameStream, Listener, hop_probabilities, is_keyword
 from kws_rpc.wire.encodings import build_request
-from kws_rpc.lab.data import LABELS, find_dataset, load_noise, load_split
-from kws_rpc.lab.listen_data import load_synth, reversed_clips
+from kws_rpc.lab.data import find_dataset
+from kws_rpc.lab.stats import mcnemar
+from kws_rpc.lab.streams import CHUNK_S, RATE, Stream, keyword_free, keyword_stream, material
 from kws_rpc.model.kws_model import KwsModel
-from kws_rpc.lab.noise import NOISE_KINDS, coloured, peak_window_power, portions
 from kws_rpc.model.shipped import models_dir
 
-RATE = 16000
 SNRS = (20.0, 10.0, 0.0)
 MATCH_AFTER_S = 1.0  # a detection up to this long after a clip's end still belongs to it
-CHUNK_S = 600.0  # keyword-free audio is made and heard ten minutes at a time
-
-
-@dataclasses.dataclass(frozen=True)
-class Stream:
-    name: str
-    audio: np.ndarray
-    keywords: list[tuple[float, float, str]]  # (clip start s, clip end s, label)
-
-
-def noise_bed(n: int, recordings: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    """n samples of noise at unit mean power: stretches of 1-5 s of the recordings and of synthetic noise."""
-    parts, got = [], 0
-    while got < n:
-        k = int(rng.integers(RATE, 5 * RATE))
-        if rng.random() < 0.8:
-            rec = recordings[int(rng.integers(len(recordings)))]
-            start = int(rng.integers(0, max(1, len(rec) - k)))
-            x = np.resize(rec[start : start + k], k).astype(np.float64)
-        else:
-            x = coloured(NOISE_KINDS[int(rng.integers(len(NOISE_KINDS)))], k, rng).astype(np.float64)
-        parts.append(x / (np.sqrt(np.mean(x**2)) + 1e-12))
-        got += k
-    return np.concatenate(parts)[:n].astype(np.float32)
-
-
-def noise_gain(reference_power: float, snr: float) -> float:
-    """The gain on a unit-power noise bed that puts it snr dB below the reference (the median clip's loudest 300 ms)."""
-    return float(np.sqrt(reference_power / 10 ** (snr / 10)))
-
-
-def keyword_stream(audio: np.ndarray, labels: np.ndarray, recordings: list[np.ndarray], ref: float, snr: float,
-                   rng: np.random.Generator) -> Stream:
-    order = rng.permutation(len(audio))
-    gaps = (rng.uniform(0.5, 2.5, len(audio)) * RATE).astype(int)
-    total = int(gaps.sum()) + len(audio) * audio.shape[1] + RATE
-    x = np.zeros(total, np.float32)
-    keywords, pos = [], 0
-    for i, gap in zip(order, gaps):
-        pos += gap
-        x[pos : pos + audio.shape[1]] += audio[i]
-        keywords.append((pos / RATE, (pos + audio.shape[1]) / RATE, LABELS[labels[i]]))
-        pos += audio.shape[1]
-    x += noise_gain(ref, snr) * noise_bed(total, recordings, rng)
-    return Stream(f"keywords @ {snr:g} dB", np.clip(x, -1, 1), keywords)
-
-
-def keyword_free(hours: float, others: np.ndarray, recordings: list[np.ndarray], ref: float,
-                 rng: np.random.Generator, snr: float = 10.0) -> Iterator[Stream]:
-    """Ten-minute streams of noise with non-keyword speech every 2-8 s, `hours` of them in all."""
-    for c in range(int(np.ceil(hours * 3600 / CHUNK_S))):
-        n = int(min(CHUNK_S, hours * 3600 - c * CHUNK_S) * RATE)
-        x = noise_gain(ref, snr) * noise_bed(n, recordings, rng)
-        pos = int(rng.uniform(2, 8) * RATE)
-        while pos + others.shape[1] < n:
-            x[pos : pos + others.shape[1]] += others[int(rng.integers(len(others)))]
-            pos += others.shape[1] + int(rng.uniform(2, 8) * RATE)
-        yield Stream(f"keyword-free {c}", np.clip(x, -1, 1), [])
 
 
 @dataclasses.dataclass
@@ -116,10 +58,21 @@ class Heard:
     big: dict[int, tuple[str, int]] = dataclasses.field(default_factory=dict)  # hop -> (label, request bytes)
 
 
-def hear(little: KwsModel, stream: Stream, hop_frames: int) -> Heard:
-    frames = FrameStream(little.feature_config).push(stream.audio)
+def hear(little: KwsModel, stream: Stream, hop_frames: int, frames: np.ndarray | None = None) -> Heard:
+    """``frames``: the stream's frames for little's feature config, if already computed."""
+    if frames is None:
+        frames = FrameStream(little.feature_config).push(stream.audio)
     probs, times = hop_probabilities(little, frames, hop_frames)
     return Heard(stream, probs, times)
+
+
+def hear_all(littles: list[KwsModel], stream: Stream, hop_frames: list[int]) -> list[Heard]:
+    """Each little's hearing of one stream; littles with the same features share its frames."""
+    frames: dict = {}
+    for m in littles:
+        if m.feature_config not in frames:
+            frames[m.feature_config] = FrameStream(m.feature_config).push(stream.audio)
+    return [hear(m, stream, hop, frames[m.feature_config]) for m, hop in zip(littles, hop_frames)]
 
 
 def verdict(big: KwsModel, heard: Heard, hop: int, encoding: str) -> tuple[str, int]:
@@ -157,19 +110,20 @@ def score(events: list[tuple[float, str]], keywords: list[tuple[float, float, st
     starts = np.array([k[0] for k in keywords]) if keywords else np.zeros(0)
     taken: set[int] = set()
     hits = wrong = false = 0
-    latency = []
+    latency, hit = [], np.zeros(len(keywords), bool)
     for t, label in events:
         i = int(np.searchsorted(starts, t, side="right")) - 1
         if i >= 0 and i not in taken and t <= keywords[i][1] + MATCH_AFTER_S:
             taken.add(i)
             if label == keywords[i][2]:
                 hits += 1
+                hit[i] = True
                 latency.append(t - keywords[i][1])
             else:
                 wrong += 1
         else:
             false += 1
-    return {"hits": hits, "wrong": wrong, "false": false, "latency": latency}
+    return {"hits": hits, "wrong": wrong, "false": false, "latency": latency, "hit": hit}
 
 
 def evaluate(heard: dict[str, list[Heard]], labels: list[str], cfg: DetectorConfig, big: KwsModel | None,
@@ -183,7 +137,7 @@ def evaluate(heard: dict[str, list[Heard]], labels: list[str], cfg: DetectorConf
         lat = np.array(s["latency"]) if s["latency"] else np.array([np.nan])
         row[f"{snr:g}dB"] = {"keywords": n, "hit_pct": 100 * s["hits"] / n, "wrong_pct": 100 * s["wrong"] / n,
                              "false_in_keyword_stream": s["false"], "latency_p50_s": float(np.nanpercentile(lat, 50)),
-                             "latency_p95_s": float(np.nanpercentile(lat, 95))}
+                             "latency_p95_s": float(np.nanpercentile(lat, 95)), "_hit": s["hit"]}
     free_events = free_asks = free_bytes = 0
     for h in heard["free"]:
         events, asks, sent = detections(h, labels, cfg, big, encoding)
@@ -198,28 +152,23 @@ def evaluate(heard: dict[str, list[Heard]], labels: list[str], cfg: DetectorConf
 
 
 def build(split: str, root: Path, hours: float, seed: int) -> dict[str, Any]:
-    audio, labels, _ = load_split(split, root)
-    recordings = portions(load_noise(root), split)
-    ref = float(np.median(peak_window_power(audio)))
-    rng = np.random.default_rng([seed, ["train", "val", "test"].index(split)])
-    # the keyword-free audio's speech: the split's synthetic non-keyword words (trainers.synth). Without that
-    # cache, time-reversed keyword clips stand in (spliced halves are not used: they hold real keyword halves)
-    synth, _ = load_synth(root, split, keywords=False)
-    others = synth if len(synth) else reversed_clips(audio, len(audio) // 2, rng)
-    return {"audio": audio, "labels": labels, "recordings": recordings, "ref": ref, "rng": rng, "others": others,
-            "hours": hours}
+    return {**material(split, root, seed), "hours": hours}
 
 
-def hear_split(little: KwsModel, split: str, root: Path, hours: float, seed: int, hop_frames: int) -> dict[str, list[Heard]]:
+def hear_split(littles: list[KwsModel], split: str, root: Path, hours: float, seed: int,
+               hop_frames: list[int]) -> list[dict[str, list[Heard]]]:
+    """Each little's hearing of the split's streams (built once: every little hears the very same audio)."""
     b = build(split, root, hours, seed)
-    out: dict[str, list[Heard]] = {}
+    out: list[dict[str, list[Heard]]] = [{"free": []} for _ in littles]
     for snr in tqdm(SNRS, desc=f"{split}: keyword streams", file=sys.stderr):
-        out[f"{snr:g}"] = [hear(little, keyword_stream(b["audio"], b["labels"], b["recordings"], b["ref"], snr, b["rng"]),
-                                hop_frames)]
+        stream = keyword_stream(b["audio"], b["labels"], b["recordings"], b["ref"], snr, b["rng"])
+        for heard, h in zip(out, hear_all(littles, stream, hop_frames)):
+            heard[f"{snr:g}"] = [h]
     chunks = int(np.ceil(hours * 3600 / CHUNK_S))
-    out["free"] = [hear(little, s, hop_frames) for s in tqdm(
-        keyword_free(hours, b["others"], b["recordings"], b["ref"], b["rng"]), total=chunks,
-        desc=f"{split}: keyword-free audio", unit="10 min", file=sys.stderr)]
+    for stream in tqdm(keyword_free(hours, b["others"], b["recordings"], b["ref"], b["rng"]), total=chunks,
+                       desc=f"{split}: keyword-free audio", unit="10 min", file=sys.stderr):
+        for heard, h in zip(out, hear_all(littles, stream, hop_frames)):
+            heard["free"].append(h)
     return out
 
 
@@ -242,7 +191,8 @@ def write_detector(path: Path, model: str, chosen: dict[str, DetectorConfig]) ->
 
     doc = json.loads(path.read_text()) if path.is_file() else {}
     doc.setdefault("models", {})[model] = dataclasses.asdict(chosen["little"])
-    doc.setdefault("verified", {})[model] = dataclasses.asdict(chosen["little + big"])
+    if "little + big" in chosen:
+        doc.setdefault("verified", {})[model] = dataclasses.asdict(chosen["little + big"])
     doc["chosen_by"] = "make bench-stream (val streams): the most hits at 10 dB within the false-accept and byte budgets"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n")
@@ -282,8 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     models = models_dir()
     default_little = models / "little_listen.tflite" if (models / "little_listen.tflite").is_file() else models / "little.tflite"
     default_big = models / "big_listen_int8.tflite" if (models / "big_listen_int8.tflite").is_file() else models / "big_int8.tflite"
-    ap.add_argument("--little", type=Path, default=default_little, help="the listening model (default %(default)s)")
+    ap.add_argument("--little", type=Path, action="append", default=None,
+                    help=f"the listening model (default {default_little}); repeat it to compare several on the "
+                         "same streams (the results then go under \"models\", by model name)")
     ap.add_argument("--big", type=Path, default=default_big, help="the verifier (default %(default)s)")
+    ap.add_argument("--no-big", action="store_true", help="the little alone: no little + big rows (faster)")
     ap.add_argument("--encoding", default="logmel-q5z", help="how the edge sends a window to big (default %(default)s)")
     ap.add_argument("--hours", type=float, default=6.0, help="keyword-free test audio (default %(default)s h)")
     ap.add_argument("--val-hours", type=float, default=2.0, help="keyword-free val audio (default %(default)s h)")
@@ -297,47 +250,76 @@ def main(argv: list[str] | None = None) -> int:
                     help="install the settings chosen on val for this little (models/listen.json is what "
                          "kws-edge listen reads by default)")
     a = ap.parse_args(argv)
+    paths = a.little or [default_little]
+    if a.write_detector is not None and len(paths) > 1:
+        ap.error("--write-detector installs one little's settings: name one --little")
     root = find_dataset(a.data_dir)
-    little, big = KwsModel(a.little), KwsModel(a.big)
+    littles = [KwsModel(p) for p in paths]
+    big = None if a.no_big else KwsModel(a.big)
     base = DetectorConfig()
-    hop_frames = base.hop_ms * RATE // 1000 // little.feature_config.frame_step
+    hop_frames = [base.hop_ms * RATE // 1000 // m.feature_config.frame_step for m in littles]
     thresholds = np.round(np.arange(0.30, 0.96, 0.05), 2)
     alone_grid = grid(thresholds, (1.01,))
     verified_grid = grid(thresholds, (0.6, 0.7, 0.8, 0.9, 1.01))
-    results: dict[str, Any] = {"little": str(a.little), "big": str(a.big), "encoding": a.encoding, "seed": a.seed}
-    chosen = {}
+    single = len(littles) == 1
+    per_model: list[dict[str, Any]] = [{"little" if single else "path": str(p)} for p in paths]
+    chosen: list[dict[str, DetectorConfig]] = [{} for _ in littles]
+    curves: dict[str, list[tuple[float, float]]] = {}
     for split, hours in (("val", a.val_hours), ("test", a.hours)):
-        heard = hear_split(little, split, root, hours, a.seed, hop_frames)
-        if split == "val":
-            alone = [(c, evaluate(heard, little.labels, c, None, a.encoding)) for c in tqdm(alone_grid, desc="val: little", file=sys.stderr)]
-            verified = [(c, evaluate(heard, little.labels, c, big, a.encoding)) for c in tqdm(verified_grid, desc="val: little + big", file=sys.stderr)]
-            chosen["little"], _ = choose(alone, a.max_fa, None)
-            chosen["little + big"], _ = choose(verified, a.max_fa_verified, a.max_bytes)
-            if a.write_detector is not None:
-                write_detector(a.write_detector, little.name, chosen)
-            continue
-        for name, cfg in chosen.items():
-            row = evaluate(heard, little.labels, cfg, big if "big" in name else None, a.encoding)
-            row["detector"] = dataclasses.asdict(cfg)
-            results[name] = row
-        results["cpu_per_audio_second"] = real_time_factor(little, heard["10"][0].stream, chosen["little"])
-        curves = {}
-        for name, use_big in (("little", False), ("little + big", True)):
-            c0 = chosen[name]
-            pts = []
-            for t in thresholds:
-                cfg = dataclasses.replace(c0, threshold=float(t), sure=max(c0.sure, float(t)) if c0.sure <= 1 else c0.sure)
-                r = evaluate(heard, little.labels, cfg, big if use_big else None, a.encoding)
-                pts.append((r["keyword_free"]["fa_per_hour"], 100 - r["10dB"]["hit_pct"]))
-            curves[name] = pts
-        results["curves"] = {k: [{"fa_per_hour": x, "miss_pct": y} for x, y in v] for k, v in curves.items()}
-        plot(a.out.with_suffix(".png"), curves)
-    rows = [{"system": n, **{f"hit {s:g}dB": results[n][f"{s:g}dB"]["hit_pct"] for s in SNRS},
-             "wrong 10dB": results[n]["10dB"]["wrong_pct"], "FA/h": results[n]["keyword_free"]["fa_per_hour"],
-             "p95 latency s": results[n]["10dB"]["latency_p95_s"], "bytes/h": results[n]["bytes_per_hour"]}
-            for n in chosen]
+        heard_all = hear_split(littles, split, root, hours, a.seed, hop_frames)
+        for little, heard, ch, res in zip(littles, heard_all, chosen, per_model):
+            if split == "val":
+                alone = [(c, evaluate(heard, little.labels, c, None, a.encoding))
+                         for c in tqdm(alone_grid, desc=f"val: {little.name}", file=sys.stderr)]
+                ch["little"], _ = choose(alone, a.max_fa, None)
+                if big is not None:
+                    verified = [(c, evaluate(heard, little.labels, c, big, a.encoding))
+                                for c in tqdm(verified_grid, desc=f"val: {little.name} + big", file=sys.stderr)]
+                    ch["little + big"], _ = choose(verified, a.max_fa_verified, a.max_bytes)
+                if a.write_detector is not None:
+                    write_detector(a.write_detector, little.name, ch)
+                continue
+            for name, cfg in ch.items():
+                row = evaluate(heard, little.labels, cfg, big if "big" in name else None, a.encoding)
+                row["detector"] = dataclasses.asdict(cfg)
+                res[name] = row
+            res["cpu_per_audio_second"] = real_time_factor(little, heard["10"][0].stream, ch["little"])
+            mine = {}
+            for name, c0 in ch.items():
+                use_big = "big" in name
+                pts = []
+                for t in thresholds:
+                    cfg = dataclasses.replace(c0, threshold=float(t), sure=max(c0.sure, float(t)) if c0.sure <= 1 else c0.sure)
+                    r = evaluate(heard, little.labels, cfg, big if use_big else None, a.encoding)
+                    pts.append((r["keyword_free"]["fa_per_hour"], 100 - r["10dB"]["hit_pct"]))
+                mine[name] = pts
+                curves[name if single else name.replace("little", little.name, 1)] = pts
+            res["curves"] = {k: [{"fa_per_hour": x, "miss_pct": y} for x, y in v] for k, v in mine.items()}
+        if split == "test":
+            plot(a.out.with_suffix(".png"), curves)
+    head = {"big": str(a.big) if big is not None else None, "encoding": a.encoding, "seed": a.seed,
+            "hours": {"val": a.val_hours, "test": a.hours}}
+    hits = {m.name: {s: per_model[i]["little"][f"{s:g}dB"]["_hit"] for s in SNRS} for i, m in enumerate(littles)}
+    for res in per_model:  # per-keyword hits: for the paired tests below, not for the file
+        for name in chosen[0]:
+            for s in SNRS:
+                res.get(name, {}).get(f"{s:g}dB", {}).pop("_hit", None)
+    if not single:  # the same keywords in the same streams: an exact McNemar test on hits, first little vs each
+        first = littles[0].name
+        head["mcnemar_hits"] = {f"{m.name} vs {first}": {f"{s:g}dB": mcnemar(hits[m.name][s], hits[first][s]).as_dict()
+                                                          for s in SNRS} for m in littles[1:]}
+    results: dict[str, Any] = {**head, **per_model[0]} if single else {**head, "models": {
+        m.name: res for m, res in zip(littles, per_model)}}
+    rows = [{"system": n if single else n.replace("little", m.name, 1),
+             **{f"hit {s:g}dB": res[n][f"{s:g}dB"]["hit_pct"] for s in SNRS},
+             "wrong 10dB": res[n]["10dB"]["wrong_pct"], "FA/h": res[n]["keyword_free"]["fa_per_hour"],
+             "p95 latency s": res[n]["10dB"]["latency_p95_s"], "bytes/h": res[n]["bytes_per_hour"]}
+            for m, res, ch in zip(littles, per_model, chosen) for n in ch]
     print(format_table(rows, list(rows[0])))
-    print(f"features + little: {1000 * results['cpu_per_audio_second']:.2f} ms of CPU per second of audio")
+    for pair, per in head.get("mcnemar_hits", {}).items():
+        print(f"McNemar on hits, {pair}: " + ", ".join(f"{k} b={v['b']} c={v['c']} p={v['p']:.3g}" for k, v in per.items()))
+    for m, res in zip(littles, per_model):
+        print(f"features + {m.name}: {1000 * res['cpu_per_audio_second']:.2f} ms of CPU per second of audio")
     write_results(a.out, results)
     print(f"wrote {a.out} and {a.out.with_suffix('.png')}")
     return 0

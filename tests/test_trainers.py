@@ -199,6 +199,18 @@ def test_rebuilt_keras_matches_the_shipped_tflite(name: str, tf_child: TfChild) 
         assert abs(card.metrics["test_accuracy"] - card.metrics["float_test_accuracy"]) <= 0.0025
 
 
+def test_an_int8_graph_is_rebuilt_with_dequantized_weights(tf_child: TfChild) -> None:
+    """little_stream starts from little_listen's int8 .tflite: the float model rebuilt from it computes what
+    the int8 graph does, up to the int8 activations' rounding."""
+    from kws_rpc.model.kws_model import KwsModel, softmax
+
+    path = REPO / "models" / "little_listen.tflite"
+    model = KwsModel(path)
+    x = np.random.default_rng(0).normal(size=(64, *model.feature_config.shape)).astype(np.float32) * 3 - 5
+    rebuilt, shipped = softmax(tf_child.run(rebuilt_logits, str(path), x)), model.predict(x)
+    assert np.abs(rebuilt - shipped).max() < 0.1 and (rebuilt.argmax(-1) == shipped.argmax(-1)).mean() >= 0.9
+
+
 def codec_round_trip_of(audio: np.ndarray, which: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Child: trainers.train.codec_round_trip of the clips ``which``, on the big_codec recipe's features."""
     from kws_rpc.audio.features import log_mel

@@ -1,6 +1,7 @@
 """Rebuilds a Keras model from a float .tflite graph, weights included, so a shipped model can be
 quantized (trainers.quantize) without retraining: the int8 model is then the same function as the float
-one, up to quantization, not a new training run.
+one, up to quantization, not a new training run. An int8 graph (full-integer, as the little models ship)
+is rebuilt as float with its weights and biases dequantized (scale * (q - zero point)), to fine-tune it.
 
 It reads the flatbuffer op by op and supports the ops the kws architectures export to: the input
 normalisation (SUB, MUL by constants), RESHAPE, CONV_2D and DEPTHWISE_CONV_2D (batch norm already
@@ -52,8 +53,17 @@ def rebuild(path: str | Path) -> tuple[tf.keras.Model, list[str]]:
         data = model.buffers[t.buffer].data
         if data is None or len(data) == 0:
             return None
-        dtype = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.INT32: np.int32}[t.type]
-        return np.frombuffer(bytes(data), dtype=dtype).reshape(t.shape)
+        dtype = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.INT32: np.int32,
+                 schema.TensorType.INT8: np.int8}[t.type]
+        x = np.frombuffer(bytes(data), dtype=dtype).reshape(t.shape)
+        q = t.quantization
+        if q is not None and q.scale is not None and len(q.scale):  # an int8 graph's weights and biases
+            shape = [1] * x.ndim
+            if len(q.scale) > 1:  # per-channel scales along quantizedDimension
+                shape[q.quantizedDimension] = -1
+            scale, zero = np.asarray(q.scale, np.float64), np.asarray(q.zeroPoint, np.float64)
+            x = ((x.astype(np.float64) - zero.reshape(shape)) * scale.reshape(shape)).astype(np.float32)
+        return x
 
     (inp_index,) = graph.inputs
     inp = tf.keras.Input(shape=tuple(int(d) for d in graph.tensors[inp_index].shape[1:]), name="x")
@@ -102,6 +112,8 @@ def rebuild(path: str | Path) -> tuple[tf.keras.Model, list[str]]:
             layer = L.Dense(w.shape[0], activation=_ACTIVATIONS[opt.fusedActivationFunction], name=f"fc{k}")
             y = layer(x)
             layer.set_weights([w.T, b])
+        elif name in ("QUANTIZE", "DEQUANTIZE"):
+            y = x  # the rebuilt model is float throughout
         elif name == "SOFTMAX" and k == len(graph.operators) - 1:
             continue  # logits out; the kws runtime applies softmax in float32
         else:

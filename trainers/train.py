@@ -193,8 +193,8 @@ def fit_recipe(r: Recipe, root: Path, epochs: int | None = None, teacher_dir: Pa
     if r.listen is not None:
         from trainers.listen import ListenData, selection_set
 
-        data["listen"] = ListenData(root, r.listen, r.augment, train_audio, train_labels)
-        sel_audio, data["val_labels"] = selection_set(root, r.listen, val_audio, val_labels)
+        data["listen"] = ListenData(root, r.listen, r.augment, train_audio, train_labels, teacher_dir)
+        sel_audio, data["val_labels"] = selection_set(root, r.listen, val_audio, val_labels, teacher_dir)
         data["val_feats"] = log_mel(sel_audio, r.feature)
     if r.codec_prob:  # select on exact and mfcc-dct-decoded val features alike (1,600 items)
         coded = codec_round_trip(data["val_feats"], r.feature, range(len(val_labels)))
@@ -202,6 +202,10 @@ def fit_recipe(r: Recipe, root: Path, epochs: int | None = None, teacher_dir: Pa
         data["val_labels"] = np.concatenate([val_labels, val_labels])
     epochs = epochs or r.epochs
     steps = int(np.ceil(len(train_audio) / r.batch_size))
+    if r.listen is not None and r.listen.stream is not None:
+        # the decay spans the epochs actually run (little_listen and big_listen, trained before, count the
+        # train split's steps per epoch and so reach the floor at ~77 % of their epochs; kept, to reproduce)
+        steps = int(np.ceil(data["listen"].size / r.batch_size))
     if r.init:  # the shipped float model, rebuilt with its weights (batch norm folded, no dropout)
         from trainers.from_tflite import rebuild
 
@@ -244,7 +248,8 @@ def train(r: Recipe, root: Path, out_dir: Path, epochs: int | None = None, teach
         "val_history": [round(a, 4) for a in history],
         "train_seconds": round(seconds, 1), "train_split": "kws_train_split.txt (6400 clips)",
         **({"listen": dataclasses.asdict(r.listen), "epoch_seconds": round(seconds / epochs, 1),
-            "selection_set": "trainers.listen.selection_set (val: clean, 10 dB, 0 dB, unknown, silence)"}
+            "selection_set": "trainers.listen.selection_set (val: clean, 10 dB, 0 dB, unknown, silence"
+                             + (", hard negatives of keyword-free val streams)" if r.listen.stream else ")")}
            if r.listen is not None else {}),
         "selection": ("best accuracy on the listening selection set (val only)" if r.listen is not None
                       else "best val accuracy (kws_val_split.txt)")
