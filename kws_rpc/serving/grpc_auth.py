@@ -61,8 +61,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
             else:
                 log.info("%s from %s refused: %s", method, context.peer(), type(e).__name__)
             if self.metrics is not None:
-                self.metrics.requests.labels(method, e.grpc_code).inc()
-                self.metrics.errors.labels(method, type(e).__name__).inc()
+                self.metrics.refused(method, e.grpc_code, type(e).__name__)
             context.set_trailing_metadata(tuple(trailers))
             await context.abort(grpc.StatusCode[e.grpc_code], str(e))
 

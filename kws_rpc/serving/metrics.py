@@ -41,6 +41,11 @@ class Metrics:
     def observe_batch(self, model: str, rows: int) -> None:
         self.batch_size.labels(model).observe(rows)
 
+    def refused(self, method: str, code: str, error: str) -> None:
+        """A call refused before it reached its handler (auth, rate limit, stream cap, idle stream)."""
+        self.requests.labels(method, code).inc()
+        self.errors.labels(method, error).inc()
+
     @contextlib.contextmanager
     def call(self, method: str) -> Iterator["CallRecord"]:
         record = CallRecord()

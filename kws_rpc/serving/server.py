@@ -131,11 +131,7 @@ def load_core(config: ServerConfig, metrics: Metrics) -> InferenceCore:
 
 
 def stream_gate(config: ServerConfig, metrics: Metrics) -> StreamGate:
-    def count(method: str, code: str, error: str) -> None:
-        metrics.requests.labels(method, code).inc()
-        metrics.errors.labels(method, error).inc()
-
-    return StreamGate(config.limits.max_streams, config.limits.stream_idle_s, count)
+    return StreamGate(config.limits.max_streams, config.limits.stream_idle_s, metrics.refused)
 
 
 async def _start_grpc(config: ServerConfig, core: InferenceCore, metrics: Metrics, guard: Guard,
