@@ -31,7 +31,8 @@ HEAD, BODY = "head", "body"  # what a connection is waiting for; None: the app i
 
 
 class Deadlines:
-    """The deadline logic, fed by a protocol subclass through ``_enter`` (a mixin before the protocol)."""
+    """The deadline logic, a mixin before a uvicorn protocol: armed with the connection, fed by the
+    protocol subclass through ``_enter``."""
 
     header_timeout_s = Limits.http_header_timeout_s
     body_timeout_s = Limits.http_body_timeout_s
@@ -39,15 +40,17 @@ class Deadlines:
     transport: asyncio.Transport
     client: tuple[str, int] | None
 
-    def _arm(self) -> None:
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)  # type: ignore[misc]
         self._phase: str | None = HEAD
         self._since = self.loop.time()
         self._timer: asyncio.TimerHandle | None = self.loop.call_later(self.header_timeout_s, self._check)
 
-    def _disarm(self) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        super().connection_lost(exc)  # type: ignore[misc]
 
     def _enter(self, phase: str | None) -> None:
         self._phase, self._since = phase, self.loop.time()
@@ -78,11 +81,6 @@ class H11WithDeadlines(Deadlines, H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._state: Any = self.conn.their_state
-        self._arm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
 
     def handle_events(self) -> None:
         super().handle_events()
@@ -98,14 +96,6 @@ def _httptools_protocol() -> type | None:
         return None
 
     class HttpToolsWithDeadlines(Deadlines, HttpToolsProtocol):
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
         def on_headers_complete(self) -> None:
             super().on_headers_complete()
             self._enter(BODY)
