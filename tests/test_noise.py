@@ -98,3 +98,24 @@ def test_evaluation_noise_is_the_test_portion_at_the_asked_snr(dataset_root, tes
             assert noise.snr_db(clip, mixed - clip) == pytest.approx(10.0, abs=0.01)
             checked += 1
     assert checked >= 30
+
+
+def test_fixed_level_noise_is_the_same_for_soft_and_loud_clips(dataset_root, test_audio) -> None:
+    """At a fixed level every clip meets noise of one power, set against the median clip, so a soft clip's
+    own SNR is lower than the nominal one and a loud clip's higher."""
+    from kws_rpc.lab import noisy_eval
+
+    audio = test_audio[0][:40]
+    sets = noisy_eval.noisy_sets(dataset_root, "test", audio, snrs=(10.0,), level="fixed")
+    ref = noise.median_reference(audio)
+    own, checked = [], 0
+    for clip, mixed in zip(audio, sets["10dB"]):
+        if np.abs(mixed).max() < 0.999:
+            n = mixed - clip
+            assert 10 * np.log10(ref / np.mean(np.square(n, dtype=np.float64))) == pytest.approx(10.0, abs=0.01)
+            own.append(noise.snr_db(clip, n))
+            checked += 1
+    assert checked >= 30
+    assert min(own) < 5.0 < 15.0 < max(own)  # the clips' own SNRs spread around the nominal 10 dB
+    with pytest.raises(ValueError, match="level"):
+        noisy_eval.noisy_sets(dataset_root, "test", audio, level="loud")

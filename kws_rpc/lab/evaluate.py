@@ -95,17 +95,20 @@ def run(models_dir: Path, root: Path, split: str, latency_clips: int, noise: boo
 
 
 def evaluate_noise(models: list[KwsModel], root: Path, split: str, audio, labels) -> dict:
-    """'noise': per model and SNR the keyword accuracy; 'rejection': per listening model the silence and
-    unknown rejection rates (see kws_rpc.lab.noisy_eval)."""
+    """'noise': per model and SNR the keyword accuracy, the SNR per clip; 'noise_fixed_level': the same at
+    a fixed noise level; 'rejection': per listening model the silence and unknown rejection rates (see
+    kws_rpc.lab.noisy_eval)."""
     sets = noisy_eval.noisy_sets(root, split, audio)
+    fixed = noisy_eval.noisy_sets(root, split, audio, snrs=noisy_eval.FIXED_SNRS, level="fixed")
     listening = [m for m in models if noisy_eval.is_listening(m)]
     rej_sets = noisy_eval.rejection_sets(root, split, audio, labels) if listening else {}
-    noise, rejection = {}, {}
+    noise, noise_fixed, rejection = {}, {}, {}
     for m in tqdm(models, desc=f"noise and rejection on {split}", unit="model"):
         noise[m.name] = noisy_eval.noise_accuracy(m, sets, labels)
+        noise_fixed[m.name] = noisy_eval.noise_accuracy(m, fixed, labels)
         if m in listening:
             rejection[m.name] = noisy_eval.rejection(m, rej_sets)
-    return {"noise": noise, "rejection": rejection, "noise_seed": noisy_eval.SEED}
+    return {"noise": noise, "noise_fixed_level": noise_fixed, "rejection": rejection, "noise_seed": noisy_eval.SEED}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,7 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     if result.get("noise"):
         print()
         print(noisy_eval.render(result["noise"], result["rejection"]))
-        for per_snr in result["noise"].values():
+        print()
+        print(noisy_eval.render(result["noise_fixed_level"], {}, "fixed"))
+        for per_snr in (*result["noise"].values(), *result["noise_fixed_level"].values()):
             for v in per_snr.values():
                 v.pop("correct")
     for r in result["models"]:

@@ -48,22 +48,31 @@ def peak_window_power(x: np.ndarray, window: int = PEAK_WINDOW) -> np.ndarray:
     return out[0] if single else out
 
 
+def median_reference(clips: np.ndarray) -> float:
+    """The power of the median clip's loudest 300 ms: the reference of a fixed noise level, as a room's
+    noise is the same whether the word was spoken loud or soft (the streams are mixed at it)."""
+    return float(np.median(peak_window_power(clips)))
+
+
 def snr_db(clip: np.ndarray, noise: np.ndarray) -> float:
     """SNR in dB of ``clip`` (its loudest 300 ms) against ``noise`` (its mean power)."""
     return float(10 * np.log10((peak_window_power(clip) + _EPS) / (np.mean(np.square(noise, dtype=np.float64)) + _EPS)))
 
 
-def scale_for_snr(clip: np.ndarray, noise: np.ndarray, snr: float) -> float:
-    """The gain g for which snr_db(clip, g * noise) == snr."""
+def scale_for_snr(clip: np.ndarray, noise: np.ndarray, snr: float, reference: float | None = None) -> float:
+    """The gain g for which snr_db(clip, g * noise) == snr; with ``reference`` (a power), the SNR is against
+    that power instead of the clip's own loudest 300 ms: a fixed noise level for every clip."""
     p_noise = float(np.mean(np.square(noise, dtype=np.float64)))
     if p_noise <= 0:
         return 0.0
-    return float(np.sqrt(peak_window_power(clip) / (p_noise * 10 ** (snr / 10))))
+    p_clip = peak_window_power(clip) if reference is None else reference
+    return float(np.sqrt(p_clip / (p_noise * 10 ** (snr / 10))))
 
 
-def mix(clip: np.ndarray, noise: np.ndarray, snr: float) -> np.ndarray:
-    """clip + noise at ``snr`` dB; if the sum would clip, both are scaled down together (the SNR holds)."""
-    g = scale_for_snr(clip, noise, snr)
+def mix(clip: np.ndarray, noise: np.ndarray, snr: float, reference: float | None = None) -> np.ndarray:
+    """clip + noise at ``snr`` dB (against ``reference`` if given, see scale_for_snr); if the sum would clip,
+    both are scaled down together (the SNR holds)."""
+    g = scale_for_snr(clip, noise, snr, reference)
     out = np.asarray(clip, dtype=np.float64) + g * np.asarray(noise, dtype=np.float64)
     peak = np.abs(out).max()
     if peak > 1.0:
@@ -89,14 +98,15 @@ def draw_snrs(n: int, rng: np.random.Generator, clean_share: float = 0.25,
 
 
 def mix_batch(clips: np.ndarray, recordings: Sequence[np.ndarray], snrs: np.ndarray | float,
-              rng: np.random.Generator) -> np.ndarray:
-    """Each clip mixed with a random stretch of ``recordings`` at its SNR (inf: left clean)."""
+              rng: np.random.Generator, reference: float | None = None) -> np.ndarray:
+    """Each clip mixed with a random stretch of ``recordings`` at its SNR (inf: left clean), against the
+    clip's own loudest 300 ms, or against the power ``reference`` for every clip (see scale_for_snr)."""
     clips = np.asarray(clips, dtype=np.float32)
     snrs = np.broadcast_to(np.asarray(snrs, dtype=np.float64), (len(clips),))
     out = clips.copy()
     for i, s in enumerate(snrs):
         if np.isfinite(s):
-            out[i] = mix(clips[i], segment(recordings, clips.shape[-1], rng), s)
+            out[i] = mix(clips[i], segment(recordings, clips.shape[-1], rng), s, reference)
     return out
 
 

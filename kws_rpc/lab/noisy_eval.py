@@ -3,7 +3,10 @@
 For `make eval` (kws_rpc.evaluate) and the paired comparisons of docs/listen_models.md:
 
 - ``noisy_sets``: the split's keyword clips mixed with the split's portion of the background recordings
-  (kws_rpc.lab.noise) at each SNR, one fixed seed, so every model hears the very same noisy clips;
+  (kws_rpc.lab.noise) at each SNR, one fixed seed, so every model hears the very same noisy clips. The SNR
+  is per clip (``level="clip"``: against each clip's own loudest 300 ms) or a fixed noise level
+  (``level="fixed"``: against the split's median clip, as the streams of `make bench-stream` are mixed),
+  where a softly spoken word meets the same noise as a loud one;
 - ``rejection_sets``: the split's silence clips and unknown clips (synthetic words of the split's word
   list, reversed and spliced keyword clips of the split; kws_rpc.lab.listen_data), fixed seed;
 - a keyword clip counts as right only if its keyword is the top answer (``_silence_`` or ``_unknown_``
@@ -19,12 +22,16 @@ import numpy as np
 from kws_rpc.lab.data import LABELS, load_noise
 from kws_rpc.lab.listen_data import load_synth, silence_clips, unknown_set
 from kws_rpc.model.kws_model import KwsModel
-from kws_rpc.lab.noise import mix_batch, portions
+from kws_rpc.lab.noise import median_reference, mix_batch, portions
 
 SNRS: tuple[float, ...] = (np.inf, 20.0, 10.0, 5.0, 0.0)
+FIXED_SNRS: tuple[float, ...] = (20.0, 10.0, 0.0)  # the streams' levels; clean is in the per-clip table
 SEED = 2026
 NONWORDS = 200  # reversed and as many spliced clips
 SILENCE_CLIPS = 400
+LEVELS = ("clip", "fixed")
+LEVEL_TEXT = {"clip": "SNR against each clip's loudest 300 ms",
+              "fixed": "fixed noise level: SNR against the split's median clip's loudest 300 ms"}
 
 
 def snr_key(snr: float) -> str:
@@ -32,15 +39,19 @@ def snr_key(snr: float) -> str:
 
 
 def noisy_sets(root: Path, split: str, audio: np.ndarray, snrs: tuple[float, ...] = SNRS,
-               seed: int = SEED) -> dict[str, np.ndarray]:
-    """The split's clips at each SNR ('clean', '20dB', ...), mixed with the split's noise portion."""
+               seed: int = SEED, level: str = "clip") -> dict[str, np.ndarray]:
+    """The split's clips at each SNR ('clean', '20dB', ...), mixed with the split's noise portion, the SNR
+    per clip or at a fixed level (see the module docstring)."""
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, not {level!r}")
     noise = portions(load_noise(root), split)
+    reference = median_reference(audio) if level == "fixed" else None
     out = {}
     for i, snr in enumerate(snrs):
         if not np.isfinite(snr):
             out[snr_key(snr)] = audio
         elif noise:
-            out[snr_key(snr)] = mix_batch(audio, noise, snr, np.random.default_rng([seed, i]))
+            out[snr_key(snr)] = mix_batch(audio, noise, snr, np.random.default_rng([seed, i]), reference)
     return out
 
 
@@ -87,10 +98,10 @@ def rejection(model: KwsModel, sets: dict[str, tuple[np.ndarray, list[str]]],
     return out
 
 
-def render(rows: dict[str, dict[str, dict]], rejections: dict[str, dict]) -> str:
+def render(rows: dict[str, dict[str, dict]], rejections: dict[str, dict], level: str = "clip") -> str:
     keys = list(next(iter(rows.values())).keys()) if rows else []
     head = f"{'model':<16}" + "".join(f"{k:>9}" for k in keys) + f"{'silence':>9}{'unknown':>9}"
-    lines = ["keyword accuracy in noise (SNR against the clip's loudest 300 ms); rejection of silence/unknown",
+    lines = [f"keyword accuracy in noise ({LEVEL_TEXT[level]}); rejection of silence/unknown",
              head, "-" * len(head)]
     for name, r in rows.items():
         rej = rejections.get(name)
@@ -101,7 +112,7 @@ def render(rows: dict[str, dict[str, dict]], rejections: dict[str, dict]) -> str
 
 
 def compare(models_dir: Path, root: Path, pairs: list[tuple[str, str]], splits: tuple[str, ...] = ("val", "test"),
-            seed: int = SEED, reject_offset: float = 0.0) -> dict:
+            seed: int = SEED, reject_offset: float = 0.0, level: str = "clip") -> dict:
     """Per split: every named model's accuracy at each SNR, its rejection rates if it listens, and the
     exact McNemar test of each pair (new, old) on the same clean and noisy clips."""
     from kws_rpc.lab.data import load_split
@@ -109,10 +120,10 @@ def compare(models_dir: Path, root: Path, pairs: list[tuple[str, str]], splits: 
 
     names = list(dict.fromkeys(n for pair in pairs for n in pair))
     models = {n: KwsModel(models_dir / f"{n}.tflite") for n in names}
-    out: dict = {"seed": seed, "reject_offset": reject_offset, "splits": {}}
+    out: dict = {"seed": seed, "reject_offset": reject_offset, "level": level, "splits": {}}
     for split in splits:
         audio, labels, _ = load_split(split, root)
-        sets = noisy_sets(root, split, audio, seed=seed)
+        sets = noisy_sets(root, split, audio, seed=seed, level=level)
         acc = {n: noise_accuracy(m, sets, labels, reject_offset) for n, m in models.items()}
         listening = [n for n, m in models.items() if is_listening(m)]
         rej_sets = rejection_sets(root, split, audio, labels, seed) if listening else {}
@@ -147,13 +158,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--split", action="append", choices=["val", "test"], help="default: val and test")
     ap.add_argument("--reject-offset", type=float, default=0.0,
                     help="subtracted from the log-probability of _silence_ and _unknown_ (default 0: argmax)")
+    ap.add_argument("--level", choices=LEVELS, default="clip",
+                    help="clip: the SNR against each clip's loudest 300 ms (default); fixed: one noise level for "
+                         "every clip, against the split's median clip (as make bench-stream mixes its streams)")
     args = ap.parse_args(argv)
     pairs = [tuple(p.split(":")) for p in args.pair]
     res = compare(Path(args.models), find_dataset(args.data_dir), pairs,  # type: ignore[arg-type]
-                  tuple(args.split or ("val", "test")), reject_offset=args.reject_offset)
+                  tuple(args.split or ("val", "test")), reject_offset=args.reject_offset,
+                  level=args.level)
     for split, r in res["splits"].items():
         print(f"\n{split} ({r['clips']} keyword clips, seed {res['seed']})")
-        print(render(r["accuracy"], r["rejection"]))
+        print(render(r["accuracy"], r["rejection"], args.level))
         for name, per in r["mcnemar"].items():
             print(f"McNemar {name}: " + ", ".join(f"{k} b={v['b']} c={v['c']} p={v['p']:.3g}" for k, v in per.items()))
         sk = r["synthetic_keywords"]

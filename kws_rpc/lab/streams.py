@@ -20,7 +20,7 @@ import numpy as np
 
 from kws_rpc.lab.data import LABELS, load_noise, load_split
 from kws_rpc.lab.listen_data import load_synth, reversed_clips
-from kws_rpc.lab.noise import NOISE_KINDS, coloured, peak_window_power, portions
+from kws_rpc.lab.noise import NOISE_KINDS, coloured, median_reference, portions
 
 RATE = 16000
 CHUNK_S = 600.0  # keyword-free audio is made and heard ten minutes at a time
@@ -95,7 +95,7 @@ def material(split: str, root: Path, seed: int) -> dict[str, Any]:
     """What a split's streams are made of, and the generator that makes them (seeded by seed and split)."""
     audio, labels, _ = load_split(split, root)
     recordings = portions(load_noise(root), split)
-    ref = float(np.median(peak_window_power(audio)))
+    ref = median_reference(audio)
     rng = np.random.default_rng([seed, SPLIT_INDEX[split]])
     # the keyword-free audio's speech: the split's synthetic non-keyword words (trainers.synth). Without that
     # cache, time-reversed keyword clips stand in (spliced halves are not used: they hold real keyword halves)
