@@ -96,12 +96,16 @@ def detections(heard: Heard, labels: list[str], cfg: DetectorConfig, big: KwsMod
         if hit is None:
             continue
         label, score = hit
+        t = float(heard.times[k])
         if big is not None and score < cfg.sure:
-            label, size = verdict(big, heard, k, encoding)
-            asks, sent = asks + 1, sent + size
+            # as the Listener settles: the window where the little's score of the label peaks, settle hops on
+            i, last = labels.index(label), min(k + cfg.settle, len(heard.probs) - 1)
+            peak = k + int(np.argmax(heard.probs[k : last + 1, i]))
+            label, size = verdict(big, heard, peak, encoding)
+            asks, sent, t = asks + 1, sent + size, float(heard.times[last])
             if not is_keyword(label):
                 continue
-        out.append((float(heard.times[k]), label))
+        out.append((t, label))
     return out, asks, sent
 
 
@@ -172,9 +176,9 @@ def hear_split(littles: list[KwsModel], split: str, root: Path, hours: float, se
     return out
 
 
-def grid(thresholds: np.ndarray, sures: tuple[float, ...]) -> list[DetectorConfig]:
-    return [DetectorConfig(threshold=float(t), smooth=s, patience=p, sure=float(u))
-            for t, s, p, u in itertools.product(thresholds, (1, 3), (1, 2), sures) if u >= t or u > 1]
+def grid(thresholds: np.ndarray, sures: tuple[float, ...], settles: tuple[int, ...] = (0,)) -> list[DetectorConfig]:
+    return [DetectorConfig(threshold=float(t), smooth=s, patience=p, sure=float(u), settle=w)
+            for t, s, p, u, w in itertools.product(thresholds, (1, 3), (1, 2), sures, settles) if u >= t or u > 1]
 
 
 def choose(rows: list[tuple[DetectorConfig, dict]], max_fa: float, max_bytes: float | None) -> tuple[DetectorConfig, dict]:
@@ -185,7 +189,7 @@ def choose(rows: list[tuple[DetectorConfig, dict]], max_fa: float, max_bytes: fl
     return max(ok, key=lambda cr: (cr[1]["10dB"]["hit_pct"], cr[1]["20dB"]["hit_pct"], -cr[1]["keyword_free"]["fa_per_hour"]))
 
 
-def write_detector(path: Path, model: str, chosen: dict[str, DetectorConfig]) -> None:
+def write_detector(path: Path, model: str, chosen: dict[str, DetectorConfig], verifier: str | None) -> None:
     """Adds the model's chosen settings to a detector file (other models' entries stay)."""
     import json
 
@@ -193,6 +197,7 @@ def write_detector(path: Path, model: str, chosen: dict[str, DetectorConfig]) ->
     doc.setdefault("models", {})[model] = dataclasses.asdict(chosen["little"])
     if "little + big" in chosen:
         doc.setdefault("verified", {})[model] = dataclasses.asdict(chosen["little + big"])
+        doc["verifier"] = verifier  # the server model the verified settings were chosen with
     doc["chosen_by"] = "make bench-stream (val streams): the most hits at 10 dB within the false-accept and byte budgets"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n")
@@ -247,12 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", type=Path, default=RESULTS / "bench_stream.json")
     ap.add_argument("--write-detector", type=Path, default=None, metavar="JSON",
-                    help="install the settings chosen on val for this little (models/listen.json is what "
-                         "kws-edge listen reads by default)")
+                    help="install the settings chosen on val for each little, under its name (models/listen.json "
+                         "is what kws-edge listen reads by default; other models' entries stay)")
     a = ap.parse_args(argv)
     paths = a.little or [default_little]
-    if a.write_detector is not None and len(paths) > 1:
-        ap.error("--write-detector installs one little's settings: name one --little")
     root = find_dataset(a.data_dir)
     littles = [KwsModel(p) for p in paths]
     big = None if a.no_big else KwsModel(a.big)
@@ -260,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     hop_frames = [base.hop_ms * RATE // 1000 // m.feature_config.frame_step for m in littles]
     thresholds = np.round(np.arange(0.30, 0.96, 0.05), 2)
     alone_grid = grid(thresholds, (1.01,))
-    verified_grid = grid(thresholds, (0.6, 0.7, 0.8, 0.9, 1.01))
+    verified_grid = grid(thresholds, (0.8, 0.9, 1.01), settles=(0, 3))
     single = len(littles) == 1
     per_model: list[dict[str, Any]] = [{"little" if single else "path": str(p)} for p in paths]
     chosen: list[dict[str, DetectorConfig]] = [{} for _ in littles]
@@ -277,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                                 for c in tqdm(verified_grid, desc=f"val: {little.name} + big", file=sys.stderr)]
                     ch["little + big"], _ = choose(verified, a.max_fa_verified, a.max_bytes)
                 if a.write_detector is not None:
-                    write_detector(a.write_detector, little.name, ch)
+                    write_detector(a.write_detector, little.name, ch, big.name if big is not None else None)
                 continue
             for name, cfg in ch.items():
                 row = evaluate(heard, little.labels, cfg, big if "big" in name else None, a.encoding)

@@ -75,7 +75,10 @@ class Session:
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kws-verify") if verify else None
 
     def feed(self, block: np.ndarray) -> None:
-        for d in self.listener.push(block):
+        self._handle(self.listener.push(block))
+
+    def _handle(self, detections: list[Detection]) -> None:
+        for d in detections:
             self.stats.detections += 1
             if d.sure or self._pool is None:
                 self.stats.sure += d.sure
@@ -95,7 +98,7 @@ class Session:
             self.stats.bytes_sent += answer.bytes_sent
         if answer is None or answer.label is None:
             self.stats.verify_failed += 1
-            self._emit(d, d.label, "little", d.t + waited, verify_error=getattr(answer, "error", "") or "failed")
+            self._emit(d, d.label, "little", d.handed_t + waited, verify_error=getattr(answer, "error", "") or "failed")
         elif not is_keyword(answer.label):
             self.stats.rejected += 1
             log.info("%s at %.2f s (%.2f) rejected by %s as %s", d.label, d.t, d.score, self.verifier_name,
@@ -105,7 +108,7 @@ class Session:
                 self.stats.confirmed += 1
             else:
                 self.stats.relabelled += 1
-            self._emit(d, answer.label, self.verifier_name, d.t + waited, little=d.label)
+            self._emit(d, answer.label, self.verifier_name, d.handed_t + waited, little=d.label)
 
     def _emit(self, d: Detection, label: str, decided_by: str, t: float, **extra: Any) -> None:
         self.stats.events += 1
@@ -113,6 +116,7 @@ class Session:
                         "detected_t": round(d.t, 3), **extra})
 
     def close(self) -> None:
+        self._handle(self.listener.flush())  # a detection still settling when the input ended
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 

@@ -72,9 +72,12 @@ class DetectorConfig:
     patience: int = 1  # ... on this many consecutive hops
     refractory_s: float = 1.0  # no second detection this soon after one
     sure: float = 1.01  # detections at or above this need no verification (above 1: every one is verified)
+    settle: int = 0  # hops an unsure detection waits for the little's score to peak; the window at the peak
+    # (the word best centred in it) is the one the server verifies
+
 
     def __post_init__(self) -> None:
-        if self.hop_ms <= 0 or self.smooth < 1 or self.patience < 1 or self.refractory_s < 0:
+        if self.hop_ms <= 0 or self.smooth < 1 or self.patience < 1 or self.refractory_s < 0 or not 0 <= self.settle <= 5:
             raise ValueError(f"bad detector config: {self}")
         if not 0 < self.threshold <= 1:
             raise ValueError("threshold must be in (0, 1]")
@@ -104,7 +107,25 @@ class Detection:
     label: str
     score: float  # the label's smoothed probability
     sure: bool  # score >= DetectorConfig.sure: no need to ask the server
-    audio: np.ndarray  # the window's 1 s of audio, for a server to verify
+    audio: np.ndarray  # 1 s of audio for a server to verify: the window that fired, or its peak (settle)
+    ready_t: float | None = None  # stream time at which it was handed over (t + the settle hops); None: t
+
+    @property
+    def handed_t(self) -> float:
+        return self.t if self.ready_t is None else self.ready_t
+
+
+@dataclasses.dataclass
+class _Settling:
+    """An unsure detection waiting ``settle`` hops for the little's score of its label to peak."""
+
+    t: float
+    label: str
+    index: int
+    score: float
+    best: float  # the label's highest (raw) probability so far ...
+    best_t: float  # ... at the window ending here
+    hops_left: int
 
 
 class Detector:
@@ -170,6 +191,7 @@ class Listener:
         self.windows = 0  # model invocations so far
         self._audio = np.zeros(0, np.float32)  # the last samples pushed, enough for the current window
         self._audio_start = 0  # the stream index of self._audio[0]
+        self._settling: _Settling | None = None
 
     @property
     def seconds(self) -> float:
@@ -195,14 +217,40 @@ class Listener:
                 t = ((self.frames.frames - len(new) + i - 1) * f.frame_step + f.frame_length) / f.sample_rate
                 probs = self.model.predict(self.window)[0]
                 self.windows += 1
+                settled = self._settle(probs, t)
+                if settled is not None:
+                    found.append(settled)
                 hit = self.detector.update(probs, t)
                 if hit is not None:
-                    found.append(Detection(t, hit[0], hit[1], hit[1] >= self.cfg.sure, self._window_audio(t)))
+                    sure = hit[1] >= self.cfg.sure
+                    if sure or not self.cfg.settle:
+                        found.append(Detection(t, hit[0], hit[1], sure, self._window_audio(t)))
+                    else:
+                        found.extend(self.flush())  # a refractory period shorter than settle
+                        k = self.model.labels.index(hit[0])
+                        self._settling = _Settling(t, hit[0], k, hit[1], float(probs[k]), t, self.cfg.settle)
         keep = 2 * self.model.feature_config.clip_samples
         if len(self._audio) > keep:
             self._audio_start += len(self._audio) - keep
             self._audio = self._audio[-keep:]
         return found
+
+    def flush(self) -> list[Detection]:
+        """At the end of the input: the detection still settling, if any, with the best window it had."""
+        s, self._settling = self._settling, None
+        return [Detection(s.t, s.label, s.score, False, self._window_audio(s.best_t), self.seconds)] if s else []
+
+    def _settle(self, probs: np.ndarray, t: float) -> Detection | None:
+        s = self._settling
+        if s is None:
+            return None
+        if probs[s.index] > s.best:
+            s.best, s.best_t = float(probs[s.index]), t
+        s.hops_left -= 1
+        if s.hops_left:
+            return None
+        self._settling = None
+        return Detection(s.t, s.label, s.score, False, self._window_audio(s.best_t), t)
 
     def _window_audio(self, t: float) -> np.ndarray:
         """The second of audio that ends at stream time t (zeros before the stream started)."""

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import io
 import json
 import re
@@ -255,6 +257,33 @@ def test_classify_scans_a_long_file_for_its_keyword(tmp_path: Path, little) -> N
     assert 3.5 <= v.window_end_s <= 4.5
     with pytest.raises(SourceError, match="longer than"):
         classify_file(little, str(tmp_path / "long.wav"), 2.0)
+
+
+def test_an_unsure_detection_settles_on_the_window_where_the_little_peaks(little, keyword_stream) -> None:
+    """With settle, an unsure detection is handed over up to that many hops later, carrying the window whose
+    probability of its label was highest; a sure one is handed over at once; the end of input flushes."""
+    audio, _ = keyword_stream
+    cfg = DetectorConfig(threshold=0.5, smooth=1, settle=3)
+    from edge.stream import hop_probabilities
+
+    plain, settled = Listener(little, dataclasses.replace(cfg, settle=0)), Listener(little, cfg)
+    got = [d for i in range(0, len(audio), 1600) for d in settled.push(audio[i : i + 1600])] + settled.flush()
+    want = [d for i in range(0, len(audio), 1600) for d in plain.push(audio[i : i + 1600])]
+    assert [(d.t, d.label) for d in got] == [(d.t, d.label) for d in want] and got
+    hop_probs, times = hop_probabilities(little, FrameStream(little.feature_config).push(audio), settled.hop_frames)
+    probs = dict(zip(np.round(times, 3), hop_probs))
+    times = np.round(times, 3)
+    for d in got:
+        assert d.handed_t == pytest.approx(min(d.t + 0.3, settled.seconds))
+        i = little.labels.index(d.label)
+        span = [t for t in times if d.t - 1e-6 <= t <= d.handed_t + 1e-6]
+        peak = max(span, key=lambda t: probs[t][i])
+        end = round(peak * 16000)
+        np.testing.assert_array_equal(d.audio[-min(end, 16000):], audio[max(0, end - 16000) : end])
+    sure = Listener(little, dataclasses.replace(cfg, sure=0.0))
+    assert all(d.handed_t == d.t and d.sure for i in range(0, len(audio), 1600) for d in sure.push(audio[i : i + 1600]))
+    with pytest.raises(ValueError):
+        DetectorConfig(settle=6)
 
 
 def test_hop_probabilities_are_the_listeners_to_the_window(little) -> None:
