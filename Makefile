@@ -59,7 +59,7 @@ $(DATA)/mini_speech_commands/.complete:
 
 train: venv data  ## retrain the shipped models and their int8 siblings (about 5 h on 2 cores)
 	$(BIN)/kws-train --all
-	$(PYTHON) -m trainers.quantize models/big.tflite models/member_cnn.tflite models/member_dscnn.tflite models/big_listen.tflite
+	$(PYTHON) -m trainers.quantize models/big.tflite models/member_cnn.tflite models/member_dscnn.tflite models/big_listen.tflite models/big_stream.tflite
 
 MODEL ?= little
 reproduce: venv data  ## retrain MODEL (default little) by its card's train_command into results/reproduce/ and check it is the shipped file bit for bit (little: ~1 h)
@@ -79,8 +79,8 @@ certs: certs/ca.pem  ## dev CA, server and client certificates in certs/ (gitign
 certs/ca.pem:
 	$(MAKE) venv && $(BIN)/kws-certs --out certs $(ARGS)
 
-server: venv  ## gRPC :50051 + REST gateway :8080: big_int8 (the default: clips, the spec body) and big_listen_int8 (verifies what kws-edge listen is unsure of); Ctrl-C stops gracefully
-	$(BIN)/kws-server --model models/big_int8.tflite --model models/big_listen_int8.tflite --port 50051 --gateway-port 8080
+server: venv  ## gRPC :50051 + REST gateway :8080: big_int8 (the default: clips, the spec body), big_listen_int8 (clips in noise, can reject) and big_stream_int8 (verifies what kws-edge listen is unsure of); Ctrl-C stops gracefully
+	$(BIN)/kws-server --model models/big_int8.tflite --model models/big_listen_int8.tflite --model models/big_stream_int8.tflite --port 50051 --gateway-port 8080
 
 .PHONY: bench-server bench-server-commit
 bench-server: venv  ## every path (kws.v1 gRPC unary/stream, V2 gRPC, REST spec, /v1/predict, V2 REST): req/s, p50/p99, CPU/request vs floor, 1-128 clients -> results/bench_server.json

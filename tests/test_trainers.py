@@ -96,7 +96,8 @@ def recipes_summary() -> dict[str, Any]:
     return {"registry": sorted(REGISTRY),
             "recipes": {n: (r.architecture, r.quantization, dataclasses.is_dataclass(r.params))
                         for n, r in RECIPES.items()},
-            "shipped": list(SHIPPED), "needs": {n: [*r.teachers, *([r.init] if r.init else [])]
+            "shipped": list(SHIPPED), "needs": {n: [*r.teachers, *([r.init] if r.init else []),
+                                                    *([r.listen.stream.miner] if r.listen and r.listen.stream else [])]
                                                 for n, r in RECIPES.items()}}
 
 
@@ -108,7 +109,7 @@ def test_recipes_are_consistent(tf_child: TfChild) -> None:
         assert arch in ARCHITECTURES and typed, name
     shipped = summary["shipped"]
     assert sorted(shipped) == sorted(p.stem for p in (REPO / "models").glob("*.tflite") if not p.stem.endswith("_int8"))
-    for i, name in enumerate(shipped):  # make train: every model a recipe starts from is trained before it
+    for i, name in enumerate(shipped):  # make train: every model a recipe starts from or mines with is trained before it
         assert all(need in shipped[:i] for need in summary["needs"][name]), name
 
 

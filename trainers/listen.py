@@ -59,6 +59,8 @@ class StreamConfig:
     seed: int = 1  # of the mined streams (make bench-stream's are seed 0)
     val_hours: float = 1.0  # keyword-free val streams (at 10 dB) mined for the selection set ...
     val_hard: int = 600  # ... at most this many of their hard negatives join it
+    keyword_copies: int = 1  # each keyword clip drawn this many times an epoch (each copy augmented on its own),
+    # so that the stream windows come on top of the keywords instead of diluting them
 
 
 def mine_split(root: Path, split: str, cfg: StreamConfig, miner: KwsModel, hours: float,
@@ -123,16 +125,18 @@ class ListenData:
     @property
     def size(self) -> int:
         """Clips in an epoch."""
-        return len(self.keywords) + self.n_unknown + self.n_partial + self.n_silence + self.n_hard + self.n_free
+        copies = self.cfg.stream.keyword_copies if self.cfg.stream else 1
+        return copies * len(self.keywords) + self.n_unknown + self.n_partial + self.n_silence + self.n_hard + self.n_free
 
     def epoch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         c = self.cfg
         n_syn = int(round(self.n_unknown * c.synthetic_share))
         n_rev = (self.n_unknown - n_syn) // 2
         n_spl = self.n_unknown - n_syn - n_rev
-        keywords = self.keywords
+        keywords, keyword_labels = self.keywords, self.keyword_labels
         if c.stream is not None:
-            keywords = keywords.copy()
+            keywords = np.concatenate([keywords] * c.stream.keyword_copies)
+            keyword_labels = np.concatenate([keyword_labels] * c.stream.keyword_copies)
             moved = np.flatnonzero(rng.random(len(keywords)) < c.stream.shifted_share)
             keywords[moved] = shifted(keywords[moved], c.stream.max_shift, rng)
         unknown = np.concatenate([
@@ -145,7 +149,7 @@ class ListenData:
         speech = mix_batch(speech, self.noise, draw_snrs(len(speech), rng, c.clean_share, *c.snr_db), rng)
         silence = silence_clips(self.recordings, "train", self.n_silence, rng)
         audio = [speech, silence]
-        labels = [self.keyword_labels, np.full(len(unknown), UNKNOWN_INDEX), np.full(self.n_silence, SILENCE_INDEX)]
+        labels = [keyword_labels, np.full(len(unknown), UNKNOWN_INDEX), np.full(self.n_silence, SILENCE_INDEX)]
         if c.stream is not None:  # stream windows keep their own noise; only their gain is jittered
             for pool, n in ((self.hard, self.n_hard), (self.free, self.n_free)):
                 w = pool.take(rng.integers(0, len(pool.audio), size=n))
