@@ -203,6 +203,15 @@ def write_detector(path: Path, model: str, chosen: dict[str, DetectorConfig], ve
     path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
+def set_listener(path: Path, model: str) -> None:
+    """Names the little with the most val hits in the detector file: `kws-edge listen`'s default model."""
+    import json
+
+    doc = json.loads(path.read_text())
+    doc["listener"] = model
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
 def real_time_factor(little: KwsModel, stream: Stream, cfg: DetectorConfig, seconds: float = 300.0) -> float:
     """CPU seconds per second of audio of features + little, as `kws-edge listen` runs them (one hop at a time)."""
     lis, x = Listener(little, cfg), stream.audio[: int(seconds * RATE)]
@@ -268,17 +277,21 @@ def main(argv: list[str] | None = None) -> int:
     per_model: list[dict[str, Any]] = [{"little" if single else "path": str(p)} for p in paths]
     chosen: list[dict[str, DetectorConfig]] = [{} for _ in littles]
     curves: dict[str, list[tuple[float, float]]] = {}
+    val_hits: dict[str, tuple[float, float]] = {}  # each little's hits at 10 and 20 dB at its chosen val setting
     for split, hours in (("val", a.val_hours), ("test", a.hours)):
+        if split == "test" and a.write_detector is not None:  # the listener kws-edge listen uses by default
+            set_listener(a.write_detector, max(val_hits, key=val_hits.__getitem__))
         heard_all = hear_split(littles, split, root, hours, a.seed, hop_frames)
         for little, heard, ch, res in zip(littles, heard_all, chosen, per_model):
             if split == "val":
                 alone = [(c, evaluate(heard, little.labels, c, None, a.encoding))
                          for c in tqdm(alone_grid, desc=f"val: {little.name}", file=sys.stderr)]
-                ch["little"], _ = choose(alone, a.max_fa, None)
+                ch["little"], val_row = choose(alone, a.max_fa, None)
                 if big is not None:
                     verified = [(c, evaluate(heard, little.labels, c, big, a.encoding))
                                 for c in tqdm(verified_grid, desc=f"val: {little.name} + big", file=sys.stderr)]
-                    ch["little + big"], _ = choose(verified, a.max_fa_verified, a.max_bytes)
+                    ch["little + big"], val_row = choose(verified, a.max_fa_verified, a.max_bytes)
+                val_hits[little.name] = (val_row["10dB"]["hit_pct"], val_row["20dB"]["hit_pct"])
                 if a.write_detector is not None:
                     write_detector(a.write_detector, little.name, ch, big.name if big is not None else None)
                 continue

@@ -33,6 +33,9 @@ from kws_rpc.model.kws_model import KwsModel
 
 log = logging.getLogger("kws.edge.listen")
 
+DETECTOR_FILE = "listen.json"  # beside the models: what make bench-stream chose on val streams
+FALLBACK_VERIFIER = "big_listen_int8"  # without one
+
 
 @dataclasses.dataclass
 class ListenStats:
@@ -152,7 +155,7 @@ def add_listen_args(ap: argparse.ArgumentParser) -> None:
 
 
 def run(a: argparse.Namespace, little: KwsModel, detector: DetectorConfig, verify: Verify | None = None,
-        verifier_name: str = "big_listen_int8", publish: Callable[[dict[str, Any]], None] | None = None,
+        verifier_name: str = FALLBACK_VERIFIER, publish: Callable[[dict[str, Any]], None] | None = None,
         out: TextIO = sys.stdout) -> int:
     """Listens until the input ends, --duration, or SIGTERM/SIGINT; returns the exit status."""
     rate = little.feature_config.sample_rate
@@ -216,10 +219,24 @@ def _progress(a: argparse.Namespace) -> Any:
                 bar_format="{desc}: {n:.0f} s of audio [{elapsed}, {rate_fmt}]")
 
 
+def shipped_choice(models: Path) -> dict[str, Any]:
+    """The shipped detector file's top level ({} without one): its "listener" and "verifier" name the models."""
+    path = models / DETECTOR_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def default_little(models: Path) -> Path:
-    """The listening little when it ships (it can reject silence and other words), else the clip little."""
-    listen = models / "little_listen.tflite"
-    return listen if listen.is_file() else models / "little.tflite"
+    """The listener the detector file names, else the listening little (it can reject silence and other
+    words), else the clip little."""
+    for name in (shipped_choice(models).get("listener"), "little_listen"):
+        if name and (models / f"{name}.tflite").is_file():
+            return models / f"{name}.tflite"
+    return models / "little.tflite"
+
+
+def default_verifier(models: Path) -> str:
+    """The server model the detector file's verified settings were chosen with, else big_listen_int8."""
+    return shipped_choice(models).get("verifier") or FALLBACK_VERIFIER
 
 
 def load_detector(a: argparse.Namespace, little: KwsModel, models: Path) -> DetectorConfig:
@@ -227,7 +244,7 @@ def load_detector(a: argparse.Namespace, little: KwsModel, models: Path) -> Dete
     verified = getattr(a, "verify", "none") != "none"
     if a.detector is not None:
         return DetectorConfig.load(a.detector, little.name, verified)
-    shipped = models / "listen.json"
+    shipped = models / DETECTOR_FILE
     return DetectorConfig.load(shipped, little.name, verified) if shipped.is_file() else DetectorConfig()
 
 
@@ -244,9 +261,10 @@ def parser(prog: str) -> argparse.ArgumentParser:
                     help="ask the server's --verify-model about unsure detections: over gRPC (--grpc, the window "
                          "as --verify-encoding) or REST (--url, the spec body with the window's WAV, ?model= "
                          "naming the model); --tls-* and --token as for kws-edge eval (default %(default)s)")
-    ap.add_argument("--verify-model", default="big_listen_int8",
+    ap.add_argument("--verify-model", default=None,
                     help="the served model that verifies: one that can reject, with _silence_ and _unknown_ "
-                         "outputs (default %(default)s; make server serves it)")
+                         f"outputs (default: the one the shipped {DETECTOR_FILE} was chosen with, big_stream_int8; "
+                         "make server serves it)")
     ap.add_argument("--verify-encoding", default="logmel-q5z",
                     help="how the window travels: wav, or log-mel features computed here (default %(default)s, "
                          "about 800 bytes a request)")
@@ -274,6 +292,7 @@ def start(a: argparse.Namespace, ap: argparse.ArgumentParser,
     try:
         little = KwsModel(a.model or default_little(models))
         detector = load_detector(a, little, models)
+        a.verify_model = a.verify_model or default_verifier(models)
         publish = publisher() if publisher is not None else None
     except (OSError, ValueError) as e:
         ap.exit(2, f"{ap.prog}: error: {e}\n")

@@ -344,6 +344,13 @@ def test_a_broker_that_is_down_costs_the_events_publication_not_the_events(tmp_p
     assert f"{len(events(r))} of {len(events(r))} events were not acknowledged by the broker" in r.stderr.decode()
 
 
+def every_detection_verified(tmp_path: Path) -> Path:
+    """A detector file whose every detection goes to the server (sure above 1), after two settle hops."""
+    path = tmp_path / "verify-all.json"
+    path.write_text(json.dumps({"detector": {"threshold": 0.5, "smooth": 1, "sure": 1.01, "settle": 2}}))
+    return path
+
+
 @pytest.mark.parametrize("transport", ["grpc", "rest"])
 def test_unsure_detections_are_verified_by_the_servers_listening_model(tmp_path: Path, keyword_stream,
                                                                       transport: str) -> None:
@@ -352,21 +359,23 @@ def test_unsure_detections_are_verified_by_the_servers_listening_model(tmp_path:
     pytest.importorskip("fastapi", reason="the server extra is not installed (the Pi's install)")
     from tests.support.server_process import ServerProcess
 
-    listening = REPO / "models" / "big_listen_int8.tflite"
-    if not listening.is_file():
-        pytest.skip("no listening big model shipped")
+    from edge.listen import default_verifier
+
+    verifier = default_verifier(REPO / "models")  # what the shipped listen.json was chosen with
+    listening = REPO / "models" / f"{verifier}.tflite"
     audio, _ = keyword_stream
     server = ServerProcess(REPO / "models" / "big_int8.tflite", "--model", str(listening))
     try:
         where = ["--grpc", server.target] if transport == "grpc" else ["--url", server.url + "/"]
-        r = run_listen("--input", str(write_wav(tmp_path / "s.wav", audio)), "--verify", transport, *where)
+        r = run_listen("--input", str(write_wav(tmp_path / "s.wav", audio)), "--verify", transport, *where,
+                       "--detector", str(every_detection_verified(tmp_path)))
     finally:
         server.stop()
     err = r.stderr.decode()
     assert r.returncode == 0, err[-2000:]
     found = events(r)
-    assert found and {e["decided_by"] for e in found} == {"big_listen_int8"}  # every detection was unsure
-    assert all(e["t"] >= e["detected_t"] for e in found)
+    assert found and {e["decided_by"] for e in found} == {verifier}  # every detection was unsure
+    assert all(e["t"] >= e["detected_t"] + 0.2 - 1e-6 for e in found)  # two settle hops, then the round trip
     assert re.search(r"(\d+) verified: (\d+) confirmed", err) and "0 failed" in err and "bytes sent" in err
 
 
@@ -375,9 +384,10 @@ def test_a_server_that_is_down_costs_the_verification_not_the_audio(tmp_path: Pa
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    plain = run_listen("--input", str(write_wav(tmp_path / "s.wav", audio)))
+    detector = str(every_detection_verified(tmp_path))
+    plain = run_listen("--input", str(write_wav(tmp_path / "s.wav", audio)), "--detector", detector)
     r = run_listen("--input", str(tmp_path / "s.wav"), "--verify", "grpc", "--grpc", f"127.0.0.1:{port}",
-                   "--timeout", "0.3")
+                   "--timeout", "0.3", "--detector", detector)
     assert r.returncode == 1
     found = events(r)
     assert [(e["label"], e["detected_t"]) for e in found] == [(e["label"], e["t"]) for e in events(plain)]
@@ -390,6 +400,20 @@ def test_the_verifying_model_is_named_in_the_url() -> None:
 
     assert with_model("http://pi:8080/", "big_listen_int8") == "http://pi:8080/?model=big_listen_int8"
     assert with_model("https://h/?a=1", "m") == "https://h/?a=1&model=m"
+
+
+def test_the_detector_file_names_the_default_listener_and_verifier(tmp_path: Path) -> None:
+    from edge.listen import default_little, default_verifier
+
+    (tmp_path / "little.tflite").write_bytes(b"")
+    assert default_little(tmp_path) == tmp_path / "little.tflite" and default_verifier(tmp_path) == "big_listen_int8"
+    (tmp_path / "little_listen.tflite").write_bytes(b"")
+    assert default_little(tmp_path) == tmp_path / "little_listen.tflite"
+    (tmp_path / "listen.json").write_text(json.dumps({"listener": "little_stream", "verifier": "big_stream_int8"}))
+    assert default_little(tmp_path) == tmp_path / "little_listen.tflite"  # named, but not there
+    (tmp_path / "little_stream.tflite").write_bytes(b"")
+    assert default_little(tmp_path) == tmp_path / "little_stream.tflite"
+    assert default_verifier(tmp_path) == "big_stream_int8"
 
 
 def test_detector_settings_per_model_and_for_a_verified_little(tmp_path: Path) -> None:
