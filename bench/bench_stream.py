@@ -254,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-big", action="store_true", help="the little alone: no little + big rows (faster)")
     ap.add_argument("--encoding", default="logmel-q5z", help="how the edge sends a window to big (default %(default)s)")
     ap.add_argument("--hours", type=float, default=6.0, help="keyword-free test audio (default %(default)s h)")
-    ap.add_argument("--val-hours", type=float, default=2.0, help="keyword-free val audio (default %(default)s h)")
+    ap.add_argument("--val-hours", type=float, default=6.0,
+                    help="keyword-free val audio (default %(default)s h: at 2 h, 0.5 false accepts an hour is one "
+                         "event, and the setting chosen is the one that was lucky on val)")
     ap.add_argument("--max-fa", type=float, default=2.0, help="little alone: false accepts per hour on val (default %(default)s)")
     ap.add_argument("--max-fa-verified", type=float, default=0.5, help="little + big: the same (default %(default)s)")
     ap.add_argument("--max-bytes", type=float, default=1e6, help="little + big: bytes per hour on val (default %(default)s)")
