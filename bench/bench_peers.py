@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import RESULTS, format_table, latency_summary, process_tree, tree_cpu_seconds, tree_rss_mb, write_results
+from bench.common import (RESULTS, format_table, latency_summary, process_tree, tree_cpu_seconds, tree_rss_mb, wait_ready,
+                          write_results)
 from bench.floor import floor_ms
 from edge.cascade import repo_relative
 from bench.load import Job, drive
@@ -80,19 +81,6 @@ class Server:
             self.proc.wait()
 
 
-def _wait_ready(url: str, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} never answered 200")
-
-
 def start(kind: str, processes: int, model: Path, venvs: dict[str, Path]) -> Server:
     grpc_port, http_port = free_port(), free_port()
     env = {**os.environ, **ONE_THREAD, "PYTHONPATH": str(REPO)}
@@ -116,7 +104,7 @@ def start(kind: str, processes: int, model: Path, venvs: dict[str, Path]) -> Ser
     server = Server(kind, processes, proc, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", workdir)
     try:
         wait_listening("127.0.0.1", grpc_port, 120)
-        _wait_ready(ready)
+        wait_ready(ready, proc)
     except BaseException:
         server.stop()
         raise

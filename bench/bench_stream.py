@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from bench.common import RESULTS, format_table, write_results
+from bench.common import RESULTS, format_table, shown, write_results
 from edge.listen import default_little as default_listener, default_verifier
 from edge.stream import Detector, DetectorConfig, FrameStream, Listener, hop_probabilities, is_keyword
 from kws_rpc.wire.encodings import build_request
@@ -111,24 +111,26 @@ def detections(heard: Heard, labels: list[str], cfg: DetectorConfig, big: KwsMod
 
 
 def score(events: list[tuple[float, str]], keywords: list[tuple[float, float, str]]) -> dict[str, Any]:
-    """Hits (right label), wrong labels, false accepts and latencies of one stream's events."""
+    """Hits (right label), wrong labels, false accepts and latencies of one stream's events; "hit_by": for
+    each event, whether it was a hit."""
     starts = np.array([k[0] for k in keywords]) if keywords else np.zeros(0)
     taken: set[int] = set()
     hits = wrong = false = 0
-    latency, hit = [], np.zeros(len(keywords), bool)
+    latency, hit, hit_by = [], np.zeros(len(keywords), bool), []
     for t, label in events:
         i = int(np.searchsorted(starts, t, side="right")) - 1
+        hit_by.append(False)
         if i >= 0 and i not in taken and t <= keywords[i][1] + MATCH_AFTER_S:
             taken.add(i)
             if label == keywords[i][2]:
                 hits += 1
-                hit[i] = True
+                hit[i] = hit_by[-1] = True
                 latency.append(t - keywords[i][1])
             else:
                 wrong += 1
         else:
             false += 1
-    return {"hits": hits, "wrong": wrong, "false": false, "latency": latency, "hit": hit}
+    return {"hits": hits, "wrong": wrong, "false": false, "latency": latency, "hit": hit, "hit_by": hit_by}
 
 
 def evaluate(heard: dict[str, list[Heard]], labels: list[str], cfg: DetectorConfig, big: KwsModel | None,
@@ -277,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     alone_grid = grid(thresholds, (1.01,))
     verified_grid = grid(thresholds, (0.8, 0.9, 1.01), settles=(0, 3))
     single = len(littles) == 1
-    per_model: list[dict[str, Any]] = [{"little" if single else "path": str(p)} for p in paths]
+    per_model: list[dict[str, Any]] = [{"little" if single else "path": shown(p)} for p in paths]
     chosen: list[dict[str, DetectorConfig]] = [{} for _ in littles]
     curves: dict[str, list[tuple[float, float]]] = {}
     val_hits: dict[str, tuple[float, float]] = {}  # each little's hits at 10 and 20 dB at its chosen val setting
@@ -316,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             res["curves"] = {k: [{"fa_per_hour": x, "miss_pct": y} for x, y in v] for k, v in mine.items()}
         if split == "test":
             plot(a.out.with_suffix(".png"), curves)
-    head = {"big": str(a.big) if big is not None else None, "encoding": a.encoding, "seed": a.seed,
+    head = {"big": shown(a.big) if big is not None else None, "encoding": a.encoding, "seed": a.seed,
             "hours": {"val": a.val_hours, "test": a.hours}}
     hits = {m.name: {s: per_model[i]["little"][f"{s:g}dB"]["_hit"] for s in SNRS} for i, m in enumerate(littles)}
     for res in per_model:  # per-keyword hits: for the paired tests below, not for the file

@@ -20,6 +20,38 @@ import psutil
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
+BIN = Path(sys.executable).parent  # the venv's console scripts (kws-server, kws-edge): what a user runs
+
+
+def shown(path: str | Path) -> str:
+    """A path as results record it: relative to the working directory when under it (no machine's absolute
+    paths in committed files), else as given."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def wait_ready(url: str, proc: Any = None, timeout_s: float = 120.0) -> None:
+    """Until ``url`` answers 200; fails at once if ``proc`` (a Popen) has exited."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server exited with code {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} never answered 200")
+
+
 def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
     """p50/p90/p99/mean in milliseconds (NaN when nothing was measured)."""
     if not seconds:

@@ -11,7 +11,20 @@ def test_an_event_is_matched_to_the_clip_it_falls_in_or_just_after() -> None:
     events = [(1.9, "yes"), (2.2, "yes"), (5.5, "go"), (8.0, "up")]
     s = score(events, keywords)
     assert (s["hits"], s["wrong"], s["false"]) == (1, 1, 2)  # a second event on one clip is a false accept
-    assert s["latency"] == [1.9 - 2.0]
+    assert s["latency"] == [1.9 - 2.0] and s["hit_by"] == [True, False, False, False]
+
+
+def test_loopback_latency_is_from_the_clip_end_to_the_printed_event_split_by_who_decided() -> None:
+    from bench.stream_loopback import latencies
+
+    keywords = [(1.0, 2.0, "yes"), (4.0, 5.0, "no"), (7.0, 8.0, "up")]
+    events = [{"t": 2.4, "detected_t": 1.9, "label": "yes", "decided_by": "big_stream_int8"},
+              {"t": 4.8, "detected_t": 4.8, "label": "no", "decided_by": "little"},
+              {"t": 7.9, "detected_t": 7.5, "label": "go", "decided_by": "big_stream_int8"},
+              {"t": 12.0, "detected_t": 11.0, "label": "up", "decided_by": "little"}]
+    s = latencies(events, keywords)
+    assert (s["hits"], s["wrong"], s["false"]) == (2, 1, 1)
+    assert s["latency"]["server"] == [2.4 - 2.0] and s["latency"]["little"] == [4.8 - 5.0]
 
 
 def test_keyword_streams_are_a_function_of_the_seed() -> None:
