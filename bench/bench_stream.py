@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     alone_grid = grid(thresholds, (1.01,))
     verified_grid = grid(thresholds, (0.8, 0.9, 1.01), settles=(0, 3))
     single = len(littles) == 1
-    per_model: list[dict[str, Any]] = [{"little" if single else "path": shown(p)} for p in paths]
+    per_model: list[dict[str, Any]] = [{"path": shown(p)} for p in paths]
     chosen: list[dict[str, DetectorConfig]] = [{} for _ in littles]
     curves: dict[str, list[tuple[float, float]]] = {}
     val_hits: dict[str, tuple[float, float]] = {}  # each little's hits at 10 and 20 dB at its chosen val setting
