@@ -108,11 +108,7 @@ class Detection:
     score: float  # the label's smoothed probability
     sure: bool  # score >= DetectorConfig.sure: no need to ask the server
     audio: np.ndarray  # 1 s of audio for a server to verify: the window that fired, or its peak (settle)
-    ready_t: float | None = None  # stream time at which it was handed over (t + the settle hops); None: t
-
-    @property
-    def handed_t(self) -> float:
-        return self.t if self.ready_t is None else self.ready_t
+    handed_t: float  # stream time at which it was handed over: t, or t + the settle hops
 
 
 @dataclasses.dataclass
@@ -224,7 +220,7 @@ class Listener:
                 if hit is not None:
                     sure = hit[1] >= self.cfg.sure
                     if sure or not self.cfg.settle:
-                        found.append(Detection(t, hit[0], hit[1], sure, self._window_audio(t)))
+                        found.append(Detection(t, hit[0], hit[1], sure, self._window_audio(t), t))
                     else:
                         found.extend(self.flush())  # a refractory period shorter than settle
                         k = self.model.labels.index(hit[0])
@@ -237,8 +233,7 @@ class Listener:
 
     def flush(self) -> list[Detection]:
         """At the end of the input: the detection still settling, if any, with the best window it had."""
-        s, self._settling = self._settling, None
-        return [Detection(s.t, s.label, s.score, False, self._window_audio(s.best_t), self.seconds)] if s else []
+        return [self._hand_over(self.seconds)] if self._settling else []
 
     def _settle(self, probs: np.ndarray, t: float) -> Detection | None:
         s = self._settling
@@ -247,9 +242,12 @@ class Listener:
         if probs[s.index] > s.best:
             s.best, s.best_t = float(probs[s.index]), t
         s.hops_left -= 1
-        if s.hops_left:
-            return None
-        self._settling = None
+        return None if s.hops_left else self._hand_over(t)
+
+    def _hand_over(self, t: float) -> Detection:
+        """The settling detection, carrying its best window, handed over at stream time t."""
+        s, self._settling = self._settling, None
+        assert s is not None
         return Detection(s.t, s.label, s.score, False, self._window_audio(s.best_t), t)
 
     def _window_audio(self, t: float) -> np.ndarray:
