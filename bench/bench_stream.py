@@ -192,26 +192,21 @@ def choose(rows: list[tuple[DetectorConfig, dict]], max_fa: float, max_bytes: fl
     return max(ok, key=lambda cr: (cr[1]["10dB"]["hit_pct"], cr[1]["20dB"]["hit_pct"], -cr[1]["keyword_free"]["fa_per_hour"]))
 
 
-def write_detector(path: Path, model: str, chosen: dict[str, DetectorConfig], verifier: str | None) -> None:
-    """Adds the model's chosen settings to a detector file (other models' entries stay)."""
+def write_detector(path: Path, chosen: dict[str, dict[str, DetectorConfig]], verifier: str | None) -> None:
+    """Adds each little's chosen settings to a detector file (other models' entries stay) and names the little
+    with the most val hits as `kws-edge listen`'s default ("listener"); ``chosen``: by model name, in order of
+    val hits, best first."""
     import json
 
     doc = json.loads(path.read_text()) if path.is_file() else {}
-    doc.setdefault("models", {})[model] = dataclasses.asdict(chosen["little"])
-    if "little + big" in chosen:
-        doc.setdefault("verified", {})[model] = dataclasses.asdict(chosen["little + big"])
-        doc["verifier"] = verifier  # the server model the verified settings were chosen with
+    for model, ch in chosen.items():
+        doc.setdefault("models", {})[model] = dataclasses.asdict(ch["little"])
+        if "little + big" in ch:
+            doc.setdefault("verified", {})[model] = dataclasses.asdict(ch["little + big"])
+            doc["verifier"] = verifier  # the server model the verified settings were chosen with
+    doc["listener"] = next(iter(chosen))
     doc["chosen_by"] = "make bench-stream (val streams): the most hits at 10 dB within the false-accept and byte budgets"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2) + "\n")
-
-
-def set_listener(path: Path, model: str) -> None:
-    """Names the little with the most val hits in the detector file: `kws-edge listen`'s default model."""
-    import json
-
-    doc = json.loads(path.read_text())
-    doc["listener"] = model
     path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
@@ -284,8 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     curves: dict[str, list[tuple[float, float]]] = {}
     val_hits: dict[str, tuple[float, float]] = {}  # each little's hits at 10 and 20 dB at its chosen val setting
     for split, hours in (("val", a.val_hours), ("test", a.hours)):
-        if split == "test" and a.write_detector is not None:  # the listener kws-edge listen uses by default
-            set_listener(a.write_detector, max(val_hits, key=val_hits.__getitem__))
+        if split == "test" and a.write_detector is not None:
+            by_name = dict(zip((m.name for m in littles), chosen))
+            write_detector(a.write_detector, {n: by_name[n] for n in sorted(val_hits, key=val_hits.__getitem__,
+                                                                              reverse=True)},
+                           big.name if big is not None else None)
         heard_all = hear_split(littles, split, root, hours, a.seed, hop_frames)
         for little, heard, ch, res in zip(littles, heard_all, chosen, per_model):
             if split == "val":
@@ -297,8 +295,6 @@ def main(argv: list[str] | None = None) -> int:
                                 for c in tqdm(verified_grid, desc=f"val: {little.name} + big", file=sys.stderr)]
                     ch["little + big"], val_row = choose(verified, a.max_fa_verified, a.max_bytes)
                 val_hits[little.name] = (val_row["10dB"]["hit_pct"], val_row["20dB"]["hit_pct"])
-                if a.write_detector is not None:
-                    write_detector(a.write_detector, little.name, ch, big.name if big is not None else None)
                 continue
             for name, cfg in ch.items():
                 row = evaluate(heard, little.labels, cfg, big if "big" in name else None, a.encoding)
