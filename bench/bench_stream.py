@@ -111,26 +111,26 @@ def detections(heard: Heard, labels: list[str], cfg: DetectorConfig, big: KwsMod
 
 
 def score(events: list[tuple[float, str]], keywords: list[tuple[float, float, str]]) -> dict[str, Any]:
-    """Hits (right label), wrong labels, false accepts and latencies of one stream's events; "hit_by": for
-    each event, whether it was a hit."""
+    """Hits (right label), wrong labels, false accepts and latencies of one stream's events; "hit_of": for
+    each event, the index of the keyword it hit, or -1."""
     starts = np.array([k[0] for k in keywords]) if keywords else np.zeros(0)
     taken: set[int] = set()
     hits = wrong = false = 0
-    latency, hit, hit_by = [], np.zeros(len(keywords), bool), []
+    latency, hit, hit_of = [], np.zeros(len(keywords), bool), []
     for t, label in events:
         i = int(np.searchsorted(starts, t, side="right")) - 1
-        hit_by.append(False)
+        hit_of.append(-1)
         if i >= 0 and i not in taken and t <= keywords[i][1] + MATCH_AFTER_S:
             taken.add(i)
             if label == keywords[i][2]:
                 hits += 1
-                hit[i] = hit_by[-1] = True
+                hit[i], hit_of[-1] = True, i
                 latency.append(t - keywords[i][1])
             else:
                 wrong += 1
         else:
             false += 1
-    return {"hits": hits, "wrong": wrong, "false": false, "latency": latency, "hit": hit, "hit_by": hit_by}
+    return {"hits": hits, "wrong": wrong, "false": false, "latency": latency, "hit": hit, "hit_of": hit_of}
 
 
 def evaluate(heard: dict[str, list[Heard]], labels: list[str], cfg: DetectorConfig, big: KwsModel | None,

@@ -55,13 +55,10 @@ def latencies(events: list[dict], keywords: list[tuple[float, float, str]]) -> d
     """The events scored as bench-stream scores them (matched by when the little detected them); latency =
     the event's time minus its keyword's clip end, split by who decided."""
     s = score([(e["detected_t"], e["label"]) for e in events], keywords)
-    ends = {k[0]: k[1] for k in keywords}
-    starts = np.array(sorted(ends))
     s["latency"] = {"server": [], "little": []}
-    for e, hit in zip(events, s["hit_by"]):
-        if hit:
-            start = starts[int(np.searchsorted(starts, e["detected_t"], side="right")) - 1]
-            s["latency"]["little" if e["decided_by"] == "little" else "server"].append(e["t"] - ends[start])
+    for e, i in zip(events, s["hit_of"]):
+        if i >= 0:
+            s["latency"]["little" if e["decided_by"] == "little" else "server"].append(e["t"] - keywords[i][1])
     return s
 
 

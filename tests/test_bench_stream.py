@@ -11,7 +11,7 @@ def test_an_event_is_matched_to_the_clip_it_falls_in_or_just_after() -> None:
     events = [(1.9, "yes"), (2.2, "yes"), (5.5, "go"), (8.0, "up")]
     s = score(events, keywords)
     assert (s["hits"], s["wrong"], s["false"]) == (1, 1, 2)  # a second event on one clip is a false accept
-    assert s["latency"] == [1.9 - 2.0] and s["hit_by"] == [True, False, False, False]
+    assert s["latency"] == [1.9 - 2.0] and s["hit_of"] == [0, -1, -1, -1]
 
 
 def test_loopback_latency_is_from_the_clip_end_to_the_printed_event_split_by_who_decided() -> None:
