@@ -44,7 +44,7 @@ from kws_rpc.wire.encodings import build_request
 from kws_rpc.audio.wav import decode_wav
 from kws_rpc.model.kws_model import KwsModel
 from kws_rpc.wire.senml import spec_body_for_wav
-from kws_rpc.model.threads import pin_native_threads
+from kws_rpc.model.native import tune_process
 from kws_rpc.proto.kws.v1 import kws_pb2 as pb
 from tests.support.network import free_port, wait_listening
 
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--venv-mlserver", type=Path, default=REPO / ".venv-peers-mlserver")
     ap.add_argument("--out", type=Path, default=RESULTS / "bench_peers.json")
     a = ap.parse_args(argv)
-    pin_native_threads()  # the floor is one thread's work, as in every server process
+    tune_process()  # the floor is measured as every server process runs: one BLAS thread, a heap that keeps freed memory
     venvs = {"kserve": a.venv_kserve, "mlserver": a.venv_mlserver}
     servers = a.servers.split(",")
     payloads = a.payloads.split(",")

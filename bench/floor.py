@@ -13,7 +13,7 @@ import numpy as np
 
 from kws_rpc.audio.wav import decode_wav
 from kws_rpc.model.kws_model import KwsModel
-from kws_rpc.model.threads import pin_native_threads
+from kws_rpc.model.native import tune_process
 
 KINDS = ("wav", "wav-base64", "features")  # what a request carries: a WAV, a base64 WAV, float32 features
 
@@ -21,7 +21,7 @@ KINDS = ("wav", "wav-base64", "features")  # what a request carries: a WAV, a ba
 def floor_ms(model: KwsModel, clips: list[Path], repeats: int = 40) -> dict[str, float]:
     """Milliseconds of CPU per request of each kind, on ``clips``, with one BLAS thread as in a server
     process (a threaded BLAS would count its spinning threads' CPU too)."""
-    pin_native_threads()
+    tune_process()
     wavs = [p.read_bytes() for p in clips]
     feats = [model.features(decode_wav(w)[0]).astype(np.float32).tobytes() for w in wavs]
     shape = model.card.feature.shape

@@ -43,3 +43,32 @@ def test_interpreters_are_pooled_and_bounded(little_path: Path) -> None:
         t.join()
     assert m._created == {1: 2}
     np.testing.assert_array_equal(got, expected)
+
+
+def test_serving_process_features_do_not_fault_pages_in() -> None:
+    """A serving process keeps freed heap: one clip's features (about 0.7 MB of arrays allocated and freed)
+    no longer fault their pages in on every call, which cost half their CPU. Run in a child, since the
+    setting is process-wide."""
+    import subprocess
+    import textwrap
+
+    child = textwrap.dedent("""
+        import resource, sys
+        import numpy as np
+        from kws_rpc.audio.features import FeatureConfig, log_mel
+        from kws_rpc.model.native import keep_freed_heap
+        cfg, x = FeatureConfig(num_mfcc=0), np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
+        def faults_per_call():
+            for _ in range(20):
+                log_mel(x, cfg)
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            for _ in range(200):
+                log_mel(x, cfg)
+            return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 200
+        untuned = faults_per_call()
+        assert keep_freed_heap(), "mallopt refused"
+        print(untuned, faults_per_call())
+    """)
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True).stdout
+    untuned, tuned = map(float, out.split())
+    assert tuned < 2, f"{tuned} page faults per clip with the heap kept (untuned: {untuned})"

@@ -33,7 +33,7 @@ from kws_rpc.lab import ensemble_fit
 from kws_rpc.lab.coop_report import clip_members, clip_votes, report
 from kws_rpc.lab.data import find_dataset, load_split
 from kws_rpc.model import ensemble
-from kws_rpc.model.threads import pin_native_threads, responsive_network_thread
+from kws_rpc.model.native import responsive_network_thread, tune_process
 from kws_rpc.mqtt.coop import ENCODINGS, WINDOW_PER_INFLIGHT, CoopClient, CoopConfig, Run
 from kws_rpc.mqtt.options import add_broker_arguments, broker_settings
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None, embedded: bool = False) -> None:
     p = build_parser()
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    pin_native_threads()
+    tune_process()
     responsive_network_thread()
     url = args.broker
     try:

@@ -31,7 +31,7 @@ import paho.mqtt.client as mqtt
 from kws_rpc.errors import KwsError, clip, quote
 from kws_rpc.model.core import InferenceCore
 from kws_rpc.model.kws_model import KwsModel
-from kws_rpc.model.threads import pin_native_threads, responsive_network_thread
+from kws_rpc.model.native import responsive_network_thread, tune_process
 from kws_rpc.mqtt.connection import BrokerSettings, connect, make_client, negotiate
 from kws_rpc.mqtt.options import add_broker_arguments, broker_settings
 from kws_rpc.mqtt.topics import Topics, check_segment
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     p = build_parser()
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    pin_native_threads()
+    tune_process()
     responsive_network_thread()
     try:
         settings = broker_settings(args.broker, args)

@@ -28,7 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from kws_rpc.model.batching import MicroBatcher
 from kws_rpc.model.core import InferenceCore
 from kws_rpc.model.kws_model import KwsModel
-from kws_rpc.model.threads import pin_native_threads
+from kws_rpc.model.native import tune_process
 from kws_rpc.security import tls
 from kws_rpc.security.auth import Guard
 from kws_rpc.serving import lifeline, ports, v2_servicer
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(supervise(config, argv))
         except ports.PortTaken as e:
             raise SystemExit(f"kws-server: error: {e}") from None
-    pin_native_threads()
+    tune_process()
     stop = threading.Event()
 
     def on_signal(signum: int, _: FrameType | None) -> None:
