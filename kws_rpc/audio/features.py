@@ -14,6 +14,7 @@ import functools
 from typing import Any
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 LOG_OFFSET = 1e-6
 # log_mel() computes large batches this many clips at a time: one clip's complex spectrum is ~400 KB, and a
@@ -97,6 +98,15 @@ def mel_matrix(cfg: FeatureConfig) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
+def _used_mel_matrix(cfg: FeatureConfig) -> np.ndarray:
+    """The mel filterbank without its trailing all-zero rows: the FFT bins above upper_hz weigh nothing, so
+    their magnitudes need not be taken (257 of 513 bins at the defaults)."""
+    weights = mel_matrix(cfg)
+    used = int(np.flatnonzero(weights.any(axis=1)).max()) + 1
+    return np.ascontiguousarray(weights[:used])
+
+
+@functools.lru_cache(maxsize=16)
 def dct_matrix(num_mel_bins: int, num_mfcc: int) -> np.ndarray:
     """DCT-II as tf.signal.mfccs_from_log_mel_spectrograms: 2*cos(...) / sqrt(2N), (N, num_mfcc)."""
     n = np.arange(num_mel_bins)[:, None]
@@ -138,14 +148,15 @@ def log_mel(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
         return out[0] if single else out
     if cfg.peak_normalize:
         x = normalize_peak(x, cfg.peak_normalize)
-    starts = np.arange(cfg.num_frames) * cfg.frame_step
-    idx = starts[:, None] + np.arange(cfg.frame_length)[None, :]
-    frames = x[:, idx] * _window(cfg.frame_length)
-    spectrum = np.abs(np.fft.rfft(frames, n=cfg.fft_length, axis=-1)).astype(np.float32)
+    # the frames are a view of the clip (no gather); the window's product is their only copy
+    frames = sliding_window_view(x, cfg.frame_length, axis=-1)[:, :: cfg.frame_step][:, : cfg.num_frames]
+    weights = _used_mel_matrix(cfg)
+    spectrum = np.fft.rfft(frames * _window(cfg.frame_length), n=cfg.fft_length, axis=-1)[..., : len(weights)]
+    magnitude = np.abs(spectrum).astype(np.float32)
     # One 2-D matmul per batch: numpy's batched 3-D matmul calls a threaded BLAS once per clip, which
     # on busy cores costs ~20x (290 ms instead of 3 ms for 32 clips).
-    batch, frames, bins = spectrum.shape
-    logmel = np.log(spectrum.reshape(batch * frames, bins) @ mel_matrix(cfg) + LOG_OFFSET)
+    batch, frames, bins = magnitude.shape
+    logmel = np.log(magnitude.reshape(batch * frames, bins) @ weights + LOG_OFFSET)
     out = logmel @ dct_matrix(cfg.num_mel_bins, cfg.num_mfcc) if cfg.num_mfcc else logmel
     out = out.reshape(batch, frames, -1)
     out = out.astype(np.float32, copy=False)
