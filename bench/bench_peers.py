@@ -262,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(summary, list(dict.fromkeys(k for r in summary for k in r))))
     write_results(a.out, {"model": repo_relative(a.model), "seconds": a.seconds, "passes": a.passes, "floors_ms": floors,
                           "tuning": {"all": "one BLAS thread (OPENBLAS/OMP/MKL_NUM_THREADS=1)",
+                                     "kws": "its defaults (kws_rpc.model.native): also a heap that keeps freed memory",
                                      "kserve": "ModelServer(workers=N, access_log_format=None, enable_latency_logging=False)",
                                      "mlserver": "parallel_workers=N, metrics off, logging WARNING"},
                           "rows": rows, "summary_32_clients": summary})
