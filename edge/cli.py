@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().parse_args(argv)  # --help, or an error that lists the commands
         return 2
     name, rest = argv[0], argv[1:]
+    from kws_rpc.model.native import tune_process
+
+    tune_process()  # every command computes features clip after clip, as a server does
     return COMMANDS[name][1](rest, f"kws-edge {name}")
 
 

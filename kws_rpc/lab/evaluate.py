@@ -24,6 +24,7 @@ from kws_rpc.lab.data import find_dataset, load_split
 from kws_rpc.lab.ensemble_fit import stack_models
 from kws_rpc.model.ensemble import decide_all
 from kws_rpc.model.kws_model import KwsModel
+from kws_rpc.model.native import tune_process
 from kws_rpc.lab import noisy_eval
 
 log = logging.getLogger("kws.eval")
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    tune_process()  # the latencies are those of the edge and the server, which run tuned
     root = find_dataset(args.data_dir, allow_download=args.download)
     result = run(Path(args.models), root, args.split, args.latency_clips, args.noise)
     print()
