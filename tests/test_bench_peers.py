@@ -1,4 +1,5 @@
-"""The serving benchmark's summary: each server at its best process count, the mean of the passes."""
+"""The serving benchmark: its summary (each server at its best process count, the mean of the passes), and
+the empty grpc.aio server it is read against."""
 
 from bench.bench_peers import summarize
 
@@ -21,3 +22,16 @@ def test_summary_puts_kws_over_v2_beside_the_peers() -> None:
     rows = [row("kws", 2, 1000), row("kws-v2", 2, 900), row("kserve", 1, 600), row("mlserver", 2, 750)]
     (wav, *_) = summarize(rows)
     assert wav["kws / best peer"] == 1000 / 750 and wav["kws V2 / best peer"] == 900 / 750
+
+
+def test_empty_grpc_server_answers_every_payload_and_reports_its_cpu(tmp_path) -> None:
+    """bench.empty_grpc's server answers the kws bodies with no error and its CPU per call is counted."""
+    import json
+
+    from bench import empty_grpc
+
+    out = tmp_path / "empty.json"
+    assert empty_grpc.main(["--clients", "2", "--seconds", "0.5", "--rounds", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["payload"] for r in rows] == list(empty_grpc.PAYLOADS)
+    assert all(r["req_per_s"] > 0 and r["cpu_us_per_call"] > 0 and r["errors"] == 0 for r in rows)

@@ -1,0 +1,89 @@
+"""What grpc.aio itself costs a server per call: a grpc.aio server whose kws.v1 Predict returns a fixed
+reply (no parsing, no model, no features, no metrics), driven exactly as bench-peers drives kws (the same
+request bodies, 32 clients on their own connections from two client processes), its CPU per call read
+from /proc. Add it to the floor (bench/floor.py) for the least any Python grpc.aio server can spend on a
+request; kws's and KServe's gRPC rows in bench-peers sit about 0.1-0.2 ms above that sum.
+
+    python -m bench.empty_grpc [--clients 32] [--seconds 8] [--rounds 2]    -> results/empty_grpc.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.bench_peers import REPO, kws_bodies
+from bench.common import RESULTS, format_table, tree_cpu_seconds, write_results
+from bench.load import Job, drive
+from kws_rpc.model.kws_model import KwsModel
+from kws_rpc.proto.kws.v1 import kws_pb2 as pb
+from tests.support.network import free_port, wait_listening
+
+PAYLOADS = ("grpc-wav", "grpc-features")
+
+
+async def _serve(port: int) -> None:
+    import grpc
+
+    reply = pb.PredictResponse(prediction=pb.Prediction(label="yes")).SerializeToString()
+
+    async def predict(request: bytes, context: Any) -> bytes:  # raw bytes in and out: nothing parsed
+        return reply
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "kws.v1.KeywordSpotting", {"Predict": grpc.unary_unary_rpc_method_handler(predict)}),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--seconds", type=float, default=8.0, help="per round")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=RESULTS / "empty_grpc.json")
+    ap.add_argument("--serve", type=int, default=None, help=argparse.SUPPRESS)  # the server child
+    a = ap.parse_args(argv)
+    if a.serve is not None:
+        asyncio.run(_serve(a.serve))
+        return 0
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.empty_grpc", "--serve", str(port)], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    rows = []
+    try:
+        wait_listening("127.0.0.1", port, 60)
+        bodies = kws_bodies(KwsModel(REPO / "models" / "big_int8.tflite"))
+        for payload in PAYLOADS:
+            job = Job("grpc", f"127.0.0.1:{port}", bodies[payload], a.clients, 10**9, a.seconds, check="status")
+            drive(job, processes=2)  # warm-up
+            per_call, rates, errors = [], [], 0
+            for _ in range(a.rounds):
+                cpu0 = tree_cpu_seconds(proc.pid)
+                out = drive(job, processes=2)
+                n = len(out["latencies"])
+                per_call.append(1000 * (tree_cpu_seconds(proc.pid) - cpu0) / max(n, 1))  # ms
+                rates.append(n / out["elapsed"])
+                errors += out["errors"]
+            rows.append({"payload": payload, "clients": a.clients, "req_per_s": float(np.mean(rates)),
+                         "cpu_us_per_call": 1000 * float(np.mean(per_call)), "errors": errors})
+    finally:
+        proc.terminate()
+        proc.wait()
+    print(format_table(rows, list(rows[0])))
+    write_results(a.out, {"clients": a.clients, "seconds": a.seconds, "rounds": a.rounds, "rows": rows})
+    print(f"wrote {a.out}")
+    return 1 if any(r["errors"] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
