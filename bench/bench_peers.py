@@ -2,7 +2,9 @@
 
 KServe 0.21 and MLServer 1.7 serve the same .tflite through kws's own model and feature code
 (bench/peers/), each in its own venv (requirements/peers-*.txt), tuned as a user would tune them: one
-BLAS thread, access logs off, 1 or 2 workers. kws serves it as `kws-server --processes N`. The same load
+BLAS thread, access logs off, 1 or 2 workers. kws serves it as `kws-server --processes N`, with its own
+defaults (which also keep the C heap's freed memory: kws_rpc.model.native; the peers get the same with
+MALLOC_MMAP_THRESHOLD_=16777216 MALLOC_TRIM_THRESHOLD_=33554432 in this command's environment). The same load
 drives all three: every client on its own connection, from two client processes (bench/load.py), for
 C = 1, 32 and 128 clients, on three payloads:
 
@@ -13,7 +15,8 @@ C = 1, 32 and 128 clients, on three payloads:
 
 Per cell: requests per second, p50/p99 latency, errors, the server's CPU time per request (every process
 of it, from psutil) and its RSS; beside it the floor, what decoding, features and prediction cost per
-request in this process, measured in the same run. Servers are interleaved within each pass, and the
+request in this process (tuned as a kws server is), measured in the same run; what grpc.aio itself adds
+per call: python -m bench.empty_grpc. Servers are interleaved within each pass, and the
 summary is the mean of the passes at 32 clients, each server at its best process count.
 Writes results/bench_peers.json.
 """
