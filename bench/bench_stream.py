@@ -27,6 +27,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import multiprocessing
+import os
 import sys
 import time
 from pathlib import Path
@@ -158,6 +160,34 @@ def evaluate(heard: dict[str, list[Heard]], labels: list[str], cfg: DetectorConf
     return row
 
 
+_SWEPT: dict[str, Any] = {}  # what sweep()'s workers evaluate: inherited through fork, never pickled
+
+
+def _evaluate_swept(cfg: DetectorConfig) -> dict[str, Any]:
+    s = _SWEPT
+    return evaluate(s["heard"], s["labels"], cfg, s["big"], s["encoding"])
+
+
+def sweep(heard: dict[str, list[Heard]], labels: list[str], configs: list[DetectorConfig], big: KwsModel | None,
+          encoding: str, desc: str, jobs: int) -> list[tuple[DetectorConfig, dict[str, Any]]]:
+    """evaluate() of every setting, in order, over ``jobs`` forked processes (the streams, hours of audio,
+    are inherited, not copied; each process keeps its own cache of big's verdicts)."""
+    _SWEPT.update(heard=heard, labels=labels, big=big, encoding=encoding)
+    rows: list[dict[str, Any]] = []
+    try:
+        if jobs < 2 or "fork" not in multiprocessing.get_all_start_methods():
+            for c in tqdm(configs, desc=desc, file=sys.stderr):
+                rows.append(_evaluate_swept(c))
+        else:
+            with multiprocessing.get_context("fork").Pool(jobs) as pool:
+                for row in tqdm(pool.imap(_evaluate_swept, configs, chunksize=4), total=len(configs), desc=desc,
+                                file=sys.stderr):
+                    rows.append(row)
+    finally:
+        _SWEPT.clear()
+    return list(zip(configs, rows))
+
+
 def build(split: str, root: Path, hours: float, seed: int) -> dict[str, Any]:
     return {**material(split, root, seed), "hours": hours}
 
@@ -258,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-fa-verified", type=float, default=0.5, help="little + big: the same (default %(default)s)")
     ap.add_argument("--max-bytes", type=float, default=1e6, help="little + big: bytes per hour on val (default %(default)s)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                    help="processes the sweeps of detector settings (val's choice, test's curves) run on (default: the "
+                         "cores, %(default)s)")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", type=Path, default=RESULTS / "bench_stream.json")
     ap.add_argument("--write-detector", type=Path, default=None, metavar="JSON",
@@ -287,12 +320,11 @@ def main(argv: list[str] | None = None) -> int:
         heard_all = hear_split(littles, split, root, hours, a.seed, hop_frames)
         for little, heard, ch, res in zip(littles, heard_all, chosen, per_model):
             if split == "val":
-                alone = [(c, evaluate(heard, little.labels, c, None, a.encoding))
-                         for c in tqdm(alone_grid, desc=f"val: {little.name}", file=sys.stderr)]
+                alone = sweep(heard, little.labels, alone_grid, None, a.encoding, f"val: {little.name}", a.jobs)
                 ch["little"], val_row = choose(alone, a.max_fa, None)
                 if big is not None:
-                    verified = [(c, evaluate(heard, little.labels, c, big, a.encoding))
-                                for c in tqdm(verified_grid, desc=f"val: {little.name} + big", file=sys.stderr)]
+                    verified = sweep(heard, little.labels, verified_grid, big, a.encoding, f"val: {little.name} + big",
+                                     a.jobs)
                     ch["little + big"], val_row = choose(verified, a.max_fa_verified, a.max_bytes)
                 val_hits[little.name] = (val_row["10dB"]["hit_pct"], val_row["20dB"]["hit_pct"])
                 continue
@@ -303,12 +335,11 @@ def main(argv: list[str] | None = None) -> int:
             res["cpu_per_audio_second"] = real_time_factor(little, heard["10"][0].stream, ch["little"])
             mine = {}
             for name, c0 in ch.items():
-                use_big = "big" in name
-                pts = []
-                for t in thresholds:
-                    cfg = dataclasses.replace(c0, threshold=float(t), sure=max(c0.sure, float(t)) if c0.sure <= 1 else c0.sure)
-                    r = evaluate(heard, little.labels, cfg, big if use_big else None, a.encoding)
-                    pts.append((r["keyword_free"]["fa_per_hour"], 100 - r["10dB"]["hit_pct"]))
+                along = [dataclasses.replace(c0, threshold=float(t), sure=max(c0.sure, float(t)) if c0.sure <= 1 else c0.sure)
+                         for t in thresholds]
+                pts = [(r["keyword_free"]["fa_per_hour"], 100 - r["10dB"]["hit_pct"])
+                       for _, r in sweep(heard, little.labels, along, big if "big" in name else None, a.encoding,
+                                         f"test: {name} curve", a.jobs)]
                 mine[name] = pts
                 curves[name if single else name.replace("little", little.name, 1)] = pts
             res["curves"] = {k: [{"fa_per_hour": x, "miss_pct": y} for x, y in v] for k, v in mine.items()}
