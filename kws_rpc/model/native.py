@@ -56,10 +56,10 @@ def keep_freed_heap() -> bool:
     would at start-up). Returns whether the C library took them; False on a libc without ``mallopt``."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError, TypeError):  # no such symbol (macOS, musl's stub aside); Windows: no CDLL(None)
+    except (OSError, AttributeError, TypeError):  # macOS has no mallopt; Windows has no CDLL(None)
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     ok = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, HEAP_KEEP_BYTES))
-    if not ok:
+    if not ok:  # e.g. musl, whose mallopt does nothing and says so
         log.debug("mallopt refused the heap thresholds; freed memory goes back to the kernel as before")
     return ok
