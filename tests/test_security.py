@@ -407,3 +407,15 @@ def test_rate_limiter_and_guard() -> None:
     with pytest.raises(Unauthenticated):
         tokens.admit("Bearer nope-nope-nope-nope", "ipv4:10.0.0.5:1")
     assert tokens.admit(f"Bearer {EDGE_TOKEN}", "ipv4:10.0.0.5:1") == "edge"
+
+
+def test_grpc_guard_is_installed_when_it_can_refuse_someone() -> None:
+    """On a server bound to loopback with no tokens, every peer is exempt from the rate limit: no interceptor."""
+    from kws_rpc.serving.grpc_auth import GuardInterceptor
+
+    limited, open_ = Guard(AuthConfig(rate=10.0)), Guard(AuthConfig(rate=0))
+    assert not GuardInterceptor.needed(limited, "127.0.0.1") and not GuardInterceptor.needed(limited, "[::1]")
+    assert GuardInterceptor.needed(limited, "0.0.0.0") and GuardInterceptor.needed(limited, "server.lan")
+    assert GuardInterceptor.needed(Guard(AuthConfig(rate=10.0, rate_limit_loopback=True)), "127.0.0.1")
+    assert GuardInterceptor.needed(Guard(AuthConfig(TokenStore.parse([f"edge:{EDGE_TOKEN}"], "t"), rate=0)), "localhost")
+    assert not GuardInterceptor.needed(open_, "0.0.0.0")

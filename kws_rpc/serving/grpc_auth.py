@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 
 from kws_rpc.errors import KwsError, RateLimited
-from kws_rpc.security.auth import Guard
+from kws_rpc.security.auth import Guard, is_loopback
 from kws_rpc.serving.metrics import Metrics
 from kws_rpc.wire.service import ERROR_KEY
 
@@ -34,8 +34,11 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         self.guard, self.metrics = guard, metrics
 
     @staticmethod
-    def needed(guard: Guard) -> bool:
-        return guard.config.tokens is not None or guard.limiter is not None
+    def needed(guard: Guard, host: str) -> bool:
+        """Tokens to check, or a rate limit that can apply to someone: a server bound to loopback only has
+        only loopback peers, exempt unless --rate-limit-loopback (the interceptor costs ~0.04 ms a call)."""
+        limited = guard.limiter is not None and (guard.config.rate_limit_loopback or not is_loopback(host))
+        return guard.config.tokens is not None or limited
 
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
                                 details: grpc.HandlerCallDetails) -> Any:

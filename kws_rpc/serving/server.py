@@ -140,7 +140,7 @@ async def _start_grpc(config: ServerConfig, core: InferenceCore, metrics: Metric
     """Builds and starts the grpc.aio server; runs on the server's event loop."""
     opts = [("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes), ("grpc.so_reuseport", int(config.reuse_port))]
-    interceptors = [GuardInterceptor(guard, metrics)] if GuardInterceptor.needed(guard) else []
+    interceptors = [GuardInterceptor(guard, metrics)] if GuardInterceptor.needed(guard, config.host) else []
     server = grpc.aio.server(options=opts, interceptors=interceptors,
                              maximum_concurrent_rpcs=config.limits.max_inflight)
     add_to_server(KwsServicer(core, metrics, stream_gate(config, metrics), offload), server)
