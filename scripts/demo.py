@@ -20,11 +20,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: the checkout's bench package, for its process helpers
+
+from bench.common import BIN, wait_ready  # noqa: E402  (BIN: the venv's console scripts, what a user types)
 
 
 def free_port() -> int:
@@ -37,9 +38,6 @@ def step(title: str) -> None:
     print(f"\n=== {title}", flush=True)
 
 
-BIN = Path(sys.executable).parent  # the venv's console scripts: what a user types
-
-
 def command(args: list[str]) -> list[str]:
     """kws-* commands run as the venv's console scripts; anything else (a lab module) with -m."""
     return [str(BIN / args[0]), *args[1:]] if args[0].startswith("kws-") else [sys.executable, *args]
@@ -48,21 +46,6 @@ def command(args: list[str]) -> list[str]:
 def run(*args: str) -> None:
     print("$ " + (" ".join(args) if args[0].startswith("kws-") else "python " + " ".join(args)), flush=True)
     subprocess.run(command(list(args)), cwd=ROOT, check=True)
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited with code {proc.returncode}; see its log above")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"the server was not ready at {url} after {timeout:.0f} s")
 
 
 def commands(limit: int | None, grpc_port: int, http_port: int) -> dict[str, list[str]]:
@@ -97,7 +80,10 @@ def main(argv: list[str] | None = None) -> None:
     step(f"2/4 gRPC server (big model) on 127.0.0.1:{grpc_port}, REST gateway on 127.0.0.1:{http_port}")
     server = subprocess.Popen(command(cmd["server"]), cwd=ROOT)
     try:
-        wait_ready(f"http://127.0.0.1:{http_port}/readyz", server)
+        try:
+            wait_ready(f"http://127.0.0.1:{http_port}/readyz", server)
+        except RuntimeError as e:
+            raise SystemExit(f"{e}; see the server's log above") from None
         step("3/4 edge cascade: little on every clip, big when unsure")
         run(*cmd["client-rest"])
         run(*cmd["client-rest-adpcm"])
