@@ -108,6 +108,32 @@ def test_training_draw_has_the_configured_shares(tmp_path: Path, monkeypatch: py
     assert np.array_equal(x, x2), "an epoch is a function of its generator"
 
 
+def test_room_level_gives_soft_and_loud_words_the_same_noise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """level="room": the noise is set against the split's median clip, so a clip at a tenth of the level meets
+    the noise a loud one does; level="clip" scales the noise down with the clip."""
+    import trainers.listen as tl
+
+    rng = np.random.default_rng(0)
+    audio, labels = words(200, rng)
+    audio[::2] *= 0.1  # every other word 20 dB softer
+    noise = [rng.standard_normal(100_000).astype(np.float32)]
+    monkeypatch.setattr(tl, "load_synth", lambda root, split, keywords: (np.zeros((0, 16000), np.float32), [])
+                        if keywords else (audio[:30], [{"word": "apple"}] * 30))
+    monkeypatch.setattr(tl, "load_noise", lambda root: noise)
+    aug = tl.AugmentConfig(time_shift=0, gain=(1.0, 1.0))
+    quiet = {}
+    for level in ("clip", "room"):
+        cfg = tl.ListenConfig(level=level, clean_share=0.0, snr_db=(10.0, 10.0), synth_keywords=False)
+        x, _ = tl.ListenData(tmp_path, cfg, aug, audio, labels).epoch(np.random.default_rng(1))
+        mixed = x[: len(audio)]  # the epoch starts with the keyword clips, in order
+        power = [float(np.mean(np.square(mixed[i][audio[i] == 0]))) for i in range(len(audio))]  # noise alone
+        quiet[level] = np.median(power[::2]) / np.median(power[1::2])  # noise under soft / under loud words
+    assert quiet["clip"] == pytest.approx(0.01, rel=0.3)
+    assert quiet["room"] == pytest.approx(1.0, rel=0.3)
+    with pytest.raises(ValueError, match="level"):
+        tl.ListenData(tmp_path, tl.ListenConfig(level="hall"), aug, audio, labels)
+
+
 def toy_listen_tflite() -> bytes:
     """Child: a toy DS-CNN with the 10 listening outputs, exported int8 with int8 logits out."""
     import dataclasses as dc

@@ -6,7 +6,8 @@ them synthetic words of the train word list, a quarter time-reversed and a quart
 keyword clips (kws_rpc.lab.listen_data); ``_silence_`` clips from the train portion of the background recordings,
 synthetic noise and near-digital silence. Keyword and unknown clips are then mixed with the train
 portion of the background noise at an SNR drawn per clip (a share left clean, the rest uniform in a dB
-range; kws_rpc.lab.noise). Shares follow the Speech Commands convention: about 10 % silence and 13 %
+range; kws_rpc.lab.noise), set against each clip's loudest 300 ms or, with ``level="room"``, against the
+split's median clip, so that a soft word meets the same noise as a loud one. Shares follow the Speech Commands convention: about 10 % silence and 13 %
 unknown of the epoch.
 
 With a ``StreamConfig`` the epoch also holds windows as a streaming detector sees them
@@ -16,7 +17,7 @@ synthetic train words), mostly those a shipped model (the miner) scores as a key
 mined once before training.
 
 Selection (the best epoch) is on a fixed val set built the same way from val only: the 800 clean val
-clips, the same clips at 10 dB and at 0 dB with the val noise portion, val unknown clips (synthetic
+clips, the same clips at 10 dB and at 0 dB with the val noise portion (at the training's level), val unknown clips (synthetic
 val words, 200 reversed, 200 spliced) and 400 val silence clips, and with a ``StreamConfig`` the hard
 negatives mined from keyword-free val streams; its accuracy weighs them by count.
 """
@@ -33,7 +34,7 @@ import numpy as np
 from kws_rpc.lab.data import load_noise
 from kws_rpc.lab.listen_data import (LISTEN_LABELS, SILENCE_INDEX, UNKNOWN_INDEX, load_synth, reversed_clips,
                             silence_clips, spliced_clips, unknown_set)
-from kws_rpc.lab.noise import draw_snrs, mix_batch, portions
+from kws_rpc.lab.noise import draw_snrs, median_reference, mix_batch, portions
 from kws_rpc.lab.stream_windows import Mined, mine, partial, shifted
 from kws_rpc.lab.streams import keyword_free, material
 from kws_rpc.model.kws_model import KwsModel
@@ -63,6 +64,13 @@ class StreamConfig:
     # so that the stream windows come on top of the keywords instead of diluting them
 
 
+def _reference(cfg: ListenConfig, keywords: np.ndarray) -> float | None:
+    """The power noise levels are set against: None (each clip's own) or the split's median clip."""
+    if cfg.level not in ("clip", "room"):
+        raise ValueError(f"ListenConfig.level must be 'clip' or 'room', not {cfg.level!r}")
+    return median_reference(keywords) if cfg.level == "room" else None
+
+
 def mine_split(root: Path, split: str, cfg: StreamConfig, miner: KwsModel, hours: float,
                snrs: tuple[float, ...], random_share: float) -> Mined:
     """Windows of keyword-free streams of the split (its noise portion and words), mined by ``miner``."""
@@ -84,6 +92,8 @@ class ListenConfig:
     synthetic_share: float = 0.5  # of the unknown clips; the rest half reversed, half spliced
     clean_share: float = 0.25  # keyword and unknown clips left without added noise
     snr_db: tuple[float, float] = (0.0, 30.0)
+    level: str = "clip"  # "clip": each SNR against the clip's own loudest 300 ms; "room": against the split's
+    # median clip, as a room's noise meets soft and loud words alike (kws_rpc.lab.noise.median_reference)
     synth_keywords: bool = True  # the synthetic keyword renditions of train join the keyword clips
     val_snrs: tuple[float, ...] = (10.0, 0.0)  # noisy copies of val in the selection set
     val_nonwords: int = 200
@@ -106,6 +116,7 @@ class ListenData:
             raise FileNotFoundError(f"no synthetic train words under {root}/synth: run python -m trainers.synth")
         self.words = words
         self.train_audio, self.train_labels = train_audio, np.asarray(train_labels)
+        self.reference = _reference(cfg, train_audio)
         self.keywords = np.concatenate([train_audio, kw.astype(np.float32)])
         self.keyword_labels = np.concatenate([self.train_labels, [LISTEN_LABELS.index(r["word"]) for r in rows]])
         st = cfg.stream
@@ -146,7 +157,8 @@ class ListenData:
             *([partial(self.train_audio, self.n_partial, rng)] if self.n_partial else []),
         ])
         speech = augment_audio(np.concatenate([keywords, unknown]), [], rng, self.augment)
-        speech = mix_batch(speech, self.noise, draw_snrs(len(speech), rng, c.clean_share, *c.snr_db), rng)
+        speech = mix_batch(speech, self.noise, draw_snrs(len(speech), rng, c.clean_share, *c.snr_db), rng,
+                           self.reference)
         silence = silence_clips(self.recordings, "train", self.n_silence, rng)
         audio = [speech, silence]
         labels = [keyword_labels, np.full(len(unknown), UNKNOWN_INDEX), np.full(self.n_silence, SILENCE_INDEX)]
@@ -165,8 +177,9 @@ def selection_set(root: Path, cfg: ListenConfig, val_audio: np.ndarray, val_labe
     rng = np.random.default_rng(cfg.seed)
     noise = portions(load_noise(root), "val")
     parts, labels = [val_audio], [val_labels]
+    reference = _reference(cfg, val_audio)
     for snr in cfg.val_snrs:
-        parts.append(mix_batch(val_audio, noise, snr, rng))
+        parts.append(mix_batch(val_audio, noise, snr, rng, reference))
         labels.append(val_labels)
     unknown, _ = unknown_set(root, "val", val_audio, val_labels, cfg.val_nonwords, rng)
     parts += [unknown, silence_clips(load_noise(root), "val", cfg.val_silence, rng)]

@@ -163,6 +163,26 @@ BIG_STREAM = dataclasses.replace(
                 "streams; float32 (big_stream_int8: trainers.quantize).",
 )
 
+# big_listen fine-tuned with its noise at a room's level: each SNR is set against the train split's median clip,
+# not the clip itself, so a soft word meets the noise a loud one does (as in make bench-stream's streams and
+# kws-eval's fixed-level table), and soft words are trained at the harsher SNRs they meet there.
+BIG_ROOM = dataclasses.replace(
+    BIG_LISTEN, name="big_room", init="big_listen", lr=3e-4, epochs=12, seed=4, listen=ListenConfig(level="room"),
+    description="Listening server model: big_listen fine-tuned on its listening data with the noise at a room's "
+                "level (SNR 0-30 dB against the train split's median clip rather than each clip, so soft words meet "
+                "harsher noise); selected on val at the same level; float32 (big_room_int8: trainers.quantize).",
+)
+
+# little_stream2 fine-tuned the same way, on its own hard negatives of new train streams.
+LITTLE_ROOM = dataclasses.replace(
+    LITTLE_STREAM2, name="little_room", init="little_stream2", lr=5e-4, epochs=16, seed=3,
+    listen=ListenConfig(level="room", stream=StreamConfig(miner="little_stream2", seed=4, keyword_copies=2)),
+    description="Listening edge candidate: little_stream2 fine-tuned with the noise of its keyword and unknown clips "
+                "at a room's level (SNR 0-30 dB against the train split's median clip), on its own hard negatives "
+                "of new keyword-free train streams, keyword clips drawn twice an epoch; selected on val at the same "
+                "level; int8 full-integer, <= 20,000 bytes after zlib.",
+)
+
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in [
@@ -221,6 +241,8 @@ RECIPES: dict[str, Recipe] = {
         LITTLE_STREAM,
         LITTLE_STREAM2,
         BIG_STREAM,
+        BIG_ROOM,
+        LITTLE_ROOM,
         dataclasses.replace(
             BIG, name="big_quiet", augment=AugmentConfig(quiet_prob=0.15),
             description="Server/ensemble candidate: big's residual CNN and seed, 15 % of the training clips "
