@@ -222,6 +222,12 @@ def choose(rows: list[tuple[DetectorConfig, dict]], max_fa: float, max_bytes: fl
     return max(ok, key=lambda cr: (cr[1]["10dB"]["hit_pct"], cr[1]["20dB"]["hit_pct"], -cr[1]["keyword_free"]["fa_per_hour"]))
 
 
+def val_summary(row: dict) -> dict[str, float]:
+    """What val said of a chosen setting: its hits at each SNR, false accepts and bytes an hour."""
+    return {**{f"hit_pct_{k}": row[k]["hit_pct"] for k in ("20dB", "10dB", "0dB")},
+            "fa_per_hour": row["keyword_free"]["fa_per_hour"], "bytes_per_hour": row["bytes_per_hour"]}
+
+
 def write_detector(path: Path, chosen: dict[str, dict[str, DetectorConfig]], verifier: str | None) -> None:
     """Adds each little's chosen settings to a detector file (other models' entries stay) and names the little
     with the most val hits as `kws-edge listen`'s default ("listener"); ``chosen``: by model name, in order of
@@ -322,10 +328,12 @@ def main(argv: list[str] | None = None) -> int:
             if split == "val":
                 alone = sweep(heard, little.labels, alone_grid, None, a.encoding, f"val: {little.name}", a.jobs)
                 ch["little"], val_row = choose(alone, a.max_fa, None)
+                res["val"] = {"little": val_summary(val_row)}
                 if big is not None:
                     verified = sweep(heard, little.labels, verified_grid, big, a.encoding, f"val: {little.name} + big",
                                      a.jobs)
                     ch["little + big"], val_row = choose(verified, a.max_fa_verified, a.max_bytes)
+                    res["val"]["little + big"] = val_summary(val_row)
                 val_hits[little.name] = (val_row["10dB"]["hit_pct"], val_row["20dB"]["hit_pct"])
                 continue
             for name, cfg in ch.items():
@@ -361,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{"system": n if single else n.replace("little", m.name, 1),
              **{f"hit {s:g}dB": res[n][f"{s:g}dB"]["hit_pct"] for s in SNRS},
              "wrong 10dB": res[n]["10dB"]["wrong_pct"], "FA/h": res[n]["keyword_free"]["fa_per_hour"],
-             "p95 latency s": res[n]["10dB"]["latency_p95_s"], "bytes/h": res[n]["bytes_per_hour"]}
+             "p95 latency s": res[n]["10dB"]["latency_p95_s"], "bytes/h": res[n]["bytes_per_hour"],
+             "val: hit 10dB": res["val"][n]["hit_pct_10dB"], "val: FA/h": res["val"][n]["fa_per_hour"]}
             for m, res, ch in zip(littles, per_model, chosen) for n in ch]
     print(format_table(rows, list(rows[0])))
     for pair, per in head.get("mcnemar_hits", {}).items():

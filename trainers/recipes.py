@@ -173,6 +173,18 @@ BIG_ROOM = dataclasses.replace(
                 "harsher noise); selected on val at the same level; float32 (big_room_int8: trainers.quantize).",
 )
 
+# The verifier's second round: big_room fine-tuned as big_stream was, on what the listener (little_stream2)
+# fires on, with the noise at a room's level.
+BIG_STREAM2 = dataclasses.replace(
+    BIG_STREAM, name="big_stream2", init="big_room", seed=5,
+    listen=ListenConfig(level="room", stream=StreamConfig(miner="little_stream2", seed=5, hard_share=0.2)),
+    description="Listening server model (the stream's verifier): big_room fine-tuned on its listening data at a "
+                "room's noise level plus the windows of keyword-free train streams that little_stream2 scores a "
+                "keyword at >= 0.3, keyword clips shifted by up to 250 ms and partial words as _unknown_; selected "
+                "on val clips at the same level, val rejections and little_stream2's hard windows of val streams; "
+                "float32 (big_stream2_int8: trainers.quantize).",
+)
+
 # little_stream2 fine-tuned the same way, on its own hard negatives of new train streams.
 LITTLE_ROOM = dataclasses.replace(
     LITTLE_STREAM2, name="little_room", init="little_stream2", lr=5e-4, epochs=16, seed=3,
@@ -242,6 +254,7 @@ RECIPES: dict[str, Recipe] = {
         LITTLE_STREAM2,
         BIG_STREAM,
         BIG_ROOM,
+        BIG_STREAM2,
         LITTLE_ROOM,
         dataclasses.replace(
             BIG, name="big_quiet", augment=AugmentConfig(quiet_prob=0.15),
