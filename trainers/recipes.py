@@ -168,7 +168,7 @@ BIG_STREAM = dataclasses.replace(
 # kws-eval's fixed-level table), and soft words are trained at the harsher SNRs they meet there.
 BIG_ROOM = dataclasses.replace(
     BIG_LISTEN, name="big_room", init="big_listen", lr=3e-4, epochs=12, seed=4, listen=ListenConfig(level="room"),
-    description="Listening server model: big_listen fine-tuned on its listening data with the noise at a room's "
+    description="Listening server candidate: big_listen fine-tuned on its listening data with the noise at a room's "
                 "level (SNR 0-30 dB against the train split's median clip rather than each clip, so soft words meet "
                 "harsher noise); selected on val at the same level; float32 (big_room_int8: trainers.quantize).",
 )
@@ -178,7 +178,7 @@ BIG_ROOM = dataclasses.replace(
 BIG_STREAM2 = dataclasses.replace(
     BIG_STREAM, name="big_stream2", init="big_room", seed=5,
     listen=ListenConfig(level="room", stream=StreamConfig(miner="little_stream2", seed=5, hard_share=0.2)),
-    description="Listening server model (the stream's verifier): big_room fine-tuned on its listening data at a "
+    description="Listening server candidate (the stream's verifier): big_room fine-tuned on its listening data at a "
                 "room's noise level plus the windows of keyword-free train streams that little_stream2 scores a "
                 "keyword at >= 0.3, keyword clips shifted by up to 250 ms and partial words as _unknown_; selected "
                 "on val clips at the same level, val rejections and little_stream2's hard windows of val streams; "
