@@ -7,8 +7,8 @@ keyword clips (kws_rpc.lab.listen_data); ``_silence_`` clips from the train port
 synthetic noise and near-digital silence. Keyword and unknown clips are then mixed with the train
 portion of the background noise at an SNR drawn per clip (a share left clean, the rest uniform in a dB
 range; kws_rpc.lab.noise), set against each clip's loudest 300 ms or, with ``level="room"``, against the
-split's median clip, so that a soft word meets the same noise as a loud one. Shares follow the Speech Commands convention: about 10 % silence and 13 %
-unknown of the epoch.
+split's median clip, so that a soft word meets the same noise as a loud one. Shares follow the Speech
+Commands convention: about 10 % silence and 13 % unknown of the epoch.
 
 With a ``StreamConfig`` the epoch also holds windows as a streaming detector sees them
 (kws_rpc.lab.stream_windows): a share of the keyword clips shifted inside the window, partial words as
@@ -17,8 +17,8 @@ synthetic train words), mostly those a shipped model (the miner) scores as a key
 mined once before training.
 
 Selection (the best epoch) is on a fixed val set built the same way from val only: the 800 clean val
-clips, the same clips at 10 dB and at 0 dB with the val noise portion (at the training's level), val unknown clips (synthetic
-val words, 200 reversed, 200 spliced) and 400 val silence clips, and with a ``StreamConfig`` the hard
+clips, the same clips at 10 dB and at 0 dB with the val noise portion (at the training's level), val
+unknown clips (synthetic val words, 200 reversed, 200 spliced) and 400 val silence clips, and with a ``StreamConfig`` the hard
 negatives mined from keyword-free val streams; its accuracy weighs them by count.
 """
 
@@ -64,13 +64,6 @@ class StreamConfig:
     # so that the stream windows come on top of the keywords instead of diluting them
 
 
-def _reference(cfg: ListenConfig, keywords: np.ndarray) -> float | None:
-    """The power noise levels are set against: None (each clip's own) or the split's median clip."""
-    if cfg.level not in ("clip", "room"):
-        raise ValueError(f"ListenConfig.level must be 'clip' or 'room', not {cfg.level!r}")
-    return median_reference(keywords) if cfg.level == "room" else None
-
-
 def mine_split(root: Path, split: str, cfg: StreamConfig, miner: KwsModel, hours: float,
                snrs: tuple[float, ...], random_share: float) -> Mined:
     """Windows of keyword-free streams of the split (its noise portion and words), mined by ``miner``."""
@@ -101,6 +94,14 @@ class ListenConfig:
     seed: int = 0  # of the selection set
     stream: StreamConfig | None = None  # streaming windows (kws_rpc.lab.stream_windows), None: clips only
 
+    def __post_init__(self) -> None:
+        if self.level not in ("clip", "room"):
+            raise ValueError(f"ListenConfig.level must be 'clip' or 'room', not {self.level!r}")
+
+    def reference(self, keywords: np.ndarray) -> float | None:
+        """The power noise levels are set against: None (each clip's own) or the split's median clip."""
+        return median_reference(keywords) if self.level == "room" else None
+
 
 class ListenData:
     """Draws an epoch's audio and 10-way one-hot targets from the train split."""
@@ -116,7 +117,7 @@ class ListenData:
             raise FileNotFoundError(f"no synthetic train words under {root}/synth: run python -m trainers.synth")
         self.words = words
         self.train_audio, self.train_labels = train_audio, np.asarray(train_labels)
-        self.reference = _reference(cfg, train_audio)
+        self.reference = cfg.reference(train_audio)
         self.keywords = np.concatenate([train_audio, kw.astype(np.float32)])
         self.keyword_labels = np.concatenate([self.train_labels, [LISTEN_LABELS.index(r["word"]) for r in rows]])
         st = cfg.stream
@@ -177,7 +178,7 @@ def selection_set(root: Path, cfg: ListenConfig, val_audio: np.ndarray, val_labe
     rng = np.random.default_rng(cfg.seed)
     noise = portions(load_noise(root), "val")
     parts, labels = [val_audio], [val_labels]
-    reference = _reference(cfg, val_audio)
+    reference = cfg.reference(val_audio)
     for snr in cfg.val_snrs:
         parts.append(mix_batch(val_audio, noise, snr, rng, reference))
         labels.append(val_labels)
