@@ -61,7 +61,7 @@ ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THRE
 
 @dataclasses.dataclass
 class Server:
-    kind: str  # kws | kserve | mlserver
+    kind: str  # kws | kws-v2 | kserve | mlserver | empty (bench.empty_grpc)
     processes: int
     proc: subprocess.Popen
     grpc_target: str
@@ -148,12 +148,18 @@ def cell(server: Server, payload: str, bodies: list[tuple[str, bytes]], clients:
         http = ("POST", "/v2/models/big_int8/infer", (("Content-Type", "application/json"),))
         job = Job("grpc" if grpc else "rest", server.grpc_target if grpc else server.http_url, bodies, clients,
                   10**9, seconds, grpc_method=MODEL_INFER, http=http, check="status")
+    return {"server": server.kind, "processes": server.processes, "payload": payload, "clients": clients,
+            **measure(server, job)}
+
+
+def measure(server: Server, job: Job) -> dict[str, Any]:
+    """``job`` driven from two client processes: req/s, latencies, errors, wrong answers, and the server's CPU
+    per request and RSS."""
     cpu0 = server.cpu_seconds()
     out = drive(job, processes=2)
     cpu = server.cpu_seconds() - cpu0
     n = len(out["latencies"])
-    return {"server": server.kind, "processes": server.processes, "payload": payload, "clients": clients,
-            "req_per_s": n / out["elapsed"], **latency_summary(out["latencies"]), "errors": out["errors"],
+    return {"req_per_s": n / out["elapsed"], **latency_summary(out["latencies"]), "errors": out["errors"],
             "wrong": out["wrong"], "cpu_ms_per_req": 1000 * cpu / max(n, 1), "rss_mb": server.rss_mb()}
 
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.bench_peers import REPO, kws_bodies
-from bench.common import RESULTS, format_table, tree_cpu_seconds, write_results
+from bench.bench_peers import REPO, Server, kws_bodies, measure
+from bench.common import RESULTS, format_table, write_results
 from bench.load import Job, drive
 from kws_rpc.model.kws_model import KwsModel
 from kws_rpc.proto.kws.v1 import kws_pb2 as pb
@@ -59,26 +59,21 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "bench.empty_grpc", "--serve", str(port)], cwd=REPO,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    server = Server("empty", 1, proc, f"127.0.0.1:{port}", "")
     rows = []
     try:
         wait_listening("127.0.0.1", port, 60)
         bodies = kws_bodies(KwsModel(REPO / "models" / "big_int8.tflite"))
         for payload in PAYLOADS:
-            job = Job("grpc", f"127.0.0.1:{port}", bodies[payload], a.clients, 10**9, a.seconds, check="status")
+            job = Job("grpc", server.grpc_target, bodies[payload], a.clients, 10**9, a.seconds, check="status")
             drive(job, processes=2)  # warm-up
-            per_call, rates, errors = [], [], 0
-            for _ in range(a.rounds):
-                cpu0 = tree_cpu_seconds(proc.pid)
-                out = drive(job, processes=2)
-                n = len(out["latencies"])
-                per_call.append(1000 * (tree_cpu_seconds(proc.pid) - cpu0) / max(n, 1))  # ms
-                rates.append(n / out["elapsed"])
-                errors += out["errors"]
-            rows.append({"payload": payload, "clients": a.clients, "req_per_s": float(np.mean(rates)),
-                         "cpu_us_per_call": 1000 * float(np.mean(per_call)), "errors": errors})
+            runs = [measure(server, job) for _ in range(a.rounds)]
+            rows.append({"payload": payload, "clients": a.clients,
+                         "req_per_s": float(np.mean([r["req_per_s"] for r in runs])),
+                         "cpu_us_per_call": 1000 * float(np.mean([r["cpu_ms_per_req"] for r in runs])),
+                         "errors": sum(r["errors"] for r in runs)})
     finally:
-        proc.terminate()
-        proc.wait()
+        server.stop()
     print(format_table(rows, list(rows[0])))
     write_results(a.out, {"clients": a.clients, "seconds": a.seconds, "rounds": a.rounds, "rows": rows})
     print(f"wrote {a.out}")
