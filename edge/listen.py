@@ -6,7 +6,7 @@ little is not sure of (below the detector's ``sure``) is sent to the server when
 confirms, relabels or rejects it; the Pi keeps listening meanwhile. A server that is down or slow costs
 the verification, never audio: the event is emitted as the little decided it, and counted. Logs and the
 summary go to stderr; the exit status is 1 when audio was lost (an odd byte count, microphone overflows
-or reopens) or a verification failed, 2 for an input that cannot be read, 0 otherwise.
+or reopens) or a verification failed, 2 for an input that cannot be read or holds no audio, 0 otherwise.
 """
 
 from __future__ import annotations
@@ -192,12 +192,17 @@ def run(a: argparse.Namespace, little: KwsModel, detector: DetectorConfig, verif
     log.info("%s", summary)
     if status:
         return status
+    if not session.listener.seconds and a.input != "mic":  # a recorder that failed, an empty file: say so
+        log.error("%s held no audio: %s", "stdin" if a.input == "-" else a.input,
+                  "is the recorder piping into kws-edge running?" if a.input == "-" else "the file has no samples")
+        return 2
     return 1 if source_stats.lost or session.stats.verify_failed else 0
 
 
 def summarize(session: Session, src: SourceStats, wall_s: float, cpu_s: float) -> str:
     s, audio = session.stats, session.listener.seconds
-    parts = [f"{audio:.1f} s of audio in {wall_s:.1f} s ({cpu_s / max(audio, 1e-9) * 1000:.1f} ms CPU per s of audio)",
+    cpu = f"{cpu_s / audio * 1000:.1f} ms CPU per s of audio" if audio else "no audio"
+    parts = [f"{audio:.1f} s of audio in {wall_s:.1f} s ({cpu})",
              f"{session.listener.windows} windows, {s.detections} detections, {s.events} events"]
     if s.asked:
         parts.append(f"{s.asked} verified: {s.confirmed} confirmed, {s.relabelled} relabelled, {s.rejected} "

@@ -176,6 +176,14 @@ def test_listen_refuses_a_bad_wav_and_a_rate_that_does_not_match(tmp_path: Path)
     assert r.returncode == 2 and b"--rate says 16000" in r.stderr
 
 
+def test_listen_says_so_when_its_input_holds_no_audio(tmp_path: Path) -> None:
+    empty = write_wav(tmp_path / "empty.wav", np.zeros(0))
+    for r in (run_listen("--input", str(empty)), run_listen("--input", "-", stdin=b"")):
+        err = r.stderr.decode()
+        assert r.returncode == 2 and "held no audio" in err and "(no audio)" in err and "Traceback" not in err
+        assert not events(r)
+
+
 ASOUNDRC = """pcm.kwsmic {{
     type file
     slave.pcm "null"
