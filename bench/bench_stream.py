@@ -13,7 +13,8 @@ computed once per stream, batched, then every detector setting of the sweep runs
 matches a keyword when it fires between the start of the keyword's 1 s clip and 1 s after its end;
 latency is the event time minus the clip's end. Every other detection is a false accept. little + big:
 detections below the detector's ``sure`` go to big (run here on the same window the server would get),
-which confirms, relabels or rejects them; bytes are those of the gRPC request the edge sends.
+which confirms, relabels or rejects them (a keyword it names below the detector's ``confirm`` is rejected);
+bytes are those of the gRPC request the edge sends.
 
 Settings are chosen on streams built from val (little alone: the most hits at 10 dB with at most
 --max-fa false accepts per hour; little + big: the same at --max-fa-verified and at most --max-bytes per
@@ -58,7 +59,9 @@ class Heard:
     stream: Stream
     probs: np.ndarray
     times: np.ndarray
-    big: dict[int, tuple[str, int]] = dataclasses.field(default_factory=dict)  # hop -> (label, request bytes)
+    big: dict[int, tuple[str, float, int]] = dataclasses.field(default_factory=dict)  # hop -> (label, its
+    # probability, request bytes)
+    runs: dict[tuple, list] = dataclasses.field(default_factory=dict)  # (setting, verified) -> its detections
 
 
 def hear(little: KwsModel, stream: Stream, hop_frames: int, frames: np.ndarray | None = None) -> Heard:
@@ -78,35 +81,53 @@ def hear_all(littles: list[KwsModel], stream: Stream, hop_frames: list[int]) -> 
     return [hear(m, stream, hop, frames[m.feature_config]) for m, hop in zip(littles, hop_frames)]
 
 
-def verdict(big: KwsModel, heard: Heard, hop: int, encoding: str) -> tuple[str, int]:
+def verdict(big: KwsModel, heard: Heard, hop: int, encoding: str) -> tuple[str, float, int]:
     if hop not in heard.big:
         end = int(round(heard.times[hop] * RATE))
         window = heard.stream.audio[max(0, end - RATE) : end]
         window = np.concatenate([np.zeros(RATE - len(window), np.float32), window])
         request = build_request(window, encoding, f"listen-{hop}", big.feature_config)
-        label = big.labels[int(np.argmax(big.predict_audio(window)[0]))]
-        heard.big[hop] = (label, request.ByteSize())
+        probs = big.predict_audio(window)[0]
+        top = int(np.argmax(probs))
+        heard.big[hop] = (big.labels[top], float(probs[top]), request.ByteSize())
     return heard.big[hop]
 
 
-def detections(heard: Heard, labels: list[str], cfg: DetectorConfig, big: KwsModel | None,
-               encoding: str) -> tuple[list[tuple[float, str]], int, int]:
-    """Events (t, label) of one stream under cfg, with big verifying those below cfg.sure if given;
-    and the asks and bytes sent."""
-    det, out, asks, sent = Detector(labels, cfg), [], 0, 0
+def verified_run(heard: Heard, labels: list[str], cfg: DetectorConfig, big: KwsModel | None,
+                 encoding: str) -> list[tuple[float, str, float | None, int]]:
+    """Every detection of one stream under cfg (its confirm aside), as (t, label, big's probability or None
+    when big was not asked, request bytes); cached on the stream, so that settings differing only in confirm
+    run the detector once."""
+    key = (dataclasses.replace(cfg, confirm=0.0), big is not None)
+    if key in heard.runs:
+        return heard.runs[key]
+    det, out = Detector(labels, key[0]), []
     for k in range(len(heard.probs)):
         hit = det.update(heard.probs[k], float(heard.times[k]))
         if hit is None:
             continue
         label, score = hit
-        t = float(heard.times[k])
         if big is not None and score < cfg.sure:
             # as the Listener settles: the window where the little's score of the label peaks, settle hops on
             i, last = labels.index(label), min(k + cfg.settle, len(heard.probs) - 1)
             peak = k + int(np.argmax(heard.probs[k : last + 1, i]))
-            label, size = verdict(big, heard, peak, encoding)
-            asks, sent, t = asks + 1, sent + size, float(heard.times[last])
-            if not is_keyword(label):
+            label, p, size = verdict(big, heard, peak, encoding)
+            out.append((float(heard.times[last]), label, p, size))
+        else:
+            out.append((float(heard.times[k]), label, None, 0))
+    heard.runs[key] = out
+    return out
+
+
+def detections(heard: Heard, labels: list[str], cfg: DetectorConfig, big: KwsModel | None,
+               encoding: str) -> tuple[list[tuple[float, str]], int, int]:
+    """Events (t, label) of one stream under cfg, with big verifying those below cfg.sure if given (a
+    keyword it names below cfg.confirm is rejected, as kws-edge listen does); and the asks and bytes sent."""
+    out, asks, sent = [], 0, 0
+    for t, label, p, size in verified_run(heard, labels, cfg, big, encoding):
+        if p is not None:
+            asks, sent = asks + 1, sent + size
+            if not is_keyword(label) or p < cfg.confirm:
                 continue
         out.append((t, label))
     return out, asks, sent
@@ -169,9 +190,10 @@ def _evaluate_swept(cfg: DetectorConfig) -> dict[str, Any]:
 
 
 def sweep(heard: dict[str, list[Heard]], labels: list[str], configs: list[DetectorConfig], big: KwsModel | None,
-          encoding: str, desc: str, jobs: int) -> list[tuple[DetectorConfig, dict[str, Any]]]:
+          encoding: str, desc: str, jobs: int, chunk: int = 4) -> list[tuple[DetectorConfig, dict[str, Any]]]:
     """evaluate() of every setting, in order, over ``jobs`` forked processes (the streams, hours of audio,
-    are inherited, not copied; each process keeps its own cache of big's verdicts)."""
+    are inherited, not copied; each process keeps its own cache of big's verdicts and of detector runs, so
+    settings differing only in confirm should come in runs of ``chunk``)."""
     _SWEPT.update(heard=heard, labels=labels, big=big, encoding=encoding)
     rows: list[dict[str, Any]] = []
     try:
@@ -180,7 +202,7 @@ def sweep(heard: dict[str, list[Heard]], labels: list[str], configs: list[Detect
                 rows.append(_evaluate_swept(c))
         else:
             with multiprocessing.get_context("fork").Pool(jobs) as pool:
-                for row in tqdm(pool.imap(_evaluate_swept, configs, chunksize=4), total=len(configs), desc=desc,
+                for row in tqdm(pool.imap(_evaluate_swept, configs, chunksize=chunk), total=len(configs), desc=desc,
                                 file=sys.stderr):
                     rows.append(row)
     finally:
@@ -209,9 +231,15 @@ def hear_split(littles: list[KwsModel], split: str, root: Path, hours: float, se
     return out
 
 
-def grid(thresholds: np.ndarray, sures: tuple[float, ...], settles: tuple[int, ...] = (0,)) -> list[DetectorConfig]:
-    return [DetectorConfig(threshold=float(t), smooth=s, patience=p, sure=float(u), settle=w)
-            for t, s, p, u, w in itertools.product(thresholds, (1, 3), (1, 2), sures, settles) if u >= t or u > 1]
+CONFIRMS = (0.0, 0.5, 0.7, 0.8, 0.9)  # big's probability a verified keyword must reach
+
+
+def grid(thresholds: np.ndarray, sures: tuple[float, ...], settles: tuple[int, ...] = (0,),
+         confirms: tuple[float, ...] = (0.0,)) -> list[DetectorConfig]:
+    """Every setting; those differing only in confirm are consecutive."""
+    return [DetectorConfig(threshold=float(t), smooth=s, patience=p, sure=float(u), settle=w, confirm=c)
+            for t, s, p, u, w, c in itertools.product(thresholds, (1, 3), (1, 2), sures, settles, confirms)
+            if u >= t or u > 1]
 
 
 def choose(rows: list[tuple[DetectorConfig, dict]], max_fa: float, max_bytes: float | None) -> tuple[DetectorConfig, dict]:
@@ -311,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     hop_frames = [base.hop_ms * RATE // 1000 // m.feature_config.frame_step for m in littles]
     thresholds = np.round(np.arange(0.30, 0.96, 0.05), 2)
     alone_grid = grid(thresholds, (1.01,))
-    verified_grid = grid(thresholds, (0.8, 0.9, 1.01), settles=(0, 3))
+    verified_grid = grid(thresholds, (0.8, 0.9, 1.01), settles=(0, 3), confirms=CONFIRMS)
     single = len(littles) == 1
     per_model: list[dict[str, Any]] = [{"path": shown(p)} for p in paths]
     chosen: list[dict[str, DetectorConfig]] = [{} for _ in littles]
@@ -331,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
                 res["val"] = {"little": val_summary(val_row)}
                 if big is not None:
                     verified = sweep(heard, little.labels, verified_grid, big, a.encoding, f"val: {little.name} + big",
-                                     a.jobs)
+                                     a.jobs, chunk=len(CONFIRMS))
                     ch["little + big"], val_row = choose(verified, a.max_fa_verified, a.max_bytes)
                     res["val"]["little + big"] = val_summary(val_row)
                 val_hits[little.name] = (val_row["10dB"]["hit_pct"], val_row["20dB"]["hit_pct"])

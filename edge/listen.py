@@ -45,7 +45,7 @@ class ListenStats:
     asked: int = 0  # sent to the server
     confirmed: int = 0  # ... that big confirmed
     relabelled: int = 0  # ... that big gave another keyword
-    rejected: int = 0  # ... that big rejected (not a keyword): no event
+    rejected: int = 0  # ... that big rejected (not a keyword, or one below the detector's confirm): no event
     verify_failed: int = 0  # ... with no usable answer: emitted as the little decided
     bytes_sent: int = 0
 
@@ -74,6 +74,7 @@ class Session:
     def __init__(self, listener: Listener, sink: EventSink, verify: Verify | None, verifier_name: str) -> None:
         self.listener, self.sink, self.verify, self.verifier_name = listener, sink, verify, verifier_name
         self.stats = ListenStats()
+        self.confirm = listener.cfg.confirm
         # close() waits for the verifications in flight (shutdown(wait=True))
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kws-verify") if verify else None
 
@@ -102,16 +103,17 @@ class Session:
         if answer is None or answer.label is None:
             self.stats.verify_failed += 1
             self._emit(d, d.label, "little", d.handed_t + waited, verify_error=getattr(answer, "error", "") or "failed")
-        elif not is_keyword(answer.label):
+        elif not is_keyword(answer.label) or (answer.score is not None and answer.score < self.confirm):
             self.stats.rejected += 1
-            log.info("%s at %.2f s (%.2f) rejected by %s as %s", d.label, d.t, d.score, self.verifier_name,
-                     answer.label)
+            log.info("%s at %.2f s (%.2f) rejected by %s: %s%s", d.label, d.t, d.score, self.verifier_name,
+                     answer.label, "" if answer.score is None else f" at {answer.score:.2f}")
         else:
             if answer.label == d.label:
                 self.stats.confirmed += 1
             else:
                 self.stats.relabelled += 1
-            self._emit(d, answer.label, self.verifier_name, d.handed_t + waited, little=d.label)
+            extra = {} if answer.score is None else {"verifier_score": round(answer.score, 4)}
+            self._emit(d, answer.label, self.verifier_name, d.handed_t + waited, little=d.label, **extra)
 
     def _emit(self, d: Detection, label: str, decided_by: str, t: float, **extra: Any) -> None:
         self.stats.events += 1

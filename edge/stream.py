@@ -74,6 +74,8 @@ class DetectorConfig:
     sure: float = 1.01  # detections at or above this need no verification (above 1: every one is verified)
     settle: int = 0  # hops an unsure detection waits for the little's score to peak; the window at the peak
     # (the word best centred in it) is the one the server verifies
+    confirm: float = 0.0  # big's probability of the keyword it names must reach this, or the detection is
+    # rejected (0: any keyword big names stands; a reply without a probability is taken as it is)
 
 
     def __post_init__(self) -> None:
@@ -81,6 +83,8 @@ class DetectorConfig:
             raise ValueError(f"bad detector config: {self}")
         if not 0 < self.threshold <= 1:
             raise ValueError("threshold must be in (0, 1]")
+        if not 0 <= self.confirm <= 1:
+            raise ValueError("confirm must be in [0, 1]")
 
     @classmethod
     def load(cls, path: str | Path, model: str | None = None, verified: bool = False) -> "DetectorConfig":

@@ -58,6 +58,10 @@ class Answer:
     bytes_sent: int  # request bytes put on the wire, summed over attempts
     attempts: int = 0
     error: str = ""
+    score: float | None = None  # big's probability of its label, when the reply carries it
+
+
+Reply = tuple[str, float | None]  # what one attempt got: the label and its probability, if given
 
 
 OVER_BUDGET = "over budget"
@@ -97,7 +101,7 @@ class _Caller:
         self._open_until = 0.0
         self._open_reason = "breaker open"
 
-    def call(self, attempt: Callable[[], str], size: int, max_bytes: int | None = None) -> Answer:
+    def call(self, attempt: Callable[[], Reply], size: int, max_bytes: int | None = None) -> Answer:
         if max_bytes is not None and size > max_bytes:
             return Answer(None, 0, 0, OVER_BUDGET)  # not a remote failure: the breaker is not involved
         if time.monotonic() < self._open_until:
@@ -111,9 +115,9 @@ class _Caller:
             if k:
                 time.sleep(max(self.policy.backoff_s * 2 ** (k - 1), retry_after))
             try:
-                label = attempt()
+                label, score = attempt()
                 self._streak = 0
-                return Answer(label, sent + size, k + 1)
+                return Answer(label, sent + size, k + 1, score=score)
             except Retryable as e:
                 sent += size if e.sent else 0
                 error = str(e)
@@ -166,7 +170,7 @@ class RestSpecTransport:
         data = json.dumps(spec_body(audio, self.device, wav_codec=self.wav_codec))
         rq = self._requests
 
-        def attempt() -> str:
+        def attempt() -> Reply:
             try:
                 r = self._session.put(self.url, data=data, timeout=self._caller.policy.timeout_s, **self._tls)
             except rq.ConnectionError as e:  # includes ConnectTimeout: the body never left
@@ -177,7 +181,8 @@ class RestSpecTransport:
                 raise Retryable(f"HTTP {r.status_code}", sent=True, retry_after=_seconds(r.headers.get("retry-after")))
             try:
                 r.raise_for_status()
-                return label_from_reply(r.json())
+                reply = r.json()
+                return label_from_reply(reply), _score(reply)
             except (rq.HTTPError, ValueError, KeyError, TypeError) as e:
                 raise Rejected(f"HTTP {r.status_code}: {r.text[:200]!r} ({type(e).__name__})") from None
 
@@ -185,6 +190,12 @@ class RestSpecTransport:
 
     def close(self) -> None:
         self._session.close()
+
+
+def _score(reply: Any) -> float | None:
+    """kws's ``score`` (the probability of the label); the reference service's reply has none."""
+    score = reply.get("score") if isinstance(reply, dict) else None
+    return float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else None
 
 
 def _seconds(value: str | None) -> float | None:
@@ -235,7 +246,7 @@ class GrpcTransport:
             self.config = None
         return Rejected(f"{code}: {e.details()}")
 
-    def _fetch_config(self) -> str:
+    def _fetch_config(self) -> Reply:
         try:
             meta = self._stub.GetModelMetadata(pb.ModelMetadataRequest(model=self.model), timeout=self._caller.policy.timeout_s,
                                                metadata=self._metadata)
@@ -245,7 +256,7 @@ class GrpcTransport:
             self.config = config_from_proto(meta.feature_config)
         except KwsError as e:
             raise Rejected(f"unusable model metadata: {e}") from None
-        return meta.name
+        return meta.name, None
 
     def ask(self, audio: np.ndarray, clip_id: str, max_bytes: int | None = None) -> Answer:
         if encodings.is_logmel(self.encoding) and self.config is None:
@@ -255,14 +266,15 @@ class GrpcTransport:
         request = build_request(audio, self.encoding, clip_id, self.config)
         request.model = self.model
 
-        def attempt() -> str:
+        def attempt() -> Reply:
             try:
                 reply = self._stub.Predict(request, timeout=self._caller.policy.timeout_s, metadata=self._metadata)
             except self._grpc.RpcError as e:
                 raise self._rpc_error(e) from None
-            if not reply.prediction.label:
+            p = reply.prediction
+            if not p.label:
                 raise Rejected("the reply carries no label")
-            return reply.prediction.label
+            return p.label, (p.probabilities[p.index] if p.index < len(p.probabilities) else None)
 
         return self._caller.call(attempt, request.ByteSize(), max_bytes)
 

@@ -352,10 +352,11 @@ def test_a_broker_that_is_down_costs_the_events_publication_not_the_events(tmp_p
     assert f"{len(events(r))} of {len(events(r))} events were not acknowledged by the broker" in r.stderr.decode()
 
 
-def every_detection_verified(tmp_path: Path) -> Path:
+def every_detection_verified(tmp_path: Path, confirm: float = 0.0) -> Path:
     """A detector file whose every detection goes to the server (sure above 1), after two settle hops."""
-    path = tmp_path / "verify-all.json"
-    path.write_text(json.dumps({"detector": {"threshold": 0.5, "smooth": 1, "sure": 1.01, "settle": 2}}))
+    path = tmp_path / f"verify-all-{confirm}.json"
+    path.write_text(json.dumps({"detector": {"threshold": 0.5, "smooth": 1, "sure": 1.01, "settle": 2,
+                                             "confirm": confirm}}))
     return path
 
 
@@ -363,7 +364,8 @@ def every_detection_verified(tmp_path: Path) -> Path:
 def test_unsure_detections_are_verified_by_the_servers_listening_model(tmp_path: Path, keyword_stream,
                                                                       transport: str) -> None:
     """Over gRPC (log-mel features) and over REST (the spec body, ?model= naming the listening model, which
-    the server's default --spec-labels can index)."""
+    the server's default --spec-labels can index); a keyword big is less sure of than the detector's
+    confirm is rejected."""
     pytest.importorskip("fastapi", reason="the server extra is not installed (the Pi's install)")
     from tests.support.server_process import ServerProcess
 
@@ -373,18 +375,26 @@ def test_unsure_detections_are_verified_by_the_servers_listening_model(tmp_path:
     listening = REPO / "models" / f"{verifier}.tflite"
     audio, _ = keyword_stream
     server = ServerProcess(REPO / "models" / "big_int8.tflite", "--model", str(listening))
+    wav = str(write_wav(tmp_path / "s.wav", audio))
     try:
         where = ["--grpc", server.target] if transport == "grpc" else ["--url", server.url + "/"]
-        r = run_listen("--input", str(write_wav(tmp_path / "s.wav", audio)), "--verify", transport, *where,
-                       "--detector", str(every_detection_verified(tmp_path)))
+        r = run_listen("--input", wav, "--verify", transport, *where, "--detector", str(every_detection_verified(tmp_path)))
+        found = events(r)
+        scores = sorted(e.get("verifier_score", -1) for e in found)
+        confirm = (scores[0] + scores[-1]) / 2
+        strict = run_listen("--input", wav, "--verify", transport, *where,
+                            "--detector", str(every_detection_verified(tmp_path, confirm)))
     finally:
         server.stop()
     err = r.stderr.decode()
     assert r.returncode == 0, err[-2000:]
-    found = events(r)
     assert found and {e["decided_by"] for e in found} == {verifier}  # every detection was unsure
     assert all(e["t"] >= e["detected_t"] + 0.2 - 1e-6 for e in found)  # two settle hops, then the round trip
     assert re.search(r"(\d+) verified: (\d+) confirmed", err) and "0 failed" in err and "bytes sent" in err
+    assert 0 < scores[0] < scores[-1] <= 1  # big's probability of each verified keyword
+    assert strict.returncode == 0
+    kept = [(e["detected_t"], e["label"]) for e in found if e["verifier_score"] >= confirm]
+    assert 0 < len(kept) < len(found) and [(e["detected_t"], e["label"]) for e in events(strict)] == kept
 
 
 def test_a_server_that_is_down_costs_the_verification_not_the_audio(tmp_path: Path, keyword_stream) -> None:
