@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,12 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: the checkout's bench package, for its process helpers
 
 from bench.common import BIN, wait_ready  # noqa: E402  (BIN: the venv's console scripts, what a user types)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.network import free_port  # noqa: E402
 
 
 def step(title: str) -> None:

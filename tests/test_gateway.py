@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from kws_rpc.model.kws_model import KwsModel
 from kws_rpc.serving.gateway import GatewayConfig, GatewayServer
 from kws_rpc.serving.server import ServerConfig, ServerHandle, serve
 from kws_rpc.wire.codec import config_to_proto, tensor_to_proto
+from tests.support.network import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -154,12 +154,6 @@ def test_health_docs_and_unknown_routes(url: str) -> None:
     assert "/v1/predict" in requests.get(url + "/openapi.json", timeout=5).json()["paths"]
     assert_error(requests.get(url + "/nowhere", timeout=5), 404, "not found")
     assert_error(requests.get(url + "/", timeout=5), 405, "not allowed")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_grpc_down_is_503(clip_wavs: dict[str, bytes]) -> None:
