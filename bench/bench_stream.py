@@ -39,7 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.common import RESULTS, format_table, shown, write_results
-from edge.listen import default_little as default_listener, default_verifier
+from edge.listen import Shipped
 from edge.stream import Detector, DetectorConfig, FrameStream, Listener, hop_probabilities, is_keyword
 from kws_rpc.wire.encodings import build_request
 from kws_rpc.lab.data import find_dataset
@@ -306,8 +306,9 @@ def plot(path: Path, curves: dict[str, list[tuple[float, float]]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     models = models_dir()
-    default_little = default_listener(models)  # what kws-edge listen uses: the models/listen.json's choice
-    default_big = models / f"{default_verifier(models)}.tflite"
+    shipped = Shipped.read(models)
+    default_little = shipped.little()  # what kws-edge listen uses: the models/listen.json's choice
+    default_big = models / f"{shipped.verifier()}.tflite"
     ap.add_argument("--little", type=Path, action="append", default=None,
                     help=f"the listening model (default {default_little}); repeat it to compare several on the "
                          "same streams (the results then go under \"models\", by model name)")

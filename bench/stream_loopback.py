@@ -26,7 +26,7 @@ import numpy as np
 
 from bench.bench_stream import SNRS, score
 from bench.common import BIN, RESULTS, format_table, wait_ready, write_results
-from edge.listen import default_verifier
+from edge.listen import Shipped
 from kws_rpc.lab.data import find_dataset
 from kws_rpc.lab.streams import RATE, keyword_stream, material
 from kws_rpc.model.shipped import models_dir
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS / "stream_loopback.json")
     a = ap.parse_args(argv)
     models = models_dir()
-    verifier = default_verifier(models)
+    verifier = Shipped.read(models).verifier()
     stream = test_stream(find_dataset(a.data_dir), a.seed, a.snr)
     grpc_port, http_port = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp:

@@ -226,33 +226,36 @@ def _progress(a: argparse.Namespace) -> Any:
                 bar_format="{desc}: {n:.0f} s of audio [{elapsed}, {rate_fmt}]")
 
 
-def shipped_choice(models: Path) -> dict[str, Any]:
-    """The shipped detector file's top level ({} without one): its "listener" and "verifier" name the models."""
-    path = models / DETECTOR_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+@dataclasses.dataclass(frozen=True)
+class Shipped:
+    """What the models folder's detector file chose (read once; nothing without one): the listener, the
+    server model its verified settings were chosen with, and the settings of each little."""
 
+    models: Path
+    doc: dict[str, Any]
 
-def default_little(models: Path) -> Path:
-    """The listener the detector file names, else the listening little (it can reject silence and other
-    words), else the clip little."""
-    for name in (shipped_choice(models).get("listener"), "little_listen"):
-        if name and (models / f"{name}.tflite").is_file():
-            return models / f"{name}.tflite"
-    return models / "little.tflite"
+    @classmethod
+    def read(cls, models: Path) -> "Shipped":
+        path = models / DETECTOR_FILE
+        return cls(models, json.loads(path.read_text()) if path.is_file() else {})
 
+    def little(self) -> Path:
+        """The listener the file names, else the listening little (it can reject silence and other words),
+        else the clip little."""
+        for name in (self.doc.get("listener"), "little_listen"):
+            if name and (self.models / f"{name}.tflite").is_file():
+                return self.models / f"{name}.tflite"
+        return self.models / "little.tflite"
 
-def default_verifier(models: Path) -> str:
-    """The server model the detector file's verified settings were chosen with, else big_listen_int8."""
-    return shipped_choice(models).get("verifier") or FALLBACK_VERIFIER
+    def verifier(self) -> str:
+        """The server model the file's verified settings were chosen with, else big_listen_int8."""
+        return self.doc.get("verifier") or FALLBACK_VERIFIER
 
-
-def load_detector(a: argparse.Namespace, little: KwsModel, models: Path) -> DetectorConfig:
-    """--detector, else the settings make bench-stream chose for this little (with or without a verifier)."""
-    verified = getattr(a, "verify", "none") != "none"
-    if a.detector is not None:
-        return DetectorConfig.load(a.detector, little.name, verified)
-    shipped = models / DETECTOR_FILE
-    return DetectorConfig.load(shipped, little.name, verified) if shipped.is_file() else DetectorConfig()
+    def detector(self, little: str, verified: bool) -> DetectorConfig:
+        """The settings make bench-stream chose for this little (with or without a verifier); the defaults
+        without a file."""
+        return DetectorConfig.from_doc(self.doc, little, verified, str(self.models / DETECTOR_FILE)) if self.doc \
+            else DetectorConfig()
 
 
 def parser(prog: str) -> argparse.ArgumentParser:
@@ -297,9 +300,12 @@ def start(a: argparse.Namespace, ap: argparse.ArgumentParser,
     logging.basicConfig(level=a.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     models = a.models or models_dir()
     try:
-        little = KwsModel(a.model or default_little(models))
-        detector = load_detector(a, little, models)
-        a.verify_model = a.verify_model or default_verifier(models)
+        shipped = Shipped.read(models)
+        little = KwsModel(a.model or shipped.little())
+        verified = a.verify != "none"
+        detector = DetectorConfig.load(a.detector, little.name, verified) if a.detector is not None \
+            else shipped.detector(little.name, verified)
+        a.verify_model = a.verify_model or shipped.verifier()
         publish = publisher() if publisher is not None else None
     except (OSError, ValueError) as e:
         ap.exit(2, f"{ap.prog}: error: {e}\n")

@@ -90,7 +90,12 @@ class DetectorConfig:
     def load(cls, path: str | Path, model: str | None = None, verified: bool = False) -> "DetectorConfig":
         """From a JSON file: {"detector": {...}} or, per model, {"models": {"little": {...}}} and, for a
         little whose unsure detections the server verifies, {"verified": {"little": {...}}}."""
-        doc = json.loads(Path(path).read_text())
+        return cls.from_doc(json.loads(Path(path).read_text()), model, verified, source=str(path))
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any], model: str | None = None, verified: bool = False,
+                 source: str = "detector settings") -> "DetectorConfig":
+        """From a detector file's parsed JSON (see load)."""
         entry: Any = None
         if model and verified:
             entry = doc.get("verified", {}).get(model)
@@ -101,7 +106,7 @@ class DetectorConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(entry) - names - {"chosen_by"}
         if unknown:
-            raise ValueError(f"{path}: unknown detector settings {sorted(unknown)} (known: {sorted(names)})")
+            raise ValueError(f"{source}: unknown detector settings {sorted(unknown)} (known: {sorted(names)})")
         return cls(**{k: v for k, v in entry.items() if k in names})
 
 

@@ -369,9 +369,9 @@ def test_unsure_detections_are_verified_by_the_servers_listening_model(tmp_path:
     pytest.importorskip("fastapi", reason="the server extra is not installed (the Pi's install)")
     from tests.support.server_process import ServerProcess
 
-    from edge.listen import default_verifier
+    from edge.listen import Shipped
 
-    verifier = default_verifier(REPO / "models")  # what the shipped listen.json was chosen with
+    verifier = Shipped.read(REPO / "models").verifier()  # what the shipped listen.json was chosen with
     listening = REPO / "models" / f"{verifier}.tflite"
     audio, _ = keyword_stream
     server = ServerProcess(REPO / "models" / "big_int8.tflite", "--model", str(listening))
@@ -421,17 +421,21 @@ def test_the_verifying_model_is_named_in_the_url() -> None:
 
 
 def test_the_detector_file_names_the_default_listener_and_verifier(tmp_path: Path) -> None:
-    from edge.listen import default_little, default_verifier
+    from edge.listen import Shipped
 
     (tmp_path / "little.tflite").write_bytes(b"")
-    assert default_little(tmp_path) == tmp_path / "little.tflite" and default_verifier(tmp_path) == "big_listen_int8"
+    none = Shipped.read(tmp_path)
+    assert none.little() == tmp_path / "little.tflite" and none.verifier() == "big_listen_int8"
+    assert none.detector("little", verified=True) == DetectorConfig()
     (tmp_path / "little_listen.tflite").write_bytes(b"")
-    assert default_little(tmp_path) == tmp_path / "little_listen.tflite"
-    (tmp_path / "listen.json").write_text(json.dumps({"listener": "little_stream", "verifier": "big_stream_int8"}))
-    assert default_little(tmp_path) == tmp_path / "little_listen.tflite"  # named, but not there
+    assert Shipped.read(tmp_path).little() == tmp_path / "little_listen.tflite"
+    (tmp_path / "listen.json").write_text(json.dumps({"listener": "little_stream", "verifier": "big_stream_int8",
+                                                      "verified": {"little_stream": {"threshold": 0.4}}}))
+    assert Shipped.read(tmp_path).little() == tmp_path / "little_listen.tflite"  # named, but not there
     (tmp_path / "little_stream.tflite").write_bytes(b"")
-    assert default_little(tmp_path) == tmp_path / "little_stream.tflite"
-    assert default_verifier(tmp_path) == "big_stream_int8"
+    shipped = Shipped.read(tmp_path)
+    assert shipped.little() == tmp_path / "little_stream.tflite" and shipped.verifier() == "big_stream_int8"
+    assert shipped.detector("little_stream", verified=True).threshold == 0.4
 
 
 def test_detector_settings_per_model_and_for_a_verified_little(tmp_path: Path) -> None:
