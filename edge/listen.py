@@ -149,8 +149,9 @@ def add_listen_args(ap: argparse.ArgumentParser) -> None:
                     help="seconds of microphone audio kept while the detector catches up; beyond it blocks "
                          "are dropped and counted as overflows (default %(default)s)")
     ap.add_argument("--detector", type=Path, default=None,
-                    help="JSON detector settings (hop_ms, smooth, threshold, patience, refractory_s, sure), as "
-                         "calibrated on val streams (default: the model's entry in models/listen.json if any)")
+                    help="JSON detector settings (hop_ms, smooth, threshold, patience, refractory_s, sure, settle, "
+                         "confirm), as calibrated on val streams (default: the model's entry in models/listen.json "
+                         "if any)")
     ap.add_argument("--duration", type=float, default=None, help="stop after this many seconds of audio")
     ap.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="a progress bar on stderr (default: on for a WAV file on a terminal)")
