@@ -27,7 +27,7 @@ PREDICT_STREAM = "/kws.v1.KeywordSpotting/PredictStream"
 @dataclasses.dataclass(frozen=True)
 class Job:
     transport: str  # "grpc" or "rest"
-    target: str  # host:port (gRPC) or http://host:port (REST)
+    target: str  # host:port (gRPC; a comma-separated list: the clients take turns over them) or http://host:port (REST)
     bodies: list[tuple[str, bytes]]  # (expected label, serialized PredictRequest or JSON body)
     clients: int  # concurrent clients in this process
     requests: int  # this process's share
@@ -43,11 +43,12 @@ def _grpc(job: Job) -> dict[str, Any]:
 
     async def main() -> dict[str, Any]:
         state = {"next": 0, "errors": 0, "wrong": 0}
-        latencies: list[float] = []
+        per_client: list[list[float]] = [[] for _ in range(job.clients)]
         deadline = time.monotonic() + job.seconds
+        targets = job.target.split(",")
         # a local subchannel pool: a connection per channel, not one shared by identical channels
-        channels = [grpc.aio.insecure_channel(job.target, options=[("grpc.use_local_subchannel_pool", 1)])
-                    for _ in range(job.clients)]
+        channels = [grpc.aio.insecure_channel(targets[i % len(targets)], options=[("grpc.use_local_subchannel_pool", 1)])
+                    for i in range(job.clients)]
 
         def take() -> tuple[str, bytes] | None:
             if time.monotonic() >= deadline or state["next"] >= job.requests:
@@ -55,13 +56,13 @@ def _grpc(job: Job) -> dict[str, Any]:
             state["next"] += 1
             return job.bodies[(state["next"] - 1) % len(job.bodies)]
 
-        def record(t0: float, word: str, reply: Any) -> None:
-            latencies.append(time.perf_counter() - t0)
+        def record(t0: float, word: str, reply: Any, mine: list[float]) -> None:
+            mine.append(time.perf_counter() - t0)
             state["wrong"] += job.check == "kws" and reply.prediction.label != word
 
         deserialize = pb.PredictResponse.FromString if job.check == "kws" else None
 
-        async def client(channel: grpc.aio.Channel) -> None:
+        async def client(channel: grpc.aio.Channel, mine: list[float]) -> None:
             call = channel.unary_unary(job.grpc_method, response_deserializer=deserialize)
             while (item := take()) is not None:
                 word, body = item
@@ -71,26 +72,28 @@ def _grpc(job: Job) -> dict[str, Any]:
                 except grpc.aio.AioRpcError:
                     state["errors"] += 1
                     continue
-                record(t0, word, reply)
+                record(t0, word, reply, mine)
 
-        async def streaming_client(channel: grpc.aio.Channel) -> None:
+        async def streaming_client(channel: grpc.aio.Channel, mine: list[float]) -> None:
             call = channel.stream_stream(PREDICT_STREAM, response_deserializer=deserialize)(timeout=job.seconds + 30)
             try:
                 while (item := take()) is not None:
                     word, body = item
                     t0 = time.perf_counter()
                     await call.write(body)
-                    record(t0, word, await call.read())
+                    record(t0, word, await call.read(), mine)
                 await call.done_writing()
             except grpc.aio.AioRpcError:
                 state["errors"] += 1  # the stream is over: this client stops
 
         start = time.perf_counter()
-        await asyncio.gather(*((streaming_client if job.stream else client)(c) for c in channels))
+        await asyncio.gather(*((streaming_client if job.stream else client)(c, mine) for c, mine in zip(channels, per_client)))
         elapsed = time.perf_counter() - start
         for c in channels:
             await c.close()
-        return {"latencies": latencies, "elapsed": elapsed, "errors": state["errors"], "wrong": state["wrong"]}
+        latencies = [x for mine in per_client for x in mine]
+        return {"latencies": latencies, "elapsed": elapsed, "errors": state["errors"], "wrong": state["wrong"],
+                "client_mean_s": [sum(m) / len(m) for m in per_client if m]}
 
     return asyncio.run(main())
 
@@ -154,4 +157,5 @@ def drive(job: Job, processes: int) -> dict[str, Any]:
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         parts = pool.map(_run, shares)
     return {"latencies": [x for p in parts for x in p["latencies"]], "elapsed": max(p["elapsed"] for p in parts),
-            "errors": sum(p["errors"] for p in parts), "wrong": sum(p["wrong"] for p in parts)}
+            "errors": sum(p["errors"] for p in parts), "wrong": sum(p["wrong"] for p in parts),
+            "client_mean_s": [x for p in parts for x in p.get("client_mean_s", [])]}  # gRPC: each connection's mean
