@@ -75,6 +75,7 @@ class Session:
         self.listener, self.sink, self.verify, self.verifier_name = listener, sink, verify, verifier_name
         self.stats = ListenStats()
         self.confirm = listener.cfg.confirm
+        self._warned_no_score = False
         # close() waits for the verifications in flight (shutdown(wait=True))
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kws-verify") if verify else None
 
@@ -100,6 +101,11 @@ class Session:
         waited = time.monotonic() - asked_at
         if answer is not None:
             self.stats.bytes_sent += answer.bytes_sent
+            if answer.label is not None and answer.score is None and self.confirm and not self._warned_no_score:
+                self._warned_no_score = True  # e.g. the course's reference service: a label, no probability
+                log.warning("%s answers without a probability, so the detector's confirm %.2f cannot apply: every "
+                            "keyword it names stands, and more false accepts get through", self.verifier_name,
+                            self.confirm)
         if answer is None or answer.label is None:
             self.stats.verify_failed += 1
             self._emit(d, d.label, "little", d.handed_t + waited, verify_error=getattr(answer, "error", "") or "failed")

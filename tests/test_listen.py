@@ -448,3 +448,21 @@ def test_detector_settings_per_model_and_for_a_verified_little(tmp_path: Path) -
     path.write_text(json.dumps({"models": {"little": {"treshold": 0.7}}}))
     with pytest.raises(ValueError, match="unknown detector settings"):
         DetectorConfig.load(path, "little")
+
+
+def test_a_verifier_without_probabilities_is_taken_at_its_word_and_the_user_is_told(tmp_path: Path,
+                                                                                     keyword_stream) -> None:
+    """The course's reference service answers a label index only: confirm cannot apply, every keyword it
+    names stands (it always says "left" here), and one warning says why more false accepts get through."""
+    from tests.support.reference_service import ReferenceService
+
+    audio, _ = keyword_stream
+    with ReferenceService() as url:
+        r = run_listen("--input", str(write_wav(tmp_path / "s.wav", audio)), "--verify", "rest", "--url", url,
+                       "--verify-model", "reference", "--detector", str(every_detection_verified(tmp_path, 0.99)))
+    err = r.stderr.decode()
+    found = events(r)
+    assert r.returncode == 0, err[-2000:]
+    assert found and all(e["label"] == "left" and e["decided_by"] == "reference" and "verifier_score" not in e
+                         for e in found)
+    assert err.count("answers without a probability, so the detector's confirm 0.99 cannot apply") == 1

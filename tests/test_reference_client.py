@@ -12,10 +12,8 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ from kws_rpc.lab.data import LABELS
 from kws_rpc.model.kws_model import KwsModel
 from kws_rpc.serving.server import ServerConfig, ServerHandle, parse_args, serve
 from kws_rpc.wire.senml import COURSE_LABELS, check_label_order, label_from_reply, parse_label_order, spec_reply
+from tests.support.reference_service import REPLY, ReferenceService
 
 REPO = Path(__file__).resolve().parent.parent
 # Written out here, not imported: the reference client has its own copy of this order.
@@ -165,45 +164,25 @@ def test_standalone_gateway_spec_labels(server: ServerHandle, clip_wavs: dict[st
         assert proc.wait(15) in (0, -signal.SIGTERM)
 
 
-class _ReferenceService(BaseHTTPRequestHandler):
-    """Answers like the reference service: bn, bt and the label_idx record only ("left" is 3)."""
-
-    reply: dict = {"bn": "x", "bt": 0, "e": [{"n": "label_idx", "u": "/", "t": 0, "v": "3"}]}
-
-    def do_PUT(self) -> None:
-        self.rfile.read(int(self.headers["Content-Length"]))
-        out = json.dumps(self.reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.mark.parametrize("reply, label", [
-    (_ReferenceService.reply, "left"),
+    (REPLY, "left"),
     ({"e": [{"n": "label_idx", "v": 7}]}, "go"),
     ({"e": [{"n": "temperature", "v": 3}]}, None),
     ({"e": [{"n": "label_idx", "v": "8"}]}, None),
 ])
 def test_edge_reads_the_reference_service(reply: dict, label: str | None) -> None:
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), type("H", (_ReferenceService,), {"reply": reply}))
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
+    with ReferenceService(reply) as url:
         audio, _ = read_wav(str(REPO / "tests" / "fixtures" / "clips" / "left.wav"))
-        t = RestSpecTransport(f"http://127.0.0.1:{srv.server_address[1]}/", "0xabc", RetryPolicy(retries=0))
+        t = RestSpecTransport(url, "0xabc", RetryPolicy(retries=0))
         answer = t.ask(np.pad(audio, (0, 16000 - len(audio)))[:16000], "left/x.wav")
         assert answer.label == label and (label is not None or answer.attempts == 1), answer
-    finally:
-        srv.shutdown()
-        srv.server_close()
+        assert answer.score is None  # the reference reply carries no probability
 
 
 def test_edge_reads_our_reply(url: str) -> None:
     audio, _ = read_wav(str(REPO / "tests" / "fixtures" / "clips" / "up.wav"))
     t = RestSpecTransport(url, "0xabc", RetryPolicy(timeout_s=30))
-    assert t.ask(np.pad(audio, (0, 16000 - len(audio)))[:16000], "up/x.wav").label == "up"
+    answer = t.ask(np.pad(audio, (0, 16000 - len(audio)))[:16000], "up/x.wav")
+    assert answer.label == "up" and 0.5 < answer.score <= 1  # ours carries the label's probability
     assert label_from_reply({"label": "yes", "e": [{"n": "label_idx", "v": "0"}]}) == "yes"  # ours wins
     assert label_from_reply({"e": [{"n": "label_idx", "v": "0"}]}, ALPHABETICAL) == "down"
