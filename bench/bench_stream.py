@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from bench.common import RESULTS, format_table, shown, write_results
 from edge.listen import Shipped
-from edge.stream import Detector, DetectorConfig, FrameStream, Listener, hop_probabilities, is_keyword
+from edge.stream import Detector, DetectorConfig, FrameStream, Listener, hop_probabilities
 from kws_rpc.wire.encodings import build_request
 from kws_rpc.lab.data import find_dataset
 from kws_rpc.lab.stats import mcnemar
@@ -127,7 +127,7 @@ def detections(heard: Heard, labels: list[str], cfg: DetectorConfig, big: KwsMod
     for t, label, p, size in verified_run(heard, labels, cfg, big, encoding):
         if p is not None:
             asks, sent = asks + 1, sent + size
-            if not is_keyword(label) or p < cfg.confirm:
+            if not cfg.confirms(label, p):
                 continue
         out.append((t, label))
     return out, asks, sent

@@ -16,6 +16,7 @@ clients' mean latencies.
 from __future__ import annotations
 
 import argparse
+import collections
 import re
 import shutil
 import subprocess
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from bench.bench_peers import PAYLOADS, REPO, kws_bodies, start
-from bench.common import RESULTS, format_table, write_results
+from bench.common import RESULTS, format_table, latency_summary, write_results
 from bench.load import Job, drive
 from kws_rpc.model.kws_model import KwsModel
 
@@ -38,10 +39,7 @@ def split(port: int) -> list[int]:
         return []
     out = subprocess.run(["ss", "-tnpH", "state", "established", f"( sport = :{port} )"], capture_output=True,
                          text=True).stdout
-    counts: dict[str, int] = {}
-    for pid in re.findall(r"pid=(\d+)", out):
-        counts[pid] = counts.get(pid, 0) + 1
-    return sorted(counts.values(), reverse=True)
+    return sorted(collections.Counter(re.findall(r"pid=(\d+)", out)).values(), reverse=True)
 
 
 def round_(kind: str, model: Path, bodies: list[tuple[str, bytes]], clients: int, seconds: float) -> dict[str, Any]:
@@ -57,10 +55,9 @@ def round_(kind: str, model: Path, bodies: list[tuple[str, bytes]], clients: int
     finally:
         for s in servers:
             s.stop()
-    lat = np.array(out["latencies"]) * 1000
     means = np.array(out["client_mean_s"]) * 1000
-    return {"setup": kind, "req_per_s": len(lat) / out["elapsed"], "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99)), "errors": out["errors"],
+    return {"setup": kind, "req_per_s": len(out["latencies"]) / out["elapsed"], **latency_summary(out["latencies"]),
+            "errors": out["errors"],
             "connections_per_process": seen if kind == "reuseport" else [clients // 2, clients - clients // 2],
             "client_mean_ms_min": float(means.min()), "client_mean_ms_max": float(means.max())}
 

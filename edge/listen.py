@@ -28,7 +28,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from edge.sources import SourceError, SourceStats, microphone, raw_stream, wav_file
-from edge.stream import Detection, DetectorConfig, Listener, is_keyword
+from edge.stream import Detection, DetectorConfig, Listener
 from kws_rpc.model.kws_model import KwsModel
 
 log = logging.getLogger("kws.edge.listen")
@@ -74,7 +74,6 @@ class Session:
     def __init__(self, listener: Listener, sink: EventSink, verify: Verify | None, verifier_name: str) -> None:
         self.listener, self.sink, self.verify, self.verifier_name = listener, sink, verify, verifier_name
         self.stats = ListenStats()
-        self.confirm = listener.cfg.confirm
         self._warned_no_score = False
         # close() waits for the verifications in flight (shutdown(wait=True))
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kws-verify") if verify else None
@@ -101,15 +100,16 @@ class Session:
         waited = time.monotonic() - asked_at
         if answer is not None:
             self.stats.bytes_sent += answer.bytes_sent
-            if answer.label is not None and answer.score is None and self.confirm and not self._warned_no_score:
+            confirm = self.listener.cfg.confirm
+            if answer.label is not None and answer.score is None and confirm and not self._warned_no_score:
                 self._warned_no_score = True  # e.g. the course's reference service: a label, no probability
                 log.warning("%s answers without a probability, so the detector's confirm %.2f cannot apply: every "
                             "keyword it names stands, and more false accepts get through", self.verifier_name,
-                            self.confirm)
+                            confirm)
         if answer is None or answer.label is None:
             self.stats.verify_failed += 1
             self._emit(d, d.label, "little", d.handed_t + waited, verify_error=getattr(answer, "error", "") or "failed")
-        elif not is_keyword(answer.label) or (answer.score is not None and answer.score < self.confirm):
+        elif not self.listener.cfg.confirms(answer.label, answer.score):
             self.stats.rejected += 1
             log.info("%s at %.2f s (%.2f) rejected by %s: %s%s", d.label, d.t, d.score, self.verifier_name,
                      answer.label, "" if answer.score is None else f" at {answer.score:.2f}")

@@ -86,6 +86,11 @@ class DetectorConfig:
         if not 0 <= self.confirm <= 1:
             raise ValueError("confirm must be in [0, 1]")
 
+    def confirms(self, label: str, score: float | None) -> bool:
+        """Whether the verifier's answer stands: a keyword, named with at least ``confirm`` (an answer without
+        a probability is taken as it is)."""
+        return is_keyword(label) and (score is None or score >= self.confirm)
+
     @classmethod
     def load(cls, path: str | Path, model: str | None = None, verified: bool = False) -> "DetectorConfig":
         """From a JSON file: {"detector": {...}} or, per model, {"models": {"little": {...}}} and, for a

@@ -466,3 +466,10 @@ def test_a_verifier_without_probabilities_is_taken_at_its_word_and_the_user_is_t
     assert found and all(e["label"] == "left" and e["decided_by"] == "reference" and "verifier_score" not in e
                          for e in found)
     assert err.count("answers without a probability, so the detector's confirm 0.99 cannot apply") == 1
+
+
+def test_a_verifiers_answer_stands_when_it_is_a_keyword_named_with_at_least_confirm() -> None:
+    cfg = DetectorConfig(confirm=0.7)
+    assert cfg.confirms("yes", 0.7) and cfg.confirms("yes", None)  # no probability: taken as it is
+    assert not cfg.confirms("yes", 0.69) and not cfg.confirms("_unknown_", 0.99) and not cfg.confirms("_silence_", None)
+    assert DetectorConfig().confirms("no", 0.01)
