@@ -35,3 +35,19 @@ def test_empty_grpc_server_answers_every_payload_and_reports_its_cpu(tmp_path) -
     rows = json.loads(out.read_text())["rows"]
     assert [r["payload"] for r in rows] == list(empty_grpc.PAYLOADS)
     assert all(r["req_per_s"] > 0 and r["cpu_us_per_call"] > 0 and r["errors"] == 0 for r in rows)
+
+
+def test_empty_grpc_names_what_grpclib_needs_when_it_is_missing(capsys) -> None:
+    """grpclib is not a kws dependency: asking for it without it installed is a usage error that says how."""
+    import importlib.util
+
+    import pytest
+
+    from bench import empty_grpc
+
+    if importlib.util.find_spec("grpclib") is not None:
+        pytest.skip("grpclib is installed here")
+    with pytest.raises(SystemExit) as exit_:
+        empty_grpc.main(["--server", "grpclib"])
+    assert exit_.value.code == 2
+    assert "pip install --target DIR grpclib" in capsys.readouterr().err
