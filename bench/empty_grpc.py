@@ -27,7 +27,7 @@ import numpy as np
 
 from bench.bench_peers import REPO, Server, kws_bodies, measure
 from bench.common import RESULTS, format_table, write_results
-from bench.load import Job, drive
+from bench.load import PREDICT, Job, drive
 from kws_rpc.model.kws_model import KwsModel
 from kws_rpc.proto.kws.v1 import kws_pb2 as pb
 from tests.support.network import free_port, wait_listening
@@ -35,7 +35,6 @@ from tests.support.network import free_port, wait_listening
 PAYLOADS = ("grpc-wav", "grpc-features")
 SERVERS = ("grpc.aio", "grpclib")
 REPLY = pb.PredictResponse(prediction=pb.Prediction(label="yes")).SerializeToString()
-METHOD = "/kws.v1.KeywordSpotting/Predict"
 
 
 async def _serve_grpclib(port: int) -> None:
@@ -58,7 +57,7 @@ async def _serve_grpclib(port: int) -> None:
             await stream.send_message(REPLY)
 
         def __mapping__(self) -> dict[str, Any]:
-            return {METHOD: Handler(self.predict, Cardinality.UNARY_UNARY, bytes, bytes)}
+            return {PREDICT: Handler(self.predict, Cardinality.UNARY_UNARY, bytes, bytes)}
 
     server = GrpclibServer([Empty()], codec=Raw())
     await server.start("127.0.0.1", port)
@@ -72,8 +71,9 @@ async def _serve(port: int) -> None:
         return REPLY
 
     server = grpc.aio.server()
+    service, method = PREDICT.strip("/").split("/")
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        "kws.v1.KeywordSpotting", {"Predict": grpc.unary_unary_rpc_method_handler(predict)}),))
+        service, {method: grpc.unary_unary_rpc_method_handler(predict)}),))
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in a.setting:
         name, rest = s.split(":", 1)
         if rest.lstrip().startswith("{"):
-            cfg = DetectorConfig(**json.loads(rest))
+            cfg = DetectorConfig.from_doc(json.loads(rest), source=f"--setting {s}")
         else:
             smooth, threshold = rest.split(":")
             cfg = DetectorConfig(smooth=int(smooth), threshold=float(threshold))
